@@ -2,4 +2,6 @@
 //! switches what it carries between a live feed and a looping offline video.
 
 pub mod config;
+pub mod nginx;
 pub mod preflight;
+pub mod stats;
