@@ -1,3 +1,5 @@
+//! The `relay` binary: everything lives in the library; see `cli.rs`.
+
 fn main() {
-    println!("relay");
+    std::process::exit(relay::cli::main());
 }

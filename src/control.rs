@@ -1,0 +1,118 @@
+//! Switching the output: commands to the output FFmpeg's `zmq` filter.
+//!
+//! The filter is a ZMQ REP socket, so plain TCP (`nc`) does not work: we
+//! speak ZMTP as a REQ client. Facts measured on FFmpeg 5.1 (DESIGN.md):
+//! replies are text such as `0 Success`; a command FFmpeg cannot parse gets
+//! NO reply and would leave a REQ socket stuck, so every command uses a
+//! fresh socket and a timeout. Video and audio switches are two separate
+//! commands because target matching stops at the first matching filter.
+
+use std::time::Duration;
+
+use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
+
+/// How long one command may take, connect included. The filter answers when
+/// the next frame passes it, so well under a frame interval normally.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The output's streamselect/astreamselect input index of each source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// The live raw pipes written by the daemon.
+    Live = 0,
+    /// The looping offline video.
+    Offline = 1,
+}
+
+impl Input {
+    pub fn name(self) -> &'static str {
+        match self {
+            Input::Live => "live",
+            Input::Offline => "offline",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "no reply from the output's zmq filter on {endpoint} within {timeout:?} to {command:?}"
+    )]
+    Timeout {
+        endpoint: String,
+        command: String,
+        timeout: Duration,
+    },
+    #[error("zmq {endpoint}: {source}")]
+    Zmq {
+        endpoint: String,
+        #[source]
+        source: zeromq::ZmqError,
+    },
+    #[error("the output refused {command:?}: {reply}")]
+    Refused { command: String, reply: String },
+}
+
+/// A client for the output's zmq filter.
+#[derive(Debug, Clone)]
+pub struct Switch {
+    endpoint: String,
+    timeout: Duration,
+}
+
+impl Switch {
+    pub fn new(port: u16) -> Switch {
+        Switch {
+            endpoint: format!("tcp://127.0.0.1:{port}"),
+            timeout: COMMAND_TIMEOUT,
+        }
+    }
+
+    /// Sends one raw command and returns FFmpeg's reply text.
+    pub async fn command(&self, command: &str) -> Result<String, ControlError> {
+        let attempt = async {
+            let mut socket = zeromq::ReqSocket::new();
+            socket.connect(&self.endpoint).await?;
+            socket.send(ZmqMessage::from(command.to_string())).await?;
+            let reply = socket.recv().await?;
+            let text: Vec<String> = reply
+                .into_vec()
+                .iter()
+                .map(|b| {
+                    String::from_utf8_lossy(b)
+                        .trim_end_matches('\0')
+                        .to_string()
+                })
+                .collect();
+            let _ = socket.close().await;
+            Ok::<_, zeromq::ZmqError>(text.join(" "))
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(source)) => Err(ControlError::Zmq {
+                endpoint: self.endpoint.clone(),
+                source,
+            }),
+            Err(_) => Err(ControlError::Timeout {
+                endpoint: self.endpoint.clone(),
+                command: command.to_string(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    /// Puts `input` on air: video first, then audio, each confirmed.
+    pub async fn select(&self, input: Input) -> Result<(), ControlError> {
+        let n = input as u8;
+        for command in [
+            format!("streamselect map {n}"),
+            format!("astreamselect map {n}"),
+        ] {
+            let reply = self.command(&command).await?;
+            if !reply.starts_with("0 ") && reply != "0" {
+                return Err(ControlError::Refused { command, reply });
+            }
+        }
+        Ok(())
+    }
+}

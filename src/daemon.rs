@@ -1,0 +1,907 @@
+//! The daemon: decides what is on air and keeps the children running.
+//!
+//! One task runs the state machine below; around it run the pump (the
+//! clock, see `pump.rs`), the output supervisor, the stat poller and one
+//! task per ingest. They talk to the state machine through channels, and
+//! every change of what is on air goes through [`Daemon::go_live`] or
+//! [`Daemon::go_offline`], each with a log line saying why.
+//!
+//! Going live needs two things: the stat page shows a publisher that
+//! ALLOWED_PUBLISHERS accepts, and its frames have flowed for the pump's
+//! pre-roll. Going offline needs one: live frames stopped — the pump says so
+//! within its gap, whatever the stat page says.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, sleep_until, Instant};
+use tracing::{error, info, warn, Instrument};
+
+use crate::config::Config;
+use crate::control::{Input, Switch};
+use crate::ffmpeg::RawFormat;
+use crate::ingest::{self, Expect};
+use crate::notify;
+use crate::output::{self, Progress};
+use crate::preflight::OfflineInfo;
+use crate::pump::{self, Event as PumpEvent};
+use crate::stats::{BitrateMeter, StatPage, StatsClient};
+
+/// An output that has made no progress for this long is restarted.
+const OUTPUT_STALL: Duration = Duration::from_secs(15);
+/// A child that ran this long without trouble resets its crash backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// The crash backoff doubles up to CRASH_BACKOFF times this.
+const BACKOFF_CAP_FACTOR: u32 = 16;
+/// How often the status line and the watchdog are refreshed.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// How the daemon runs, beyond the configuration.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub ffmpeg: PathBuf,
+    pub timing: pump::Timing,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            ffmpeg: PathBuf::from("ffmpeg"),
+            timing: pump::Timing::default(),
+        }
+    }
+}
+
+/// What is on air, and why.
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    /// The offline video is on air.
+    Offline,
+    /// A publisher's frames are on air.
+    Live {
+        session: u64,
+        publisher: Option<IpAddr>,
+        since: Instant,
+    },
+}
+
+/// What the output supervisor reports.
+#[derive(Debug)]
+enum OutputEvent {
+    Started { pid: u32 },
+    Progress(Progress),
+    Exited { reason: String, uptime: Duration },
+}
+
+/// What an ingest task reports.
+#[derive(Debug)]
+struct IngestExit {
+    session: u64,
+    reason: String,
+    requested: bool,
+}
+
+struct IngestHandle {
+    session: u64,
+    expect: Expect,
+    started: Instant,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+/// A crash backoff: doubles on each failure, resets after a healthy run.
+#[derive(Debug, Clone)]
+struct Backoff {
+    base: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(base: Duration) -> Backoff {
+        Backoff {
+            base,
+            current: base,
+        }
+    }
+
+    /// The delay before the next start, given how long the last run lasted.
+    fn next(&mut self, ran_for: Duration) -> Duration {
+        if ran_for >= HEALTHY_RUN {
+            self.current = self.base;
+        }
+        let delay = self.current;
+        self.current = (self.current * 2).min(self.base * BACKOFF_CAP_FACTOR);
+        delay
+    }
+}
+
+/// The publisher the stat page shows on our stream.
+#[derive(Debug, Clone, PartialEq)]
+struct Publisher {
+    id: u64,
+    address: Option<IpAddr>,
+    allowed: bool,
+    has_audio: Option<bool>,
+}
+
+/// Runs relay until `shutdown` resolves. Returns once every child is gone.
+pub async fn run(
+    config: Config,
+    offline: OfflineInfo,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let format = RawFormat::of(&config);
+    let stats_client = StatsClient::new(
+        &config.stats_url,
+        config.poll_interval.max(Duration::from_secs(1)),
+    )?;
+    info!(
+        instance = %config.instance,
+        destination = %config.output_url_masked(),
+        live = %config.live_url(),
+        offline = %config.offline_video_path.display(),
+        format = %format!("{}x{}@{}", format.width, format.height, format.fps),
+        allowed_publishers = %config.allowed_publishers,
+        "relay starting"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (selection_tx, selection_rx) = watch::channel(Input::Offline);
+    let pump_stats = Arc::new(pump::Stats::default());
+
+    let (pump_tx, pump_rx) = mpsc::channel(8);
+    let (pump_ev_tx, pump_ev_rx) = mpsc::channel(32);
+    let pump_task = tokio::spawn(
+        pump::run(
+            format,
+            options.timing,
+            pump_rx,
+            pump_ev_tx,
+            pump_stats.clone(),
+        )
+        .instrument(tracing::info_span!("pump")),
+    );
+
+    let (out_ev_tx, out_ev_rx) = mpsc::channel(32);
+    let (restart_tx, restart_rx) = mpsc::channel(1);
+    let output_task = tokio::spawn(
+        supervise_output(
+            config.clone(),
+            offline.clone(),
+            options.ffmpeg.clone(),
+            pump_tx.clone(),
+            out_ev_tx,
+            selection_rx,
+            restart_rx,
+            stop_rx.clone(),
+        )
+        .instrument(tracing::info_span!("output")),
+    );
+
+    let poll_now = Arc::new(Notify::new());
+    let (stat_tx, stat_rx) = mpsc::channel(4);
+    let poller_task = tokio::spawn(poll_stats(
+        stats_client,
+        config.poll_interval,
+        poll_now.clone(),
+        stat_tx,
+        stop_rx.clone(),
+    ));
+
+    let (ingest_ev_tx, ingest_ev_rx) = mpsc::channel(8);
+    let mut daemon = Daemon {
+        config: config.clone(),
+        options,
+        state: State::Offline,
+        switch: Switch::new(config.zmq_port),
+        selection: selection_tx,
+        restart_output: restart_tx,
+        pump: pump_tx,
+        pump_stats,
+        poll_now,
+        ingest: None,
+        stopping: Vec::new(),
+        ingest_events: ingest_ev_tx,
+        next_session: 1,
+        ingest_backoff: Backoff::new(config.crash_backoff),
+        ingest_retry_at: Some(Instant::now()),
+        publisher: None,
+        refused: None,
+        flowing: None,
+        ready: None,
+        bitrate: BitrateMeter::new(),
+        live_bps: None,
+        stats_ok: true,
+        output_pid: None,
+        output_since: None,
+        output_restarts: 0,
+        last_progress: None,
+        ready_sent: false,
+        last_status: String::new(),
+        output_in_backoff: false,
+    };
+
+    let result = daemon
+        .event_loop(shutdown, pump_ev_rx, out_ev_rx, stat_rx, ingest_ev_rx)
+        .await;
+
+    // Orderly stop: ingest and output get SIGTERM, then SIGKILL after
+    // KILL_GRACE; everything is reaped before we return.
+    notify::stopping();
+    info!("stopping");
+    let _ = stop_tx.send(true);
+    daemon.stop_ingest();
+    let (_, _) = tokio::join!(daemon.reap_ingests(), output_task);
+    poller_task.abort();
+    drop(daemon);
+    pump_task.abort();
+    info!("stopped");
+    result
+}
+
+struct Daemon {
+    config: Arc<Config>,
+    options: Options,
+    state: State,
+    switch: Switch,
+    selection: watch::Sender<Input>,
+    restart_output: mpsc::Sender<()>,
+    pump: mpsc::Sender<pump::Command>,
+    pump_stats: Arc<pump::Stats>,
+    poll_now: Arc<Notify>,
+    ingest: Option<IngestHandle>,
+    /// Ingests told to stop and not yet gone.
+    stopping: Vec<JoinHandle<()>>,
+    ingest_events: mpsc::Sender<IngestExit>,
+    next_session: u64,
+    ingest_backoff: Backoff,
+    /// When to (re)start a standby ingest; None while one runs or none is wanted.
+    ingest_retry_at: Option<Instant>,
+    /// The publisher on the last good stat page.
+    publisher: Option<Publisher>,
+    /// A publisher id we refused (logged once, no ingest while it stays).
+    refused: Option<u64>,
+    /// The ingest session whose frames are flowing, and whether it is ready.
+    flowing: Option<u64>,
+    ready: Option<u64>,
+    bitrate: BitrateMeter,
+    live_bps: Option<u64>,
+    stats_ok: bool,
+    output_pid: Option<u32>,
+    output_since: Option<Instant>,
+    output_restarts: u64,
+    last_progress: Option<(Instant, u64)>,
+    ready_sent: bool,
+    last_status: String,
+    output_in_backoff: bool,
+}
+
+impl Daemon {
+    async fn event_loop(
+        &mut self,
+        shutdown: impl Future<Output = ()>,
+        mut pump_events: mpsc::Receiver<PumpEvent>,
+        mut output_events: mpsc::Receiver<OutputEvent>,
+        mut stat_pages: mpsc::Receiver<Result<StatPage, String>>,
+        mut ingest_events: mpsc::Receiver<IngestExit>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        loop {
+            let retry_at = self.ingest_retry_at;
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                Some(ev) = pump_events.recv() => self.on_pump(ev).await,
+                Some(ev) = output_events.recv() => self.on_output(ev).await,
+                Some(page) = stat_pages.recv() => self.on_stats(page).await,
+                Some(ev) = ingest_events.recv() => self.on_ingest_exit(ev),
+                _ = sleep_until(retry_at.unwrap_or_else(far_future)), if retry_at.is_some() => {
+                    self.ingest_retry_at = None;
+                    self.start_ingest();
+                }
+                _ = housekeeping.tick() => self.housekeeping(),
+            }
+        }
+    }
+
+    async fn on_pump(&mut self, ev: PumpEvent) {
+        match ev {
+            PumpEvent::Flowing { session } => {
+                if self.current_session() != Some(session) {
+                    return;
+                }
+                self.flowing = Some(session);
+                info!(session, "live frames arriving");
+                // Confirm the publisher now rather than at the next poll.
+                self.poll_now.notify_one();
+            }
+            PumpEvent::Ready { session } => {
+                if self.current_session() != Some(session) {
+                    return;
+                }
+                self.ready = Some(session);
+                self.maybe_go_live().await;
+            }
+            PumpEvent::Stopped {
+                session,
+                silent_for,
+            } => {
+                if self.current_session() != Some(session) {
+                    return;
+                }
+                self.flowing = None;
+                self.ready = None;
+                let reason = format!("no live frame for {} ms", silent_for.as_millis());
+                if matches!(self.state, State::Live { .. }) {
+                    self.go_offline(&reason).await;
+                }
+                // nginx keeps this player attached to the stream and would
+                // hand it the next publisher with restarted timestamps:
+                // replace it with a fresh one.
+                self.stop_ingest();
+                self.ingest_retry_at = Some(Instant::now());
+            }
+        }
+    }
+
+    async fn on_output(&mut self, ev: OutputEvent) {
+        match ev {
+            OutputEvent::Started { pid } => {
+                self.output_pid = Some(pid);
+                self.output_since = Some(Instant::now());
+                self.last_progress = None;
+                self.output_in_backoff = false;
+            }
+            OutputEvent::Progress(p) => {
+                let advanced = self.last_progress.is_none_or(|(_, frame)| p.frame > frame);
+                if advanced && p.frame > 0 {
+                    let first = self.last_progress.is_none();
+                    self.last_progress = Some((Instant::now(), p.frame));
+                    if first {
+                        self.on_output_streaming().await;
+                    }
+                }
+            }
+            OutputEvent::Exited { reason, uptime } => {
+                self.output_pid = None;
+                self.output_since = None;
+                self.last_progress = None;
+                self.output_restarts += 1;
+                self.output_in_backoff = true;
+                warn!(
+                    uptime_s = uptime.as_secs(),
+                    restarts = self.output_restarts,
+                    "output stopped: {reason}; restarting"
+                );
+            }
+        }
+    }
+
+    /// The output's first frame went out: tell systemd, re-assert the selection.
+    async fn on_output_streaming(&mut self) {
+        let input = *self.selection.borrow();
+        info!(
+            pid = self.output_pid,
+            on_air = input.name(),
+            "output streaming"
+        );
+        if !self.ready_sent {
+            self.ready_sent = true;
+            notify::ready();
+        }
+        // The output started with the selection current at its spawn; the
+        // state may have moved since.
+        if let Err(err) = self.switch.select(input).await {
+            warn!(%err, "could not re-assert the selection after the output started");
+        }
+    }
+
+    async fn on_stats(&mut self, page: Result<StatPage, String>) {
+        let page = match page {
+            Ok(page) => {
+                if !self.stats_ok {
+                    info!("stat page answers again");
+                    self.stats_ok = true;
+                }
+                page
+            }
+            Err(err) => {
+                // Keep what is on air: live frames, not the stat page,
+                // decide failover.
+                if self.stats_ok {
+                    warn!(url = %self.config.stats_url, "stat page unavailable: {err}");
+                    self.stats_ok = false;
+                }
+                return;
+            }
+        };
+        let stream = page.stream(&self.config.rtmp_app, &self.config.rtmp_stream_name);
+        let publisher = stream.and_then(|s| {
+            s.publisher().map(|p| Publisher {
+                id: p.id,
+                address: p.address,
+                allowed: p
+                    .address
+                    .is_some_and(|a| self.config.allowed_publishers.allows(a)),
+                has_audio: s.has_audio(),
+            })
+        });
+        self.live_bps = self.bitrate.update(
+            publisher.as_ref().map(|p| p.id),
+            stream.map_or(0, |s| s.bytes_in),
+            std::time::Instant::now(),
+        );
+        if publisher.as_ref().map(|p| p.id) != self.publisher.as_ref().map(|p| p.id) {
+            match &publisher {
+                Some(p) => info!(
+                    publisher = %show_addr(p.address),
+                    client = p.id,
+                    allowed = p.allowed,
+                    "publisher connected"
+                ),
+                None => {
+                    if let Some(old) = &self.publisher {
+                        info!(publisher = %show_addr(old.address), "publisher left");
+                    }
+                }
+            }
+        }
+        self.publisher = publisher.clone();
+
+        match publisher {
+            Some(p) if !p.allowed => {
+                if self.refused != Some(p.id) {
+                    self.refused = Some(p.id);
+                    warn!(
+                        publisher = %show_addr(p.address),
+                        rule = %self.config.allowed_publishers,
+                        "publisher refused by ALLOWED_PUBLISHERS; it stays off air"
+                    );
+                }
+                if matches!(self.state, State::Live { .. }) {
+                    self.go_offline("publisher not allowed").await;
+                }
+                // Don't decode a feed that will never go on air.
+                if self.ingest.is_some() {
+                    self.stop_ingest();
+                }
+                self.ingest_retry_at = None;
+            }
+            Some(p) => {
+                self.refused = None;
+                let wanted = match p.has_audio {
+                    Some(false) => Expect::VideoOnly,
+                    _ => Expect::AudioVideo,
+                };
+                let mismatch = self
+                    .ingest
+                    .as_ref()
+                    .is_some_and(|i| i.expect != wanted && p.has_audio.is_some());
+                if mismatch && self.flowing.is_none() {
+                    info!(
+                        expect = ?wanted,
+                        "publisher sends video only; restarting the ingest to match"
+                    );
+                    self.stop_ingest();
+                    self.start_ingest();
+                } else if self.ingest.is_none() && self.ingest_retry_at.is_none() {
+                    self.ingest_retry_at = Some(Instant::now());
+                }
+                self.maybe_go_live().await;
+            }
+            None => {
+                self.refused = None;
+                if self.ingest.is_none() && self.ingest_retry_at.is_none() {
+                    self.ingest_retry_at = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    fn on_ingest_exit(&mut self, ev: IngestExit) {
+        if self.current_session() != Some(ev.session) {
+            return;
+        }
+        let ran_for = self
+            .ingest
+            .as_ref()
+            .map_or(Duration::ZERO, |i| i.started.elapsed());
+        self.ingest = None;
+        if ev.requested {
+            return;
+        }
+        let delay = self.ingest_backoff.next(ran_for);
+        warn!(
+            session = ev.session,
+            retry_in_s = delay.as_secs_f64(),
+            "ingest exited: {}",
+            ev.reason
+        );
+        // If it was on air, the pump notices the missing frames and fails
+        // over within its gap.
+        self.ingest_retry_at = Some(Instant::now() + delay);
+    }
+
+    async fn maybe_go_live(&mut self) {
+        if matches!(self.state, State::Live { .. }) {
+            return;
+        }
+        let Some(session) = self.ready else { return };
+        if self.current_session() != Some(session) {
+            return;
+        }
+        let Some(p) = self.publisher.clone() else {
+            return;
+        };
+        if !p.allowed {
+            return;
+        }
+        self.go_live(session, p.address).await;
+    }
+
+    async fn go_live(&mut self, session: u64, publisher: Option<IpAddr>) {
+        let _ = self.selection.send(Input::Live);
+        match self.switch.select(Input::Live).await {
+            Ok(()) => {
+                info!(
+                    session,
+                    publisher = %show_addr(publisher),
+                    "on air: live (publisher allowed and frames flowing)"
+                );
+                self.state = State::Live {
+                    session,
+                    publisher,
+                    since: Instant::now(),
+                };
+            }
+            Err(err) => {
+                let _ = self.selection.send(Input::Offline);
+                error!(%err, "could not switch to live; staying offline");
+                self.switch_failed().await;
+            }
+        }
+    }
+
+    async fn go_offline(&mut self, reason: &str) {
+        let _ = self.selection.send(Input::Offline);
+        let was = std::mem::replace(&mut self.state, State::Offline);
+        let live_for = match was {
+            State::Live { since, .. } => since.elapsed(),
+            State::Offline => Duration::ZERO,
+        };
+        match self.switch.select(Input::Offline).await {
+            Ok(()) => info!(
+                live_for_s = live_for.as_secs(),
+                "on air: offline video ({reason})"
+            ),
+            Err(err) => {
+                error!(%err, "could not switch to offline ({reason})");
+                self.switch_failed().await;
+            }
+        }
+    }
+
+    /// The zmq filter did not confirm a switch: one more try on a fresh
+    /// socket, then restart the output, which starts on the selection.
+    async fn switch_failed(&mut self) {
+        let input = *self.selection.borrow();
+        if self.switch.select(input).await.is_ok() {
+            info!(on_air = input.name(), "switch confirmed on retry");
+            return;
+        }
+        error!("the output's zmq control does not answer; restarting the output");
+        let _ = self.restart_output.try_send(());
+    }
+
+    fn current_session(&self) -> Option<u64> {
+        self.ingest.as_ref().map(|i| i.session)
+    }
+
+    /// Starts a fresh ingest that waits for (or joins) the publisher.
+    fn start_ingest(&mut self) {
+        if self.ingest.is_some() || self.refused.is_some() {
+            return;
+        }
+        let expect = match self.publisher.as_ref().and_then(|p| p.has_audio) {
+            Some(false) => Expect::VideoOnly,
+            _ => Expect::AudioVideo,
+        };
+        let session = self.next_session;
+        self.next_session += 1;
+        let started = match ingest::spawn(&self.config, expect, session, &self.options.ffmpeg) {
+            Ok(s) => s,
+            Err(err) => {
+                let delay = self.ingest_backoff.next(Duration::ZERO);
+                error!(%err, retry_in_s = delay.as_secs_f64(), "could not start the ingest ffmpeg");
+                self.ingest_retry_at = Some(Instant::now() + delay);
+                return;
+            }
+        };
+        info!(session, pid = started.child.pid, expect = ?expect, "ingest waiting for live frames");
+        let _ = self.pump.try_send(pump::Command::Feed(Some(started.feed)));
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let grace = self.config.kill_grace;
+        let events = self.ingest_events.clone();
+        let mut child = started.child;
+        let task = tokio::spawn(
+            async move {
+                let exited = tokio::select! {
+                    status = child.wait() => Some(status),
+                    _ = stop_rx => None,
+                };
+                let (reason, requested) = match exited {
+                    Some(status) => {
+                        let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                        let last = child.last_lines();
+                        (format!("{status} {last}").trim().to_string(), false)
+                    }
+                    None => {
+                        child.stop(grace).await;
+                        ("stopped".to_string(), true)
+                    }
+                };
+                let _ = events
+                    .send(IngestExit {
+                        session,
+                        reason,
+                        requested,
+                    })
+                    .await;
+            }
+            .instrument(tracing::info_span!("ingest", session)),
+        );
+        self.ingest = Some(IngestHandle {
+            session,
+            expect,
+            started: Instant::now(),
+            stop: Some(stop_tx),
+            task,
+        });
+    }
+
+    /// Tells the current ingest to stop (SIGTERM, then SIGKILL after
+    /// KILL_GRACE) without waiting for it.
+    fn stop_ingest(&mut self) {
+        let Some(mut handle) = self.ingest.take() else {
+            return;
+        };
+        let _ = self.pump.try_send(pump::Command::Feed(None));
+        if self.flowing == Some(handle.session) {
+            self.flowing = None;
+        }
+        self.ready = None;
+        if let Some(stop) = handle.stop.take() {
+            let _ = stop.send(());
+        }
+        // The ingest task stops the child in the background; shutdown
+        // waits for all of them.
+        self.stopping.retain(|t| !t.is_finished());
+        self.stopping.push(handle.task);
+    }
+
+    /// Waits until every ingest being stopped is gone.
+    async fn reap_ingests(&mut self) {
+        let deadline = self.config.kill_grace + Duration::from_secs(1);
+        for task in self.stopping.drain(..) {
+            let _ = tokio::time::timeout(deadline, task).await;
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let status = self.status_line();
+        if status != self.last_status {
+            notify::status(&status);
+            self.last_status = status;
+        }
+        // WATCHDOG=1 only while the output advances — or while it waits out
+        // a crash backoff, which is relay working as designed (a dead
+        // destination is not a hung daemon).
+        let progressing = self
+            .last_progress
+            .is_some_and(|(at, _)| at.elapsed() < OUTPUT_STALL);
+        let starting = self
+            .output_since
+            .is_some_and(|t| t.elapsed() < OUTPUT_STALL);
+        if progressing || starting || self.output_in_backoff {
+            notify::watchdog();
+        }
+    }
+
+    fn status_line(&self) -> String {
+        let mut parts = Vec::new();
+        match &self.state {
+            State::Live { publisher, .. } => {
+                parts.push("live".to_string());
+                parts.push(format!("publisher {}", show_addr(*publisher)));
+            }
+            State::Offline => {
+                if self.flowing.is_some() && self.publisher.as_ref().is_some_and(|p| p.allowed) {
+                    parts.push("going live".to_string());
+                } else {
+                    parts.push("offline".to_string());
+                }
+                match &self.publisher {
+                    Some(p) if !p.allowed => {
+                        parts.push(format!("publisher {} refused", show_addr(p.address)))
+                    }
+                    Some(p) => parts.push(format!("publisher {}", show_addr(p.address))),
+                    None => parts.push("no publisher".to_string()),
+                }
+            }
+        }
+        if let Some(bps) = self.live_bps.filter(|_| self.publisher.is_some()) {
+            parts.push(format!("{:.1} Mb/s", bps as f64 / 1e6));
+        }
+        match (self.output_since, self.last_progress) {
+            (Some(since), Some(_)) => {
+                parts.push(format!("output up {}", show_duration(since.elapsed())))
+            }
+            (Some(_), None) => parts.push("output starting".to_string()),
+            _ => parts.push("output restarting".to_string()),
+        }
+        if self.output_restarts > 0 {
+            parts.push(format!("{} output restarts", self.output_restarts));
+        }
+        let _ = self.pump_stats.dropped_ticks.load(Ordering::Relaxed);
+        parts.join(" · ")
+    }
+}
+
+fn show_addr(addr: Option<IpAddr>) -> String {
+    addr.map_or_else(|| "unknown".to_string(), |a| a.to_string())
+}
+
+fn show_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+/// Keeps the output FFmpeg running: restart with backoff on exit or stall,
+/// each start on the current selection; SIGTERM/SIGKILL on shutdown.
+#[allow(clippy::too_many_arguments)]
+async fn supervise_output(
+    config: Arc<Config>,
+    offline: OfflineInfo,
+    ffmpeg: PathBuf,
+    pump: mpsc::Sender<pump::Command>,
+    events: mpsc::Sender<OutputEvent>,
+    selection: watch::Receiver<Input>,
+    mut restart: mpsc::Receiver<()>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(config.crash_backoff);
+    loop {
+        let select = *selection.borrow();
+        let started_at = Instant::now();
+        let reason = match output::spawn(&config, &offline, select, &ffmpeg) {
+            Err(err) => format!("could not start ffmpeg: {err}"),
+            Ok(started) => {
+                let output::Started {
+                    mut child,
+                    pipes,
+                    mut progress,
+                } = started;
+                let _ = pump.send(pump::Command::Attach(pipes)).await;
+                let _ = events.send(OutputEvent::Started { pid: child.pid }).await;
+                info!(pid = child.pid, on_air = select.name(), "output started");
+                let mut last_advance = Instant::now();
+                let mut last_frame = 0;
+                enum Why {
+                    Exited(String),
+                    Stalled,
+                    Requested,
+                    Shutdown,
+                }
+                let why = loop {
+                    tokio::select! {
+                        status = child.wait() => break Why::Exited(
+                            status.map_or_else(|e| e.to_string(), |s| s.to_string())),
+                        Some(p) = progress.recv() => {
+                            if p.frame > last_frame {
+                                last_frame = p.frame;
+                                last_advance = Instant::now();
+                            }
+                            let _ = events.send(OutputEvent::Progress(p)).await;
+                        }
+                        _ = sleep_until(last_advance + OUTPUT_STALL) => break Why::Stalled,
+                        Some(()) = restart.recv() => break Why::Requested,
+                        _ = stop.changed() => break Why::Shutdown,
+                    }
+                };
+                match why {
+                    Why::Shutdown => {
+                        child.stop(config.kill_grace).await;
+                        return;
+                    }
+                    Why::Exited(status) => {
+                        let last = child.last_lines();
+                        format!("ffmpeg exited ({status}) {last}")
+                            .trim()
+                            .to_string()
+                    }
+                    Why::Stalled => {
+                        child.stop(config.kill_grace).await;
+                        format!("no progress for {} s", OUTPUT_STALL.as_secs())
+                    }
+                    Why::Requested => {
+                        child.stop(config.kill_grace).await;
+                        "restart requested".to_string()
+                    }
+                }
+            }
+        };
+        let uptime = started_at.elapsed();
+        let _ = events.send(OutputEvent::Exited { reason, uptime }).await;
+        let delay = backoff.next(uptime);
+        tokio::select! {
+            _ = sleep(delay) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Fetches the stat page every `interval`, or at once when asked.
+async fn poll_stats(
+    client: StatsClient,
+    interval: Duration,
+    now: Arc<Notify>,
+    tx: mpsc::Sender<Result<StatPage, String>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = now.notified() => {}
+            _ = stop.changed() => return,
+        }
+        let page = client.fetch().await.map_err(|e| e.to_string());
+        if tx.send(page).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_resets_after_a_healthy_run() {
+        let mut b = Backoff::new(Duration::from_secs(2));
+        let short = Duration::from_secs(1);
+        assert_eq!(b.next(short), Duration::from_secs(2));
+        assert_eq!(b.next(short), Duration::from_secs(4));
+        for _ in 0..10 {
+            b.next(short);
+        }
+        assert_eq!(b.next(short), Duration::from_secs(32));
+        assert_eq!(b.next(HEALTHY_RUN), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(show_duration(Duration::from_secs(42)), "42s");
+        assert_eq!(show_duration(Duration::from_secs(125)), "2m05s");
+        assert_eq!(show_duration(Duration::from_secs(3 * 3600 + 720)), "3h12m");
+    }
+}

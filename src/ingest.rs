@@ -1,0 +1,227 @@
+//! The ingest FFmpeg: one per publisher session. It pulls the live stream
+//! from nginx-rtmp on loopback and writes it, normalised to exactly the
+//! output's raw format, to two pipes the daemon reads.
+//!
+//! nginx keeps a player connected when its publisher leaves and hands it
+//! the next publisher with restarted timestamps (DESIGN.md fact 4), so an
+//! ingest is never reused: the daemon stops it when its frames stop and
+//! starts a fresh one, which waits connected for the next publisher and
+//! gets its first keyframe at once.
+
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use crate::child::{self, Running, Spec};
+use crate::config::Config;
+use crate::ffmpeg::{self, RawFormat, AUDIO_BYTES_PER_SAMPLE};
+
+const VIDEO_FD: RawFd = 3;
+const AUDIO_FD: RawFd = 4;
+
+/// Live frames waiting for the pump. Small on purpose: a backlog here is
+/// latency on air; when it is full the ingest waits (backpressure).
+const VIDEO_QUEUE: usize = 2;
+
+/// Live audio kept ahead of the pump, in frames' worth; older audio is
+/// dropped so sound stays level with the picture.
+const AUDIO_QUEUE_FRAMES: usize = 3;
+
+/// What the publisher sends, as far as we know: it decides how the ingest
+/// probes (DESIGN.md fact 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Audio and video (OBS and phones). FFmpeg stops probing as soon as it
+    /// has seen both; also the guess for an ingest that waits for a
+    /// publisher not yet there.
+    AudioVideo,
+    /// Video only: probing stops at the first video packet instead of
+    /// waiting seconds for audio that never comes.
+    VideoOnly,
+}
+
+pub fn args(config: &Config, expect: Expect) -> Vec<String> {
+    let f = RawFormat::of(config);
+    let vars = [
+        ("WIDTH", f.width.to_string()),
+        ("HEIGHT", f.height.to_string()),
+        ("FPS", f.fps.to_string()),
+        ("SAMPLERATE", f.sample_rate.to_string()),
+    ];
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&[
+        "-hide_banner",
+        "-nostdin",
+        "-nostats",
+        "-loglevel",
+        ffmpeg::LOGLEVEL,
+    ]);
+    // No `-fflags nobuffer`: measured, it delays the first frame by ~2 s.
+    push(&["-fpsprobesize", "0"]);
+    if expect == Expect::VideoOnly {
+        push(&["-probesize", "32", "-analyzeduration", "0"]);
+    }
+    push(&["-i", &config.live_url()]);
+    push(&["-map", "0:v:0", "-vf"]);
+    push(&[&ffmpeg::render(ffmpeg::INGEST_VIDEO_FILTER, &vars)]);
+    push(&[
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "yuv420p",
+        &child::fd_url(VIDEO_FD),
+    ]);
+    if expect == Expect::AudioVideo {
+        push(&["-map", "0:a:0", "-af"]);
+        push(&[&ffmpeg::render(ffmpeg::INGEST_AUDIO_FILTER, &vars)]);
+        push(&["-f", "s16le", "-ar", &f.sample_rate.to_string(), "-ac", "2"]);
+        push(&[&child::fd_url(AUDIO_FD)]);
+    }
+    a
+}
+
+/// Live audio between the ingest and the pump.
+#[derive(Debug, Default)]
+pub struct AudioQueue {
+    bytes: Mutex<BytesMut>,
+    cap: usize,
+}
+
+impl AudioQueue {
+    pub fn new(format: &RawFormat) -> AudioQueue {
+        let per_frame = (format.sample_rate / format.fps) as usize * AUDIO_BYTES_PER_SAMPLE;
+        AudioQueue {
+            bytes: Mutex::new(BytesMut::new()),
+            cap: per_frame * AUDIO_QUEUE_FRAMES,
+        }
+    }
+
+    fn push(&self, data: &[u8]) {
+        let mut q = self.bytes.lock().unwrap();
+        q.extend_from_slice(data);
+        if q.len() > self.cap {
+            // Drop whole sample frames from the front.
+            let excess = q.len() - self.cap;
+            let excess = excess.div_ceil(AUDIO_BYTES_PER_SAMPLE) * AUDIO_BYTES_PER_SAMPLE;
+            let excess = excess.min(q.len());
+            let _ = q.split_to(excess);
+        }
+    }
+
+    /// Up to `len` bytes of live audio (fewer if not enough has arrived).
+    pub fn take(&self, len: usize) -> Bytes {
+        let mut q = self.bytes.lock().unwrap();
+        let n = len.min(q.len());
+        q.split_to(n).freeze()
+    }
+}
+
+/// What the pump reads from one ingest.
+pub struct LiveFeed {
+    pub session: u64,
+    pub video: mpsc::Receiver<Bytes>,
+    pub audio: Arc<AudioQueue>,
+}
+
+/// A started ingest.
+pub struct Started {
+    pub child: Running,
+    pub feed: LiveFeed,
+}
+
+pub fn spawn(
+    config: &Config,
+    expect: Expect,
+    session: u64,
+    ffmpeg_bin: &Path,
+) -> std::io::Result<Started> {
+    let format = RawFormat::of(config);
+    let video = child::read_pipe()?;
+    let mut fds = vec![(video.theirs, VIDEO_FD)];
+    let audio = if expect == Expect::AudioVideo {
+        let p = child::read_pipe()?;
+        fds.push((p.theirs, AUDIO_FD));
+        Some(p.ours)
+    } else {
+        None
+    };
+    let running = child::spawn(Spec {
+        role: "ingest",
+        program: ffmpeg_bin.to_path_buf(),
+        args: args(config, expect),
+        fds,
+        stdout: false,
+        secrets: Vec::new(),
+    })?;
+    let (tx, rx) = mpsc::channel(VIDEO_QUEUE);
+    tokio::spawn(read_video(video.ours, format.frame_bytes(), tx));
+    let queue = Arc::new(AudioQueue::new(&format));
+    if let Some(audio) = audio {
+        tokio::spawn(read_audio(audio, queue.clone()));
+    }
+    Ok(Started {
+        child: running,
+        feed: LiveFeed {
+            session,
+            video: rx,
+            audio: queue,
+        },
+    })
+}
+
+async fn read_video(
+    mut pipe: tokio::net::unix::pipe::Receiver,
+    frame_bytes: usize,
+    tx: mpsc::Sender<Bytes>,
+) {
+    loop {
+        let mut frame = BytesMut::zeroed(frame_bytes);
+        if pipe.read_exact(&mut frame).await.is_err() {
+            return;
+        }
+        if tx.send(frame.freeze()).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_audio(mut pipe: tokio::net::unix::pipe::Receiver, queue: Arc<AudioQueue>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => queue.push(&buf[..n]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn format() -> RawFormat {
+        RawFormat {
+            width: 4,
+            height: 2,
+            fps: 30,
+            sample_rate: 48000,
+        }
+    }
+
+    #[test]
+    fn audio_queue_keeps_only_the_newest() {
+        let q = AudioQueue::new(&format());
+        let per_frame = 1600 * 4;
+        q.push(&vec![1u8; per_frame * 5]);
+        q.push(&vec![2u8; per_frame]);
+        let got = q.take(per_frame * 10);
+        assert_eq!(got.len(), per_frame * AUDIO_QUEUE_FRAMES);
+        assert_eq!(*got.last().unwrap(), 2);
+        assert!(q.take(10).is_empty());
+    }
+}

@@ -1,0 +1,248 @@
+//! The output FFmpeg: the one long-lived process that holds the connection
+//! to the platform.
+//!
+//! Every one of its inputs flows forever (DESIGN.md fact 1): the live video
+//! and audio come from pipes the daemon writes at wall-clock pace, filled
+//! with filler when there is no live feed, and the offline video loops.
+//! That is what keeps the platform connection up while publishers come and
+//! go. Its health is read from `-progress` on stdout.
+
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::mpsc;
+
+use crate::child::{self, Running, Spec};
+use crate::config::Config;
+use crate::control::Input;
+use crate::ffmpeg::{self, RawFormat};
+use crate::preflight::OfflineInfo;
+use crate::pump::OutputPipes;
+
+/// fd numbers the output reads its raw inputs from.
+const VIDEO_FD: RawFd = 3;
+const AUDIO_FD: RawFd = 4;
+
+/// How often FFmpeg reports progress.
+pub const PROGRESS_PERIOD: Duration = Duration::from_millis(500);
+
+/// Keyframe interval platforms ask for (IVS/Kick: 2 s).
+const KEYFRAME_SECONDS: u32 = 2;
+
+/// The FFmpeg arguments of the output. `select` is the input on air when it
+/// starts, so a restart comes back on the same source.
+pub fn args(config: &Config, offline: &OfflineInfo, select: Input) -> Vec<String> {
+    let f = RawFormat::of(config);
+    let gop = (config.out_fps * KEYFRAME_SECONDS).to_string();
+    let offline_audio = if offline.has_audio { "2:a" } else { "3:a" };
+    let graph = ffmpeg::render(
+        ffmpeg::OUTPUT_GRAPH,
+        &[
+            ("WIDTH", f.width.to_string()),
+            ("HEIGHT", f.height.to_string()),
+            ("FPS", f.fps.to_string()),
+            ("SAMPLERATE", f.sample_rate.to_string()),
+            ("OFFLINE_AUDIO", offline_audio.to_string()),
+            ("MAP", (select as u8).to_string()),
+            ("ZMQ_PORT", config.zmq_port.to_string()),
+        ],
+    );
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&[
+        "-hide_banner",
+        "-nostdin",
+        "-nostats",
+        "-loglevel",
+        ffmpeg::LOGLEVEL,
+    ]);
+    push(&["-progress", "pipe:1", "-stats_period"]);
+    push(&[&PROGRESS_PERIOD.as_secs_f64().to_string()]);
+    // Input 0: raw live video. Tiny probe, short queue: frames already
+    // queued here are what goes on air right after a switch.
+    push(&[
+        "-thread_queue_size",
+        "4",
+        "-probesize",
+        "32",
+        "-analyzeduration",
+        "0",
+    ]);
+    push(&[
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "yuv420p",
+        "-video_size",
+        &f.video_size(),
+    ]);
+    push(&[
+        "-framerate",
+        &f.fps.to_string(),
+        "-i",
+        &child::fd_url(VIDEO_FD),
+    ]);
+    // Input 1: raw live audio.
+    push(&[
+        "-thread_queue_size",
+        "8",
+        "-probesize",
+        "32",
+        "-analyzeduration",
+        "0",
+    ]);
+    push(&["-f", "s16le", "-ar", &f.sample_rate.to_string(), "-ac", "2"]);
+    push(&["-i", &child::fd_url(AUDIO_FD)]);
+    // Input 2: the offline video, looped at its own pace.
+    push(&["-re", "-stream_loop", "-1", "-i"]);
+    push(&[&format!("file:{}", offline_path(config).display())]);
+    if !offline.has_audio {
+        // Input 3: silence for an offline video without sound.
+        let src = format!("anullsrc=r={}:cl=stereo", f.sample_rate);
+        push(&["-f", "lavfi", "-i", &src]);
+    }
+    push(&["-filter_complex", &graph, "-map", "[v]", "-map", "[a]"]);
+    push(&[
+        "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+    ]);
+    push(&[
+        "-b:v",
+        &config.vid_bitrate.text,
+        "-maxrate",
+        &config.max_bitrate.text,
+    ]);
+    push(&["-bufsize", &config.buffer_size.text]);
+    push(&["-g", &gop, "-keyint_min", &gop, "-sc_threshold", "0"]);
+    push(&["-c:a", "aac", "-b:a", &config.audio_bitrate.text]);
+    push(&["-ar", &f.sample_rate.to_string(), "-ac", "2"]);
+    push(&["-f", "flv", "-flvflags", "no_duration_filesize"]);
+    a.push(config.output_url());
+    a
+}
+
+fn offline_path(config: &Config) -> &Path {
+    &config.offline_video_path
+}
+
+/// A started output: the child, and the pipes the pump writes.
+pub struct Started {
+    pub child: Running,
+    pub pipes: OutputPipes,
+    pub progress: mpsc::Receiver<Progress>,
+}
+
+/// Spawns the output FFmpeg.
+pub fn spawn(
+    config: &Config,
+    offline: &OfflineInfo,
+    select: Input,
+    ffmpeg_bin: &Path,
+) -> std::io::Result<Started> {
+    let video = child::write_pipe()?;
+    let audio = child::write_pipe()?;
+    let mut running = child::spawn(Spec {
+        role: "output",
+        program: ffmpeg_bin.to_path_buf(),
+        args: args(config, offline, select),
+        fds: vec![(video.theirs, VIDEO_FD), (audio.theirs, AUDIO_FD)],
+        stdout: true,
+        secrets: secrets(config),
+    })?;
+    let (tx, rx) = mpsc::channel(8);
+    if let Some(stdout) = running.stdout.take() {
+        tokio::spawn(read_progress(stdout, tx));
+    }
+    Ok(Started {
+        child: running,
+        pipes: OutputPipes::spawn(video.ours, audio.ours, RawFormat::of(config)),
+        progress: rx,
+    })
+}
+
+/// What must never reach a log line.
+pub fn secrets(config: &Config) -> Vec<String> {
+    vec![config.kick_key.expose().to_string()]
+}
+
+/// One `-progress` report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    pub frame: u64,
+    pub fps: f64,
+    pub speed: f64,
+    pub out_time: Duration,
+    /// FFmpeg said `progress=end`: it is finishing.
+    pub end: bool,
+}
+
+/// Parses `key=value` progress blocks, each closed by a `progress=` line.
+#[derive(Debug, Default)]
+pub struct ProgressParser {
+    current: Progress,
+}
+
+impl ProgressParser {
+    pub fn line(&mut self, line: &str) -> Option<Progress> {
+        let (key, value) = line.trim().split_once('=')?;
+        let value = value.trim();
+        match key {
+            "frame" => self.current.frame = value.parse().unwrap_or(self.current.frame),
+            "fps" => self.current.fps = value.parse().unwrap_or(0.0),
+            "speed" => {
+                self.current.speed = value.trim_end_matches('x').trim().parse().unwrap_or(0.0)
+            }
+            "out_time_us" => {
+                if let Ok(us) = value.parse::<u64>() {
+                    self.current.out_time = Duration::from_micros(us);
+                }
+            }
+            "progress" => {
+                self.current.end = value == "end";
+                return Some(self.current.clone());
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
+async fn read_progress(stdout: impl AsyncRead + Unpin, tx: mpsc::Sender<Progress>) {
+    let mut parser = ProgressParser::default();
+    let mut lines = BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(p) = parser.line(&line) {
+            // Only the newest report matters; never block the reader.
+            let _ = tx.try_send(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_blocks_are_parsed() {
+        let mut p = ProgressParser::default();
+        let block = "frame=42\nfps=29.97\nbitrate=3000.0kbits/s\nout_time_us=1400000\nspeed=1.01x\nprogress=continue\n";
+        let mut got = None;
+        for l in block.lines() {
+            got = p.line(l).or(got);
+        }
+        let got = got.unwrap();
+        assert_eq!(got.frame, 42);
+        assert!((got.speed - 1.01).abs() < 1e-9);
+        assert_eq!(got.out_time, Duration::from_millis(1400));
+        assert!(!got.end);
+        assert!(p.line("progress=end").unwrap().end);
+    }
+
+    #[test]
+    fn speed_na_is_zero() {
+        let mut p = ProgressParser::default();
+        p.line("speed=N/A");
+        assert_eq!(p.line("progress=continue").unwrap().speed, 0.0);
+    }
+}

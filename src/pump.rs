@@ -1,0 +1,269 @@
+//! The pump: relay's clock. Every frame interval it writes one video frame
+//! and the matching audio to the output's raw pipes — live if the ingest
+//! delivered a fresh frame, else filler (the last live frame, or black, and
+//! silence) — so the output's live inputs never stall (DESIGN.md fact 3).
+//!
+//! It also watches the live feed, because it is the first to know: it
+//! reports when live frames have flowed long enough to go on air, and the
+//! moment they stop, without waiting for a stat poll.
+//!
+//! Each pipe has its own writer task behind a short queue, so the clock
+//! never blocks on a pipe (a single writer deadlocks at start-up while
+//! FFmpeg probes one input and the other pipe fills). When either queue is
+//! full the whole tick is dropped — video and audio together — so the two
+//! raw timelines stay in step.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::debug;
+
+use crate::ffmpeg::{RawFormat, SampleClock, AUDIO_BYTES_PER_SAMPLE};
+use crate::ingest::LiveFeed;
+
+/// Ticks queued per pipe before ticks are dropped.
+const PIPE_QUEUE: usize = 3;
+
+/// The sending side of the output's two raw pipes.
+pub struct OutputPipes {
+    video: mpsc::Sender<Bytes>,
+    audio: mpsc::Sender<Bytes>,
+}
+
+impl OutputPipes {
+    /// Starts one writer task per pipe.
+    pub fn spawn(video: pipe::Sender, audio: pipe::Sender, _format: RawFormat) -> OutputPipes {
+        let (vtx, vrx) = mpsc::channel(PIPE_QUEUE);
+        let (atx, arx) = mpsc::channel(PIPE_QUEUE);
+        tokio::spawn(write_pipe(video, vrx));
+        tokio::spawn(write_pipe(audio, arx));
+        OutputPipes {
+            video: vtx,
+            audio: atx,
+        }
+    }
+
+    /// Queues one tick; false if it had to be dropped.
+    fn send(&self, video: Bytes, audio: Bytes) -> bool {
+        if self.video.capacity() == 0 || self.audio.capacity() == 0 {
+            return false;
+        }
+        self.video.try_send(video).is_ok() && self.audio.try_send(audio).is_ok()
+    }
+
+    fn closed(&self) -> bool {
+        self.video.is_closed() || self.audio.is_closed()
+    }
+}
+
+async fn write_pipe(mut pipe: pipe::Sender, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(buf) = rx.recv().await {
+        if pipe.write_all(&buf).await.is_err() {
+            // The output exited; the supervisor attaches a new one.
+            return;
+        }
+    }
+}
+
+/// Instructions to the pump.
+pub enum Command {
+    /// A (re)started output: write to these pipes from now on.
+    Attach(OutputPipes),
+    /// A new ingest's frames, or `None` to stop reading live frames.
+    Feed(Option<LiveFeed>),
+}
+
+/// What the pump tells the daemon about the live feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The first live frame of this session (or the first after a gap).
+    Flowing { session: u64 },
+    /// Live frames have flowed without a gap for the pre-roll: safe to
+    /// switch, the output's queues now hold live frames, not filler.
+    Ready { session: u64 },
+    /// No live frame for the failover gap.
+    Stopped { session: u64, silent_for: Duration },
+}
+
+/// Counters for status and benchmarks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub live_frames: AtomicU64,
+    pub filler_frames: AtomicU64,
+    pub dropped_ticks: AtomicU64,
+    pub skipped_live_frames: AtomicU64,
+}
+
+/// Timing of the pump's decisions.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// No live frame for this long means the live feed has stopped.
+    pub gap: Duration,
+    /// Live frames must flow this long before the feed is `Ready`.
+    pub preroll: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            gap: Duration::from_millis(300),
+            preroll: Duration::from_millis(300),
+        }
+    }
+}
+
+struct LiveState {
+    feed: LiveFeed,
+    /// When the current run of frames started, and whether `Ready` was sent.
+    flowing_since: Option<Instant>,
+    ready_sent: bool,
+    last_frame_at: Option<Instant>,
+    stopped_sent: bool,
+}
+
+/// Runs the clock until `commands` closes.
+pub async fn run(
+    format: RawFormat,
+    timing: Timing,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    stats: Arc<Stats>,
+) {
+    let period = Duration::from_nanos(1_000_000_000 / format.fps as u64);
+    let mut ticker = tokio::time::interval(period);
+    // Catch up after a late wake-up: the raw inputs' timestamps are frame
+    // counts, so the count must follow the wall clock.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let black = format.black_frame();
+    let mut samples = SampleClock::new(&format);
+    let silence = Bytes::from(vec![
+        0u8;
+        (format.sample_rate as usize / format.fps as usize + 1)
+            * AUDIO_BYTES_PER_SAMPLE
+    ]);
+    let mut output: Option<OutputPipes> = None;
+    let mut live: Option<LiveState> = None;
+    let mut last_frame: Option<Bytes> = None;
+
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                None => return,
+                Some(Command::Attach(pipes)) => output = Some(pipes),
+                Some(Command::Feed(feed)) => {
+                    live = feed.map(|feed| LiveState {
+                        feed,
+                        flowing_since: None,
+                        ready_sent: false,
+                        last_frame_at: None,
+                        stopped_sent: false,
+                    });
+                    if live.is_none() {
+                        last_frame = None;
+                    }
+                }
+            },
+            _ = ticker.tick() => {
+                let now = Instant::now();
+                let audio_len = samples.next_samples() * AUDIO_BYTES_PER_SAMPLE;
+                let mut video = None;
+                let mut audio = None;
+                if let Some(l) = live.as_mut() {
+                    // One frame per tick; beyond one frame of slack a
+                    // backlog is latency on air, so skip to the newest.
+                    while l.feed.video.len() > 1 {
+                        let _ = l.feed.video.try_recv();
+                        stats.skipped_live_frames.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Ok(frame) = l.feed.video.try_recv() {
+                        if l.flowing_since.is_none() {
+                            l.flowing_since = Some(now);
+                            l.ready_sent = false;
+                            l.stopped_sent = false;
+                            let _ = events.try_send(Event::Flowing { session: l.feed.session });
+                        }
+                        l.last_frame_at = Some(now);
+                        last_frame = Some(frame.clone());
+                        video = Some(frame);
+                        stats.live_frames.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let a = l.feed.audio.take(audio_len);
+                    if !a.is_empty() {
+                        audio = Some(a);
+                    }
+                    check_flow(l, now, &timing, &events);
+                }
+                let video = video.unwrap_or_else(|| {
+                    stats.filler_frames.fetch_add(1, Ordering::Relaxed);
+                    last_frame.clone().unwrap_or_else(|| black.clone())
+                });
+                let audio = pad_audio(audio, audio_len, &silence);
+                if let Some(pipes) = output.as_ref() {
+                    if pipes.closed() {
+                        output = None;
+                    } else if !pipes.send(video, audio) {
+                        stats.dropped_ticks.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends `Ready` after the pre-roll and `Stopped` after the gap.
+fn check_flow(l: &mut LiveState, now: Instant, timing: &Timing, events: &mpsc::Sender<Event>) {
+    let session = l.feed.session;
+    let (Some(since), Some(last)) = (l.flowing_since, l.last_frame_at) else {
+        return;
+    };
+    let silent_for = now - last;
+    if silent_for >= timing.gap {
+        if !l.stopped_sent {
+            l.stopped_sent = true;
+            l.flowing_since = None;
+            debug!(session, ?silent_for, "live frames stopped");
+            let _ = events.try_send(Event::Stopped {
+                session,
+                silent_for,
+            });
+        }
+    } else if !l.ready_sent && now - since >= timing.preroll {
+        l.ready_sent = true;
+        let _ = events.try_send(Event::Ready { session });
+    }
+}
+
+/// Live audio for one tick, completed with silence if short.
+fn pad_audio(audio: Option<Bytes>, len: usize, silence: &Bytes) -> Bytes {
+    match audio {
+        Some(a) if a.len() == len => a,
+        Some(a) => {
+            let mut v = Vec::with_capacity(len);
+            v.extend_from_slice(&a);
+            v.resize(len, 0);
+            v.into()
+        }
+        None => silence.slice(..len),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_audio_is_padded_with_silence() {
+        let silence = Bytes::from(vec![0u8; 100]);
+        assert_eq!(pad_audio(None, 64, &silence).len(), 64);
+        let got = pad_audio(Some(Bytes::from(vec![7u8; 10])), 64, &silence);
+        assert_eq!(got.len(), 64);
+        assert_eq!(got[9], 7);
+        assert_eq!(got[10], 0);
+    }
+}
