@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use tracing::error;
 
 use crate::config::{Config, Source, EX_CONFIG};
-use crate::{daemon, demo, logging, preflight};
+use crate::{bench, daemon, demo, logging, preflight};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +42,21 @@ enum Command {
         #[arg(long, default_value_t = 720)]
         res: u32,
     },
+    /// Measure start-up, go-live and failover times and the daemon's CPU
+    /// and memory on loopback, and print them as a markdown table.
+    Bench {
+        /// Publisher sessions to time (each ends by kill, clean stop or freeze in turn).
+        #[arg(long, default_value_t = 12)]
+        cycles: usize,
+        /// Output and publisher height (16:9).
+        #[arg(long, default_value_t = 720)]
+        res: u32,
+        #[arg(long, default_value_t = 30)]
+        fps: u32,
+        /// Seconds each publisher stays live.
+        #[arg(long, default_value_t = 3)]
+        hold: u64,
+    },
 }
 
 /// Exit status for a failure that is not a configuration error.
@@ -64,6 +79,23 @@ pub fn main() -> i32 {
             };
             run(config)
         }
+        Command::Bench {
+            cycles,
+            res,
+            fps,
+            hold,
+        } => {
+            let opts = bench::Options {
+                cycles,
+                res,
+                fps,
+                hold: std::time::Duration::from_secs(hold),
+            };
+            runtime().block_on(bench::run(opts)).unwrap_or_else(|err| {
+                error!("bench failed: {err:#}");
+                EX_SOFTWARE
+            })
+        }
         Command::Demo { res } => runtime().block_on(demo::run(res)).unwrap_or_else(|err| {
             error!("demo failed: {err:#}");
             EX_SOFTWARE
@@ -80,6 +112,7 @@ fn config_error(err: impl std::fmt::Display) -> i32 {
 /// Checks FFmpeg and the offline video, then runs the daemon until SIGTERM
 /// or SIGINT.
 pub fn run(config: Config) -> i32 {
+    keep_frame_memory();
     let offline = match preflight_checks(&config) {
         Ok(o) => o,
         Err(err) => return config_error(err),
@@ -102,9 +135,26 @@ pub fn preflight_checks(
     preflight::probe_offline(std::path::Path::new("ffprobe"), &config.offline_video_path)
 }
 
+/// One thread is plenty: relay moves frames between pipes and waits. It
+/// also avoids cross-thread wake-ups on every frame (measured: the largest
+/// share of the daemon's CPU with a multi-thread runtime), and children
+/// forked from it see their parent thread live as long as the process,
+/// which PR_SET_PDEATHSIG depends on.
+/// Every live frame is a fresh 1–3 MB buffer. By default glibc serves such
+/// sizes with mmap and returns them with munmap, so each frame costs
+/// hundreds of page faults (seen in perf). Keeping them on the heap lets
+/// freed frames be reused as they are.
+fn keep_frame_memory() {
+    const LIMIT: i32 = 64 << 20;
+    // SAFETY: mallopt only tunes the allocator; called before any thread starts.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, LIMIT);
+        nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, LIMIT);
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime")

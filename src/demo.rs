@@ -17,7 +17,7 @@ const STREAM: &str = "demo";
 pub async fn run(res: u32) -> anyhow::Result<i32> {
     let nginx = start_nginx().await?;
     let offline = nginx.dir().join("offline.mp4");
-    make_offline_video(&offline, res).await?;
+    make_offline_video(&offline, res, "smptehdbars").await?;
     let port = nginx.rtmp_port().to_string();
     let zmq = free_tcp_port()?.to_string();
     let output = nginx.rtmp_url("out", STREAM);
@@ -41,7 +41,9 @@ pub async fn run(res: u32) -> anyhow::Result<i32> {
             ("ALLOWED_PUBLISHERS", "any"),
         ],
     )?;
-    let offline_info = tokio::task::block_in_place(|| cli::preflight_checks(&config))?;
+    let checked = config.clone();
+    let offline_info =
+        tokio::task::spawn_blocking(move || cli::preflight_checks(&checked)).await??;
     let publish = nginx.rtmp_url("live", STREAM);
     println!();
     println!("relay demo is running (Ctrl+C stops it).");
@@ -84,9 +86,16 @@ async fn start_nginx() -> anyhow::Result<PrivateNginx> {
     }
 }
 
-/// SMPTE bars and a 1 kHz tone: the classic "we'll be right back" card.
-async fn make_offline_video(path: &std::path::Path, res: u32) -> anyhow::Result<()> {
+/// A 6 s offline video from an FFmpeg lavfi `source` (the demo uses SMPTE
+/// bars, the classic "we'll be right back" card) with a 1 kHz tone.
+pub async fn make_offline_video(
+    path: &std::path::Path,
+    res: u32,
+    source: &str,
+) -> anyhow::Result<()> {
     let size = format!("{}x{}", crate::config::width_16_9(res), res);
+    // "smptehdbars" takes its options after '=', "color=c=green" after ':'.
+    let sep = if source.contains('=') { ':' } else { '=' };
     let status = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new("ffmpeg")
@@ -95,7 +104,7 @@ async fn make_offline_video(path: &std::path::Path, res: u32) -> anyhow::Result<
                 "-f",
                 "lavfi",
                 "-i",
-                &format!("smptehdbars=s={size}:r=30:d=6"),
+                &format!("{source}{sep}s={size}:r=30:d=6"),
             ])
             .args([
                 "-f",

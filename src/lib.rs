@@ -7,6 +7,7 @@
 //! nginx-rtmp's stat page; `config` and `preflight` check everything before
 //! it starts; `notify` and `logging` talk to systemd and journald.
 
+pub mod bench;
 pub mod child;
 pub mod cli;
 pub mod config;
