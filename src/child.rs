@@ -11,6 +11,7 @@ use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -93,6 +94,9 @@ pub struct Running {
     child: tokio::process::Child,
     pub stdout: Option<tokio::process::ChildStdout>,
     last_lines: Arc<Mutex<Vec<String>>>,
+    /// Set once we asked it to stop: what it logs while dying (I/O errors
+    /// on the connections we cut) is expected and logged at debug level.
+    stopping: Arc<AtomicBool>,
 }
 
 /// Spawns the child. Its stderr is forwarded to our log line by line.
@@ -137,6 +141,7 @@ pub fn spawn(spec: Spec) -> io::Result<Running> {
     drop(cmd);
     let pid = child.id().unwrap_or(0);
     let last_lines = Arc::new(Mutex::new(Vec::new()));
+    let stopping = Arc::new(AtomicBool::new(false));
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(forward_log(
             spec.role,
@@ -144,6 +149,7 @@ pub fn spawn(spec: Spec) -> io::Result<Running> {
             stderr,
             spec.secrets,
             last_lines.clone(),
+            stopping.clone(),
         ));
     }
     debug!(role = spec.role, pid, "started");
@@ -153,6 +159,7 @@ pub fn spawn(spec: Spec) -> io::Result<Running> {
         stdout: child.stdout.take(),
         child,
         last_lines,
+        stopping,
     })
 }
 
@@ -177,6 +184,7 @@ impl Running {
         if let Ok(Some(status)) = self.child.try_wait() {
             return Some(status);
         }
+        self.stopping.store(true, Ordering::Relaxed);
         let pid = Pid::from_raw(self.pid as i32);
         let _ = kill(pid, Signal::SIGTERM);
         let first = grace.min(SECOND_SIGTERM_AFTER);
@@ -236,6 +244,7 @@ async fn forward_log(
     stderr: impl AsyncRead + Unpin,
     secrets: Vec<String>,
     last: Arc<Mutex<Vec<String>>>,
+    stopping: Arc<AtomicBool>,
 ) {
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
@@ -243,9 +252,12 @@ async fn forward_log(
         if line.is_empty() {
             continue;
         }
-        let Some(level) = classify(line) else {
+        let Some(mut level) = classify(line) else {
             continue;
         };
+        if stopping.load(Ordering::Relaxed) {
+            level = tracing::Level::DEBUG;
+        }
         let text = mask(line, &secrets);
         if level <= tracing::Level::WARN {
             let mut last = last.lock().unwrap();

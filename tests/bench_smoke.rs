@@ -8,13 +8,19 @@ use std::process::Command;
 #[test]
 fn bench_runs_and_prints_every_figure() {
     let out = Command::new(env!("CARGO_BIN_EXE_relay"))
-        .args(["bench", "--cycles", "2", "--res", "180", "--fps", "30", "--hold", "1"])
+        .args([
+            "bench", "--cycles", "2", "--res", "180", "--fps", "30", "--hold", "1",
+        ])
         .env("RELAY_LOG", "warn")
         .output()
         .expect("run relay bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench failed: {}\n{stdout}\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{stdout}\n{stderr}",
+        out.status
+    );
     for row in [
         "| start → first output frame at a player |",
         "| go-live: publisher's first data → switch confirmed |",
