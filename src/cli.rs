@@ -103,9 +103,14 @@ pub fn main() -> i32 {
     }
 }
 
+/// One line, once: to the journal under systemd (stderr goes there too, so
+/// both would show it twice), else to stderr without log decoration.
 fn config_error(err: impl std::fmt::Display) -> i32 {
-    error!("configuration error: {err}");
-    eprintln!("relay: {err}");
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        error!("configuration error: {err}");
+    } else {
+        eprintln!("relay: {err}");
+    }
     EX_CONFIG
 }
 
