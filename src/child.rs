@@ -22,10 +22,10 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::unix::pipe;
 use tracing::{debug, error, info, warn};
 
-/// Pipe buffers are enlarged to this so a raw frame moves in a few syscalls
-/// instead of dozens of 64 KiB ones (Linux's default ceiling for
+/// Pipes we read are enlarged to this so a raw frame moves in a few
+/// syscalls instead of dozens of 64 KiB ones (Linux's default ceiling for
 /// unprivileged processes is 1 MiB).
-const PIPE_SIZE: i32 = 1 << 20;
+const READ_PIPE_SIZE: usize = 1 << 20;
 
 /// When a child still runs after the first SIGTERM, a second one follows.
 const SECOND_SIGTERM_AFTER: Duration = Duration::from_millis(300);
@@ -48,10 +48,13 @@ pub struct ReadPipe {
     pub theirs: OwnedFd,
 }
 
-/// A pipe the daemon writes and a child reads.
-pub fn write_pipe() -> io::Result<WritePipe> {
+/// A pipe the daemon writes and a child reads, holding about `size` bytes.
+///
+/// Whatever waits in a pipe to the output is latency on air, so these are
+/// sized to what one write needs, not as large as possible.
+pub fn write_pipe(size: usize) -> io::Result<WritePipe> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    enlarge(&write);
+    resize(&write, size);
     Ok(WritePipe {
         ours: pipe::Sender::from_owned_fd(write)?,
         theirs: read,
@@ -61,16 +64,18 @@ pub fn write_pipe() -> io::Result<WritePipe> {
 /// A pipe a child writes and the daemon reads.
 pub fn read_pipe() -> io::Result<ReadPipe> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    enlarge(&read);
+    resize(&read, READ_PIPE_SIZE);
     Ok(ReadPipe {
         ours: pipe::Receiver::from_owned_fd(read)?,
         theirs: write,
     })
 }
 
-fn enlarge(fd: &OwnedFd) {
-    // Best effort: a smaller pipe only costs more syscalls.
-    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+fn resize(fd: &OwnedFd, size: usize) {
+    // The kernel rounds up to a power-of-two number of pages. Best effort:
+    // the default size only costs more syscalls, or more latency.
+    let size = size.clamp(4096, READ_PIPE_SIZE) as i32;
+    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size));
 }
 
 /// What to run.

@@ -25,6 +25,9 @@ use crate::pump::OutputPipes;
 const VIDEO_FD: RawFd = 3;
 const AUDIO_FD: RawFd = 4;
 
+/// The raw audio pipe: a few frames' worth (6.4 KB a frame at 48 kHz/30 fps).
+const AUDIO_PIPE_SIZE: usize = 64 * 1024;
+
 /// How often FFmpeg reports progress.
 pub const PROGRESS_PERIOD: Duration = Duration::from_millis(500);
 
@@ -140,8 +143,11 @@ pub fn spawn(
     select: Input,
     ffmpeg_bin: &Path,
 ) -> std::io::Result<Started> {
-    let video = child::write_pipe()?;
-    let audio = child::write_pipe()?;
+    let format = RawFormat::of(config);
+    // About one frame in the video pipe: a deeper backlog would still be
+    // filler when a switch to live takes effect (a black flash).
+    let video = child::write_pipe(format.frame_bytes())?;
+    let audio = child::write_pipe(AUDIO_PIPE_SIZE)?;
     let mut running = child::spawn(Spec {
         role: "output",
         program: ffmpeg_bin.to_path_buf(),
@@ -156,7 +162,7 @@ pub fn spawn(
     }
     Ok(Started {
         child: running,
-        pipes: OutputPipes::spawn(video.ours, audio.ours, RawFormat::of(config)),
+        pipes: OutputPipes::spawn(video.ours, audio.ours, format),
         progress: rx,
     })
 }

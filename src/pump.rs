@@ -33,6 +33,12 @@ use crate::ingest::LiveFeed;
 /// Ticks queued per pipe before ticks are dropped.
 const PIPE_QUEUE: usize = 3;
 
+/// Frames that can wait between the pump and the output's filters: our
+/// queue, about one in the pipe, FFmpeg's `-thread_queue_size` of 4, and
+/// one being read. Live frames must have flowed at least this long before
+/// a switch, or filler queued earlier would still be what goes on air.
+const BACKLOG_FRAMES: u32 = 10;
+
 /// The sending side of the output's two raw pipes.
 pub struct OutputPipes {
     video: mpsc::Sender<Bytes>,
@@ -185,6 +191,10 @@ pub async fn run(
     stats: Arc<Stats>,
 ) {
     let period = Duration::from_nanos(1_000_000_000 / format.fps as u64);
+    let timing = Timing {
+        preroll: timing.preroll.max(period * BACKLOG_FRAMES),
+        ..timing
+    };
     let mut ticker = tokio::time::interval(period);
     // Catch up after a late wake-up: the raw inputs' timestamps are frame
     // counts, so the count must follow the wall clock.
