@@ -110,6 +110,10 @@ impl Backoff {
         }
     }
 
+    fn reset(&mut self) {
+        self.current = self.base;
+    }
+
     /// The delay before the next start, given how long the last run lasted.
     fn next(&mut self, ran_for: Duration) -> Duration {
         if ran_for >= HEALTHY_RUN {
@@ -441,12 +445,21 @@ impl Daemon {
         );
         if publisher.as_ref().map(|p| p.id) != self.publisher.as_ref().map(|p| p.id) {
             match &publisher {
-                Some(p) => info!(
-                    publisher = %show_addr(p.address),
-                    client = p.id,
-                    allowed = p.allowed,
-                    "publisher connected"
-                ),
+                Some(p) => {
+                    info!(
+                        publisher = %show_addr(p.address),
+                        client = p.id,
+                        allowed = p.allowed,
+                        "publisher connected"
+                    );
+                    // Ingest failures before this publisher (nginx down, a
+                    // broken stream) say nothing about it: don't make it
+                    // wait out their backoff.
+                    self.ingest_backoff.reset();
+                    if self.ingest.is_none() && p.allowed {
+                        self.ingest_retry_at = Some(Instant::now());
+                    }
+                }
                 None => {
                     if let Some(old) = &self.publisher {
                         info!(publisher = %show_addr(old.address), "publisher left");
@@ -896,6 +909,10 @@ mod tests {
         }
         assert_eq!(b.next(short), Duration::from_secs(32));
         assert_eq!(b.next(HEALTHY_RUN), Duration::from_secs(2));
+        b.next(short);
+        b.next(short);
+        b.reset();
+        assert_eq!(b.next(short), Duration::from_secs(2));
     }
 
     #[test]
