@@ -423,6 +423,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn garbage_and_huge_lines_get_an_error_reply_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.sock");
+        let socket = ControlSocket::bind(&path).await.unwrap();
+        let (tx, _rx) = mpsc::channel::<Call>(1);
+        tokio::spawn(socket.serve(tx));
+        for request in ["reboot\n".to_string(), "x".repeat(1 << 20) + "\n"] {
+            let mut stream = UnixStream::connect(&path).await.unwrap();
+            // The daemon stops reading after MAX_REQUEST; the rest may not fit.
+            let _ = stream.write_all(request.as_bytes()).await;
+            let mut line = String::new();
+            BufReader::new(&mut stream)
+                .read_line(&mut line)
+                .await
+                .unwrap();
+            let reply: Reply = serde_json::from_str(&line).unwrap();
+            assert!(
+                matches!(&reply, Reply::Error { message } if message.starts_with("bad request")),
+                "{reply:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn a_stale_socket_is_replaced_and_a_missing_one_means_not_running() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stale.sock");

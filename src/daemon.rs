@@ -10,6 +10,13 @@
 //! ALLOWED_PUBLISHERS accepts, and its frames have flowed for the pump's
 //! pre-roll. Going offline needs one: live frames stopped — the pump says so
 //! within its gap, whatever the stat page says.
+//!
+//! An operator can override this from the control socket (`api.rs`):
+//! `relay switch offline` holds the offline video whatever publishes;
+//! `relay switch live` holds the live feed, but only while its frames flow —
+//! when they stop, relay fails over as always and the override ends, since a
+//! frozen frame on air is worse than the offline video. `auto` hands the
+//! decision back at once.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -587,18 +594,18 @@ impl Daemon {
         if matches!(self.state, State::Live { .. }) || self.manual == Some(Input::Offline) {
             return;
         }
-        let Some(session) = self.ready else { return };
-        if self.current_session() != Some(session) {
-            return;
+        if let Some((session, address)) = self.live_candidate() {
+            self.go_live(session, address, "publisher allowed and frames flowing")
+                .await;
         }
-        let Some(p) = self.publisher.clone() else {
-            return;
-        };
-        if !p.allowed {
-            return;
-        }
-        self.go_live(session, p.address, "publisher allowed and frames flowing")
-            .await;
+    }
+
+    /// The ingest session and publisher that could go on air now: an
+    /// allowed publisher whose frames have flowed for the pump's pre-roll.
+    fn live_candidate(&self) -> Option<(u64, Option<IpAddr>)> {
+        let session = self.ready.filter(|s| self.current_session() == Some(*s))?;
+        let publisher = self.publisher.as_ref().filter(|p| p.allowed)?;
+        Some((session, publisher.address))
     }
 
     async fn go_live(&mut self, session: u64, publisher: Option<IpAddr>, reason: &str) {
@@ -796,9 +803,7 @@ impl Daemon {
                 self.go_offline(&reason).await;
             }
             Mode::Live => {
-                let session = self.current_session().filter(|s| self.ready == Some(*s));
-                let allowed = self.publisher.as_ref().filter(|p| p.allowed);
-                let (Some(session), Some(p)) = (session, allowed) else {
+                let Some((session, address)) = self.live_candidate() else {
                     let why = if self.flowing.is_some() {
                         "live frames only just started; try again in a moment"
                     } else {
@@ -808,7 +813,6 @@ impl Daemon {
                         message: format!("cannot switch to live: {why}"),
                     };
                 };
-                let address = p.address;
                 self.manual = Some(Input::Live);
                 if matches!(self.state, State::Live { .. }) {
                     info!("on air: live ({reason})");
@@ -833,16 +837,9 @@ impl Daemon {
                 // Re-evaluate at once: an allowed publisher already flowing
                 // goes on air now, not at its next event.
                 if !matches!(self.state, State::Live { .. }) {
-                    if let (Some(session), Some(p)) = (
-                        self.current_session().filter(|s| self.ready == Some(*s)),
-                        self.publisher.clone().filter(|p| p.allowed),
-                    ) {
-                        self.go_live(
-                            session,
-                            p.address,
-                            &format!("{reason}; publisher allowed and frames flowing"),
-                        )
-                        .await;
+                    if let Some((session, address)) = self.live_candidate() {
+                        let why = format!("{reason}; publisher allowed and frames flowing");
+                        self.go_live(session, address, &why).await;
                     }
                 }
             }
