@@ -58,6 +58,10 @@ pub async fn switch(name: &str, socket: &Path, to: Mode) -> i32 {
 /// `relay zmq`: one raw command to the output's zmq filter, on the port
 /// from the instance's configuration; prints FFmpeg's reply.
 pub async fn zmq(config: &Config, command: &str) -> i32 {
+    if let Err(why) = parsable_by_ffmpeg(command) {
+        eprintln!("relay: not sending {command:?}: {why}");
+        return EX_FAILED;
+    }
     match Switch::new(config.zmq_port).command(command).await {
         Ok(reply) => {
             println!("{reply}");
@@ -80,6 +84,29 @@ pub async fn zmq(config: &Config, command: &str) -> i32 {
             EX_FAILED
         }
     }
+}
+
+/// Whether FFmpeg's zmq filter can parse `command` as `TARGET COMMAND [ARG]`.
+///
+/// It must: FFmpeg 5.1 does not just leave such a command unanswered, it
+/// aborts (`free(): invalid pointer`, seen with `relay zmq NAME x`), which
+/// takes the output, and the platform connection, down. Quotes and
+/// backslashes are token syntax to FFmpeg (`av_get_token`); targets and
+/// command names never need them, so they are refused there rather than
+/// parsed the way FFmpeg would.
+fn parsable_by_ffmpeg(command: &str) -> Result<(), &'static str> {
+    const DELIMITERS: [char; 5] = [' ', '\x0c', '\t', '\n', '\r'];
+    let mut tokens = command.split(DELIMITERS).filter(|t| !t.is_empty());
+    let (Some(target), Some(name)) = (tokens.next(), tokens.next()) else {
+        return Err(
+            "the zmq filter takes TARGET COMMAND [ARG] (e.g. 'streamselect map 1'), \
+                    and FFmpeg crashes on anything it cannot parse",
+        );
+    };
+    if [target, name].iter().any(|t| t.contains(['\'', '"', '\\'])) {
+        return Err("quotes or backslashes in the target or command name");
+    }
+    Ok(())
 }
 
 /// Sends `request`; on failure prints why and returns the exit status.
@@ -158,6 +185,23 @@ fn duration(d: Duration) -> String {
 mod tests {
     use super::*;
     use crate::api::{LastSwitch, StateName};
+
+    #[test]
+    fn only_commands_ffmpeg_can_parse_are_sent() {
+        assert!(parsable_by_ffmpeg("streamselect map 1").is_ok());
+        assert!(parsable_by_ffmpeg("  hue\th 90 ").is_ok());
+        assert!(parsable_by_ffmpeg("drawtext reinit text='a b'").is_ok());
+        for bad in [
+            "",
+            "   ",
+            "streamselect",
+            " hue\n",
+            "'' map 0",
+            "hue \\h 90",
+        ] {
+            assert!(parsable_by_ffmpeg(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn status_reads_as_a_summary() {

@@ -47,6 +47,7 @@ impl Running {
             },
         )
         .await?;
+        // Not created: relay makes its runtime directory itself.
         let run_dir = rig.dir.path().join("run");
         let relay = RelayProc::run(
             &rig.env_file,
@@ -68,7 +69,7 @@ impl Running {
 
     /// Runs `relay ARGS` as the operator, with this instance's directories.
     async fn relay(&self, args: &[&str]) -> anyhow::Result<Cmd> {
-        operator(args, &self.rig.dir.path().join("run"), self.rig.dir.path()).await
+        operator(args, &self.run_dir, self.rig.dir.path()).await
     }
 
     /// `relay status relay --json`, parsed.
@@ -173,15 +174,21 @@ async fn operator_sees_the_state_and_overrides_what_is_on_air() -> anyhow::Resul
     );
     ensure!(r.status_json().await?["state"] == "offline");
 
-    // Raw zmq commands reach the output's filter on the configured port.
+    // Raw zmq commands reach the output's filter on the configured port
+    // (map 1 is the offline video, already on air).
     let zmq = r.relay(&["zmq", NAME, "streamselect map 1"]).await?;
     ensure!(zmq.code == 0 && zmq.stdout.trim() == "0 Success", "{zmq}");
     let zmq = r.relay(&["zmq", NAME, "nosuchfilter map 0"]).await?;
-    ensure!(zmq.code != 0, "{zmq}");
-    ensure!(
-        !zmq.stdout.trim().is_empty() || zmq.stderr.contains("no reply"),
-        "{zmq}"
-    );
+    ensure!(zmq.code == 1, "{zmq}");
+    let reply = zmq.stdout.trim();
+    ensure!(!reply.is_empty() && !reply.starts_with("0 "), "{zmq}");
+    // FFmpeg 5.1 aborts on a command it cannot parse: never sent.
+    let zmq = r.relay(&["zmq", NAME, "streamselect"]).await?;
+    ensure!(zmq.code == 1, "{zmq}");
+    ensure!(zmq.stderr.contains("TARGET COMMAND [ARG]"), "{zmq}");
+    let zmq = r.relay(&["zmq", NAME, "astreamselect map 1"]).await?;
+    ensure!(zmq.code == 0, "the output no longer answers: {zmq}");
+    ensure!(r.status_json().await?["output_restarts"] == 0);
 
     // A publisher goes live automatically.
     let t = Instant::now();
