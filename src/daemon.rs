@@ -829,17 +829,19 @@ impl Daemon {
                 }
             }
             Mode::Auto => {
-                let was = self.manual.take();
-                info!(
-                    was = was.map_or("auto", Input::name),
-                    "{reason}: relay decides again"
-                );
+                let was = self.manual.take().map_or("auto", Input::name);
                 // Re-evaluate at once: an allowed publisher already flowing
                 // goes on air now, not at its next event.
-                if !matches!(self.state, State::Live { .. }) {
-                    if let Some((session, address)) = self.live_candidate() {
+                let candidate = self.live_candidate();
+                match (&self.state, candidate) {
+                    (State::Offline, Some((session, address))) => {
                         let why = format!("{reason}; publisher allowed and frames flowing");
                         self.go_live(session, address, &why).await;
+                    }
+                    // Nothing changes on air, but the log shows the decision.
+                    (State::Live { .. }, _) => info!(was, "on air: live ({reason})"),
+                    (State::Offline, None) => {
+                        info!(was, "on air: offline video ({reason}; nobody live)")
                     }
                 }
             }

@@ -238,6 +238,13 @@ async fn operator_sees_the_state_and_overrides_what_is_on_air() -> anyhow::Resul
     let t = Instant::now();
     let auto = r.relay(&["switch", NAME, "auto"]).await?;
     ensure!(auto.code == 0 && auto.stdout.contains("now live"), "{auto}");
+    r.relay
+        .wait_for_log_since(
+            mark,
+            "on air: live (manual: relay switch auto; publisher allowed and frames flowing)",
+            secs(1),
+        )
+        .await?;
     r.sink.wait_for_since(Colour::Blue, t, SWITCH).await?;
     r.sink.expect_steady(Colour::Blue, secs(2)).await?;
 
@@ -258,6 +265,21 @@ async fn operator_sees_the_state_and_overrides_what_is_on_air() -> anyhow::Resul
         .await?;
     let status = r.wait_for_state("offline", secs(5)).await?;
     ensure!(status["last_switch"]["to"] == "offline", "{status:#}");
+
+    // Manual offline holds when a publisher arrives, until auto.
+    let off = r.relay(&["switch", NAME, "offline"]).await?;
+    ensure!(off.code == 0, "{off}");
+    let mark = r.relay.log_mark();
+    let _red = Publisher::start(&r.rig.live_url(), PublisherOpts::colour("red")).await?;
+    r.relay
+        .wait_for_log_since(mark, "live frames arriving", GO_LIVE)
+        .await?;
+    let t = Instant::now();
+    r.sink.expect_steady(Colour::Green, secs(4)).await?;
+    ensure!(r.status_json().await?["state"] == "manual_offline");
+    let auto = r.relay(&["switch", NAME, "auto"]).await?;
+    ensure!(auto.code == 0 && auto.stdout.contains("now live"), "{auto}");
+    r.sink.wait_for_since(Colour::Red, t, SWITCH).await?;
 
     // The socket goes with the daemon.
     let socket = r.run_dir.join("relay.sock");
