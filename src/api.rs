@@ -215,6 +215,8 @@ impl ControlSocket {
             std::fs::remove_file(path)?;
         }
         let listener = UnixListener::bind(path)?;
+        // Connecting needs write permission, which the umask normally
+        // leaves to the owner only: until this widens it, nobody else can.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
         give_to_control_group(path);
         let meta = std::fs::metadata(path)?;

@@ -150,7 +150,7 @@ pub fn describe(name: &str, s: &Status) -> String {
         .unwrap_or_default();
     out.push_str(&format!("  publisher:   {publisher}{bitrate}\n"));
     let uptime = s.output_uptime_s.map_or_else(
-        || "starting".to_string(),
+        || "not streaming (starting or restarting)".to_string(),
         |up| format!("up {}", duration(Duration::from_secs(up))),
     );
     out.push_str(&format!(
