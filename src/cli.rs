@@ -1,4 +1,6 @@
-//! The command line: `relay run NAME`, `relay run --config FILE`, `relay demo`.
+//! The command line: `relay run NAME`, `relay run --config FILE`, `relay demo`,
+//! and the operator commands `relay status|switch|zmq|check` (see `ops.rs`
+//! and `check.rs`).
 //!
 //! Configuration problems are found before anything starts and end the
 //! process with one line naming the key or file, and exit status 78
@@ -9,8 +11,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use tracing::error;
 
+use crate::api::{self, Mode};
 use crate::config::{Config, Source, EX_CONFIG};
-use crate::{bench, daemon, demo, logging, preflight};
+use crate::{bench, check, daemon, demo, logging, ops, preflight};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,6 +32,51 @@ enum Command {
     Run {
         /// Instance name: reads /etc/relay/NAME.toml and/or NAME.env
         /// (the directory can be changed with RELAY_CONFIG_DIR).
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        name: Option<String>,
+        /// Read this .toml or .env file instead.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Show what a running instance has on air and how it is doing
+    /// (exit status 3 if it is not running).
+    Status {
+        /// Instance name: its control socket is NAME.sock in the runtime
+        /// directory ($RUNTIME_DIRECTORY, $RELAY_RUNTIME_DIR or /run/relay).
+        name: String,
+        /// Print stable JSON (field names documented in `relay::api`).
+        #[arg(long)]
+        json: bool,
+        /// Use this control socket instead.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// Override what is on air until `relay switch NAME auto`.
+    Switch {
+        /// Instance name (see `relay status`).
+        name: String,
+        /// `live` (refused unless live frames flow), `offline`, or `auto`.
+        #[arg(value_enum)]
+        to: Mode,
+        /// Use this control socket instead.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// Send one raw command (e.g. 'streamselect map 1') to the output
+    /// FFmpeg's zmq filter, on the instance's ZMQ_PORT; prints the reply.
+    Zmq {
+        /// NAME COMMAND, or only COMMAND with --config.
+        #[arg(num_args = 1..=2, required = true, value_name = "[NAME] COMMAND")]
+        args: Vec<String>,
+        /// Read this .toml or .env file instead of NAME's configuration.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Check the configuration, FFmpeg, the offline video and the stat
+    /// page without starting anything (exit 0 if all ok, 78 if the
+    /// configuration does not load, else 1).
+    Check {
+        /// Instance name, as for `relay run`.
         #[arg(required_unless_present = "config", conflicts_with = "config")]
         name: Option<String>,
         /// Read this .toml or .env file instead.
@@ -96,11 +144,52 @@ pub fn main() -> i32 {
                 EX_SOFTWARE
             })
         }
+        Command::Status { name, json, socket } => {
+            let (name, socket) = instance_socket(name, socket);
+            runtime().block_on(ops::status(&name, &socket, json))
+        }
+        Command::Switch { name, to, socket } => {
+            let (name, socket) = instance_socket(name, socket);
+            runtime().block_on(ops::switch(&name, &socket, to))
+        }
+        Command::Zmq { args, config } => {
+            let (source, command) = match (config, args.as_slice()) {
+                (Some(path), [command]) => (Source::File(path), command),
+                (None, [name, command]) => (Source::Instance(name.clone()), command),
+                (Some(_), _) => return usage("relay zmq --config FILE COMMAND"),
+                (None, _) => return usage("relay zmq NAME COMMAND"),
+            };
+            let config = match Config::load(&source) {
+                Ok(c) => c,
+                Err(err) => return config_error(err),
+            };
+            runtime().block_on(ops::zmq(&config, command))
+        }
+        Command::Check { name, config } => {
+            let source = match (name, config) {
+                (_, Some(path)) => Source::File(path),
+                (Some(name), None) => Source::Instance(name),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            runtime().block_on(check::run(&source))
+        }
         Command::Demo { res } => runtime().block_on(demo::run(res)).unwrap_or_else(|err| {
             error!("demo failed: {err:#}");
             EX_SOFTWARE
         }),
     }
+}
+
+/// The instance's name and control socket: `--socket` wins, else NAME's
+/// socket in the runtime directory.
+fn instance_socket(name: String, socket: Option<PathBuf>) -> (String, PathBuf) {
+    let path = socket.unwrap_or_else(|| api::socket_path(&name));
+    (name, path)
+}
+
+fn usage(text: &str) -> i32 {
+    eprintln!("usage: {text}");
+    2
 }
 
 /// One line, once: to the journal under systemd (stderr goes there too, so
@@ -122,7 +211,10 @@ pub fn run(config: Config) -> i32 {
         Ok(o) => o,
         Err(err) => return config_error(err),
     };
-    let options = daemon::Options::default();
+    let options = daemon::Options {
+        control_socket: Some(api::socket_path(&config.instance)),
+        ..daemon::Options::default()
+    };
     match runtime().block_on(daemon::run(config, offline, options, shutdown_signal())) {
         Ok(()) => 0,
         Err(err) => {
@@ -181,5 +273,16 @@ pub async fn shutdown_signal() {
                  restart the instance to apply changes"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

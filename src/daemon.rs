@@ -10,6 +10,13 @@
 //! ALLOWED_PUBLISHERS accepts, and its frames have flowed for the pump's
 //! pre-roll. Going offline needs one: live frames stopped — the pump says so
 //! within its gap, whatever the stat page says.
+//!
+//! An operator can override this from the control socket (`api.rs`):
+//! `relay switch offline` holds the offline video whatever publishes;
+//! `relay switch live` holds the live feed, but only while its frames flow —
+//! when they stop, relay fails over as always and the override ends, since a
+//! frozen frame on air is worse than the offline video. `auto` hands the
+//! decision back at once.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -23,6 +30,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{error, info, warn, Instrument};
 
+use crate::api::{self, Call, LastSwitch, Mode, Reply, Request, StateName};
 use crate::config::Config;
 use crate::control::{Input, Switch};
 use crate::ffmpeg::RawFormat;
@@ -47,6 +55,8 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 pub struct Options {
     pub ffmpeg: PathBuf,
     pub timing: pump::Timing,
+    /// Where to listen for `relay status` / `relay switch`; `None`: nowhere.
+    pub control_socket: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -54,6 +64,7 @@ impl Default for Options {
         Options {
             ffmpeg: PathBuf::from("ffmpeg"),
             timing: pump::Timing::default(),
+            control_socket: None,
         }
     }
 }
@@ -200,11 +211,30 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
+    let (api_tx, api_rx) = mpsc::channel(4);
+    let api_task = match &options.control_socket {
+        Some(path) => match api::ControlSocket::bind(path).await {
+            Ok(socket) => {
+                info!(socket = %path.display(), "control socket listening");
+                Some(tokio::spawn(socket.serve(api_tx)))
+            }
+            // Operator commands are a convenience; the stream matters more.
+            Err(err) => {
+                warn!(socket = %path.display(), %err, "no control socket: relay status/switch will not reach this instance");
+                None
+            }
+        },
+        None => None,
+    };
+
     let (ingest_ev_tx, ingest_ev_rx) = mpsc::channel(8);
     let mut daemon = Daemon {
         config: config.clone(),
         options,
         state: State::Offline,
+        manual: None,
+        last_switch: None,
+        ingest_restarts: 0,
         switch: Switch::new(config.zmq_port),
         selection: selection_tx,
         restart_output: restart_tx,
@@ -234,8 +264,20 @@ pub async fn run(
     };
 
     let result = daemon
-        .event_loop(shutdown, pump_ev_rx, out_ev_rx, stat_rx, ingest_ev_rx)
+        .event_loop(
+            shutdown,
+            pump_ev_rx,
+            out_ev_rx,
+            stat_rx,
+            ingest_ev_rx,
+            api_rx,
+        )
         .await;
+    // Dropping the socket task removes the socket file.
+    if let Some(task) = api_task {
+        task.abort();
+        let _ = task.await;
+    }
 
     // Orderly stop: ingest and output get SIGTERM, then SIGKILL after
     // KILL_GRACE; everything is reaped before we return.
@@ -255,6 +297,12 @@ struct Daemon {
     config: Arc<Config>,
     options: Options,
     state: State,
+    /// The operator's override (`relay switch live|offline`); None: automatic.
+    manual: Option<Input>,
+    /// The last change of what is on air: when, to what, and why.
+    last_switch: Option<(Instant, Input, String)>,
+    /// Ingests that exited on their own (not stopped by us).
+    ingest_restarts: u64,
     switch: Switch,
     selection: watch::Sender<Input>,
     restart_output: mpsc::Sender<()>,
@@ -296,6 +344,7 @@ impl Daemon {
         mut output_events: mpsc::Receiver<OutputEvent>,
         mut stat_pages: mpsc::Receiver<Result<StatPage, String>>,
         mut ingest_events: mpsc::Receiver<IngestExit>,
+        mut api_calls: mpsc::Receiver<Call>,
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
@@ -307,6 +356,10 @@ impl Daemon {
                 Some(ev) = output_events.recv() => self.on_output(ev).await,
                 Some(page) = stat_pages.recv() => self.on_stats(page).await,
                 Some(ev) = ingest_events.recv() => self.on_ingest_exit(ev),
+                Some((request, reply)) = api_calls.recv() => {
+                    let answer = self.on_request(request).await;
+                    let _ = reply.send(answer);
+                }
                 _ = sleep_until(retry_at.unwrap_or_else(far_future)), if retry_at.is_some() => {
                     self.ingest_retry_at = None;
                     self.start_ingest();
@@ -343,7 +396,13 @@ impl Daemon {
                 }
                 self.flowing = None;
                 self.ready = None;
-                let reason = format!("no live frame for {} ms", silent_for.as_millis());
+                let mut reason = format!("no live frame for {} ms", silent_for.as_millis());
+                // Viewers must not watch a frozen frame, whatever the
+                // operator asked: a manual live ends with its frames.
+                if self.manual == Some(Input::Live) {
+                    self.manual = None;
+                    reason.push_str("; manual live override ended, back to auto");
+                }
                 if matches!(self.state, State::Live { .. }) {
                     self.go_offline(&reason).await;
                 }
@@ -531,6 +590,7 @@ impl Daemon {
         if ev.requested {
             return;
         }
+        self.ingest_restarts += 1;
         let delay = self.ingest_backoff.next(ran_for);
         warn!(
             session = ev.session,
@@ -544,31 +604,33 @@ impl Daemon {
     }
 
     async fn maybe_go_live(&mut self) {
-        if matches!(self.state, State::Live { .. }) {
+        if matches!(self.state, State::Live { .. }) || self.manual == Some(Input::Offline) {
             return;
         }
-        let Some(session) = self.ready else { return };
-        if self.current_session() != Some(session) {
-            return;
+        if let Some((session, address)) = self.live_candidate() {
+            self.go_live(session, address, "publisher allowed and frames flowing")
+                .await;
         }
-        let Some(p) = self.publisher.clone() else {
-            return;
-        };
-        if !p.allowed {
-            return;
-        }
-        self.go_live(session, p.address).await;
     }
 
-    async fn go_live(&mut self, session: u64, publisher: Option<IpAddr>) {
+    /// The ingest session and publisher that could go on air now: an
+    /// allowed publisher whose frames have flowed for the pump's pre-roll.
+    fn live_candidate(&self) -> Option<(u64, Option<IpAddr>)> {
+        let session = self.ready.filter(|s| self.current_session() == Some(*s))?;
+        let publisher = self.publisher.as_ref().filter(|p| p.allowed)?;
+        Some((session, publisher.address))
+    }
+
+    async fn go_live(&mut self, session: u64, publisher: Option<IpAddr>, reason: &str) {
         let _ = self.selection.send(Input::Live);
         match self.switch.select(Input::Live).await {
             Ok(()) => {
                 info!(
                     session,
                     publisher = %show_addr(publisher),
-                    "on air: live (publisher allowed and frames flowing)"
+                    "on air: live ({reason})"
                 );
+                self.last_switch = Some((Instant::now(), Input::Live, reason.to_string()));
                 self.state = State::Live {
                     session,
                     publisher,
@@ -584,6 +646,10 @@ impl Daemon {
     }
 
     async fn go_offline(&mut self, reason: &str) {
+        // A manual live holds only while live is on air.
+        if self.manual == Some(Input::Live) {
+            self.manual = None;
+        }
         let _ = self.selection.send(Input::Offline);
         let was = std::mem::replace(&mut self.state, State::Offline);
         let live_for = match was {
@@ -591,10 +657,13 @@ impl Daemon {
             State::Offline => Duration::ZERO,
         };
         match self.switch.select(Input::Offline).await {
-            Ok(()) => info!(
-                live_for_s = live_for.as_secs(),
-                "on air: offline video ({reason})"
-            ),
+            Ok(()) => {
+                info!(
+                    live_for_s = live_for.as_secs(),
+                    "on air: offline video ({reason})"
+                );
+                self.last_switch = Some((Instant::now(), Input::Offline, reason.to_string()));
+            }
             Err(err) => {
                 error!(%err, "could not switch to offline ({reason})");
                 self.switch_failed().await;
@@ -728,27 +797,132 @@ impl Daemon {
         }
     }
 
+    /// An operator's request from the control socket.
+    async fn on_request(&mut self, request: Request) -> Reply {
+        match request {
+            Request::Status => Reply::Status(self.status()),
+            Request::Switch { to } => self.manual_switch(to).await,
+        }
+    }
+
+    /// `relay switch live|offline|auto`.
+    async fn manual_switch(&mut self, to: Mode) -> Reply {
+        let reason = format!("manual: relay switch {}", to.name());
+        match to {
+            Mode::Offline => {
+                self.manual = Some(Input::Offline);
+                // Also when already offline: it re-asserts the selection
+                // and the log shows the operator's decision.
+                self.go_offline(&reason).await;
+            }
+            Mode::Live => {
+                let Some((session, address)) = self.live_candidate() else {
+                    let why = if self.flowing.is_some() {
+                        "live frames only just started; try again in a moment"
+                    } else {
+                        "no live frames are flowing (nobody allowed is publishing)"
+                    };
+                    return Reply::Refused {
+                        message: format!("cannot switch to live: {why}"),
+                    };
+                };
+                self.manual = Some(Input::Live);
+                if matches!(self.state, State::Live { .. }) {
+                    info!("on air: live ({reason})");
+                    self.last_switch = Some((Instant::now(), Input::Live, reason.clone()));
+                } else {
+                    self.go_live(session, address, &reason).await;
+                    if !matches!(self.state, State::Live { .. }) {
+                        self.manual = None;
+                        return Reply::Refused {
+                            message: "cannot switch to live: the output did not confirm the switch"
+                                .to_string(),
+                        };
+                    }
+                }
+            }
+            Mode::Auto => {
+                let was = self.manual.take().map_or("auto", Input::name);
+                // Re-evaluate at once: an allowed publisher already flowing
+                // goes on air now, not at its next event.
+                let candidate = self.live_candidate();
+                match (&self.state, candidate) {
+                    (State::Offline, Some((session, address))) => {
+                        let why = format!("{reason}; publisher allowed and frames flowing");
+                        self.go_live(session, address, &why).await;
+                    }
+                    // Nothing changes on air, but the log shows the decision.
+                    (State::Live { .. }, _) => info!(was, "on air: live ({reason})"),
+                    (State::Offline, None) => {
+                        info!(was, "on air: offline video ({reason}; nobody live)")
+                    }
+                }
+            }
+        }
+        let state = self.state_name();
+        Reply::Switched {
+            state,
+            message: format!("relay switch {}: now {}", to.name(), state.text()),
+        }
+    }
+
+    fn state_name(&self) -> StateName {
+        match (&self.state, self.manual) {
+            (State::Live { .. }, Some(Input::Live)) => StateName::ManualLive,
+            (State::Live { .. }, _) => StateName::Live,
+            (State::Offline, Some(Input::Offline)) => StateName::ManualOffline,
+            (State::Offline, _) => {
+                if self.flowing.is_some() && self.publisher.as_ref().is_some_and(|p| p.allowed) {
+                    StateName::GoingLive
+                } else {
+                    StateName::Offline
+                }
+            }
+        }
+    }
+
+    /// What `relay status` shows.
+    fn status(&self) -> api::Status {
+        let publisher = self.publisher.as_ref();
+        api::Status {
+            instance: self.config.instance.clone(),
+            state: self.state_name(),
+            publisher: publisher.map(|p| show_addr(p.address)),
+            publisher_allowed: publisher.map(|p| p.allowed),
+            live_bitrate_bps: self.live_bps.filter(|_| publisher.is_some()),
+            output_uptime_s: match (self.output_since, self.last_progress) {
+                (Some(since), Some(_)) => Some(since.elapsed().as_secs()),
+                _ => None,
+            },
+            output_restarts: self.output_restarts,
+            ingest_restarts: self.ingest_restarts,
+            last_switch: self
+                .last_switch
+                .as_ref()
+                .map(|(at, to, reason)| LastSwitch {
+                    to: to.name().to_string(),
+                    seconds_ago: at.elapsed().as_secs(),
+                    reason: reason.clone(),
+                }),
+            live_frames: self.pump_stats.live_frames.load(Ordering::Relaxed),
+            filler_frames: self.pump_stats.filler_frames.load(Ordering::Relaxed),
+            dropped_ticks: self.pump_stats.dropped_ticks.load(Ordering::Relaxed),
+        }
+    }
+
     fn status_line(&self) -> String {
-        let mut parts = Vec::new();
+        let mut parts = vec![self.state_name().text().to_string()];
         match &self.state {
             State::Live { publisher, .. } => {
-                parts.push("live".to_string());
                 parts.push(format!("publisher {}", show_addr(*publisher)));
             }
-            State::Offline => {
-                if self.flowing.is_some() && self.publisher.as_ref().is_some_and(|p| p.allowed) {
-                    parts.push("going live".to_string());
-                } else {
-                    parts.push("offline".to_string());
+            State::Offline => match &self.publisher {
+                Some(p) if !p.allowed => {
+                    parts.push(format!("publisher {} refused", show_addr(p.address)))
                 }
-                match &self.publisher {
-                    Some(p) if !p.allowed => {
-                        parts.push(format!("publisher {} refused", show_addr(p.address)))
-                    }
-                    Some(p) => parts.push(format!("publisher {}", show_addr(p.address))),
-                    None => parts.push("no publisher".to_string()),
-                }
-            }
+                Some(p) => parts.push(format!("publisher {}", show_addr(p.address))),
+                None => parts.push("no publisher".to_string()),
+            },
         }
         if let Some(bps) = self.live_bps.filter(|_| self.publisher.is_some()) {
             parts.push(format!("{:.1} Mb/s", bps as f64 / 1e6));
@@ -763,7 +937,6 @@ impl Daemon {
         if self.output_restarts > 0 {
             parts.push(format!("{} output restarts", self.output_restarts));
         }
-        let _ = self.pump_stats.dropped_ticks.load(Ordering::Relaxed);
         parts.join(" · ")
     }
 }

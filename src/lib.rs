@@ -6,8 +6,13 @@
 //! spawns and stops; `control` switches the output over ZMQ; `stats` reads
 //! nginx-rtmp's stat page; `config` and `preflight` check everything before
 //! it starts; `notify` and `logging` talk to systemd and journald.
+//! Operators reach a running daemon through `api` (its control socket)
+//! with the commands in `ops`; `check` validates an instance without
+//! starting it.
 
+pub mod api;
 pub mod bench;
+pub mod check;
 pub mod child;
 pub mod cli;
 pub mod config;
@@ -19,6 +24,7 @@ pub mod ingest;
 pub mod logging;
 pub mod nginx;
 pub mod notify;
+pub mod ops;
 pub mod output;
 pub mod preflight;
 pub mod pump;

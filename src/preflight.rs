@@ -129,6 +129,33 @@ pub fn check_ffmpeg(ffmpeg: &Path) -> Result<(), PreflightError> {
     }
 }
 
+/// Verifies that `ffmpeg` supports the output protocol `protocol` (e.g.
+/// `rtmps`, which needs FFmpeg built with TLS).
+pub fn check_protocol(ffmpeg: &Path, protocol: &str) -> Result<(), PreflightError> {
+    let mut command = Command::new(ffmpeg);
+    command.args(["-hide_banner", "-protocols"]);
+    let output = run(&mut command, "ffmpeg", LIST_TIMEOUT)?;
+    if !output.status.success() {
+        return Err(PreflightError::ToolFailed {
+            command: output.command,
+            status: output.status,
+            detail: first_line(&output.stderr),
+        });
+    }
+    // The list is "Input:" names then "Output:" names, one per line; the
+    // relay only ever writes with it, so only the output section counts.
+    let text = String::from_utf8_lossy(&output.stdout);
+    let outputs = text.split_once("Output:").map_or("", |(_, rest)| rest);
+    if outputs.lines().any(|l| l.trim() == protocol) {
+        Ok(())
+    } else {
+        Err(PreflightError::MissingFeatures {
+            ffmpeg: ffmpeg.to_owned(),
+            missing: vec![format!("output protocol {protocol}")],
+        })
+    }
+}
+
 /// Runs `ffmpeg -hide_banner -filters` (or `-encoders`) and returns the names
 /// listed. Each entry line is ` FLAGS name  ...`; legend and header lines
 /// yield words such as "=" that match nothing we look for.

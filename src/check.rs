@@ -1,0 +1,122 @@
+//! `relay check`: everything an instance needs, checked without starting
+//! it, one report line per check (`ok` or `FAIL` and what was found).
+//!
+//! Exit status: 0 when every check passes; 78 (EX_CONFIG) when the
+//! configuration itself does not load, since nothing else can be checked
+//! then; 1 when it loads but another check fails — a missing offline video
+//! included, although `relay run` reports that one as 78 too: for an
+//! operator running `check`, "the file is not there" is a finding, not a
+//! malformed configuration.
+//!
+//! KICK_KEY is never printed: the destination is shown masked.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::{Config, Source, EX_CONFIG};
+use crate::preflight;
+use crate::stats::StatsClient;
+
+/// How long the stat page may take to answer.
+const STATS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Runs every check for `source`, prints the report, returns the exit status.
+pub async fn run(source: &Source) -> i32 {
+    let config = match Config::load(source) {
+        Ok(c) => c,
+        Err(err) => {
+            report("config", Err(err.to_string()));
+            return EX_CONFIG;
+        }
+    };
+    report(
+        "config",
+        Ok(format!(
+            "instance {}, destination {}",
+            config.instance,
+            config.output_url_masked()
+        )),
+    );
+    let ffmpeg = Path::new("ffmpeg");
+    let results = [
+        report(
+            "ffmpeg",
+            preflight::check_ffmpeg(ffmpeg)
+                .map(|()| "zmq, streamselect, astreamselect, libx264, aac".to_string())
+                .map_err(|e| e.to_string()),
+        ),
+        report("tls", check_tls(&config, ffmpeg)),
+        report("offline video", check_offline(&config)),
+        report("stat page", check_stats(&config).await),
+    ];
+    if results.iter().all(|ok| *ok) {
+        0
+    } else {
+        1
+    }
+}
+
+/// Prints one report line; returns whether the check passed.
+fn report(what: &str, result: Result<String, String>) -> bool {
+    match result {
+        Ok(detail) => {
+            println!("ok   {what}: {detail}");
+            true
+        }
+        Err(detail) => {
+            println!("FAIL {what}: {detail}");
+            false
+        }
+    }
+}
+
+/// RTMPS needs FFmpeg built with TLS; plain RTMP does not.
+fn check_tls(config: &Config, ffmpeg: &Path) -> Result<String, String> {
+    if !config.kick_url.to_ascii_lowercase().starts_with("rtmps://") {
+        return Ok("not needed (KICK_URL is not rtmps://)".to_string());
+    }
+    preflight::check_protocol(ffmpeg, "rtmps")
+        .map(|()| "ffmpeg can write rtmps://".to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn check_offline(config: &Config) -> Result<String, String> {
+    let info = preflight::probe_offline(Path::new("ffprobe"), &config.offline_video_path)
+        .map_err(|e| e.to_string())?;
+    let duration = info
+        .duration
+        .map(|d| format!(", {:.1} s", d.as_secs_f64()))
+        .unwrap_or_default();
+    Ok(format!(
+        "{} decodes: {}x{}{}, {}",
+        config.offline_video_path.display(),
+        info.width,
+        info.height,
+        duration,
+        if info.has_audio {
+            "with audio"
+        } else {
+            "no audio (silence is sent)"
+        }
+    ))
+}
+
+/// The stat page answers, and whether our stream is published right now.
+async fn check_stats(config: &Config) -> Result<String, String> {
+    let client = StatsClient::new(&config.stats_url, STATS_TIMEOUT).map_err(|e| e.to_string())?;
+    let page = client.fetch().await.map_err(|e| e.to_string())?;
+    let (app, name) = (&config.rtmp_app, &config.rtmp_stream_name);
+    let publisher = page.stream(app, name).and_then(|s| s.publisher());
+    let now = match publisher {
+        Some(p) => {
+            let addr = p.address.map_or("unknown".to_string(), |a| a.to_string());
+            let verdict = match p.address {
+                Some(a) if config.allowed_publishers.allows(a) => "allowed",
+                _ => "refused by ALLOWED_PUBLISHERS",
+            };
+            format!("{app}/{name} is published now by {addr} ({verdict})")
+        }
+        None => format!("{app}/{name} is not published now"),
+    };
+    Ok(format!("{} answers; {now}", config.stats_url))
+}

@@ -1,0 +1,237 @@
+//! Operator commands that talk to a running instance: `relay status`,
+//! `relay switch` (through the control socket, see `api.rs`) and
+//! `relay zmq` (straight to the output FFmpeg's zmq filter).
+//!
+//! Each returns the process exit status; what the operator reads goes to
+//! stdout, problems to stderr.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::api::{self, ClientError, Mode, Reply, Request, Status};
+use crate::config::Config;
+use crate::control::{ControlError, Switch};
+
+/// Exit status when the instance is not running, as `systemctl status`
+/// (LSB "program is not running").
+pub const EX_NOT_RUNNING: i32 = 3;
+/// Exit status for a refused or failed command.
+pub const EX_FAILED: i32 = 1;
+
+/// `relay status`: prints the daemon's state, as text or JSON.
+pub async fn status(name: &str, socket: &Path, json: bool) -> i32 {
+    let status = match call(name, socket, &Request::Status).await {
+        Ok(Reply::Status(status)) => status,
+        Ok(other) => return unexpected(other),
+        Err(code) => return code,
+    };
+    if json {
+        match serde_json::to_string_pretty(&status) {
+            Ok(text) => println!("{text}"),
+            Err(err) => {
+                eprintln!("relay: {err}");
+                return EX_FAILED;
+            }
+        }
+    } else {
+        print!("{}", describe(name, &status));
+    }
+    0
+}
+
+/// `relay switch`: asks the daemon to override what is on air.
+pub async fn switch(name: &str, socket: &Path, to: Mode) -> i32 {
+    match call(name, socket, &Request::Switch { to }).await {
+        Ok(Reply::Switched { message, .. }) => {
+            println!("{message}");
+            0
+        }
+        Ok(Reply::Refused { message }) => {
+            eprintln!("relay@{name}: {message}");
+            EX_FAILED
+        }
+        Ok(other) => unexpected(other),
+        Err(code) => code,
+    }
+}
+
+/// `relay zmq`: one raw command to the output's zmq filter, on the port
+/// from the instance's configuration; prints FFmpeg's reply.
+pub async fn zmq(config: &Config, command: &str) -> i32 {
+    if let Err(why) = parsable_by_ffmpeg(command) {
+        eprintln!("relay: not sending {command:?}: {why}");
+        return EX_FAILED;
+    }
+    match Switch::new(config.zmq_port).command(command).await {
+        Ok(reply) => {
+            println!("{reply}");
+            if reply == "0" || reply.starts_with("0 ") {
+                0
+            } else {
+                EX_FAILED
+            }
+        }
+        Err(ControlError::Timeout { endpoint, .. }) => {
+            eprintln!(
+                "relay: no reply from {endpoint} (ZMQ_PORT of relay@{}): either relay is not \
+                 running, or FFmpeg could not parse {command:?} (it does not answer those)",
+                config.instance
+            );
+            EX_FAILED
+        }
+        Err(err) => {
+            eprintln!("relay: {err}");
+            EX_FAILED
+        }
+    }
+}
+
+/// Whether FFmpeg's zmq filter can parse `command` as `TARGET COMMAND [ARG]`.
+///
+/// It must: FFmpeg 5.1 does not just leave such a command unanswered, it
+/// aborts (`free(): invalid pointer`, seen with `relay zmq NAME x`), which
+/// takes the output, and the platform connection, down. Quotes and
+/// backslashes are token syntax to FFmpeg (`av_get_token`); targets and
+/// command names never need them, so they are refused there rather than
+/// parsed the way FFmpeg would.
+fn parsable_by_ffmpeg(command: &str) -> Result<(), &'static str> {
+    const DELIMITERS: [char; 5] = [' ', '\x0c', '\t', '\n', '\r'];
+    let mut tokens = command.split(DELIMITERS).filter(|t| !t.is_empty());
+    let (Some(target), Some(name)) = (tokens.next(), tokens.next()) else {
+        return Err(
+            "the zmq filter takes TARGET COMMAND [ARG] (e.g. 'streamselect map 1'), \
+                    and FFmpeg crashes on anything it cannot parse",
+        );
+    };
+    if [target, name].iter().any(|t| t.contains(['\'', '"', '\\'])) {
+        return Err("quotes or backslashes in the target or command name");
+    }
+    Ok(())
+}
+
+/// Sends `request`; on failure prints why and returns the exit status.
+async fn call(name: &str, socket: &Path, request: &Request) -> Result<Reply, i32> {
+    match api::call(socket, request).await {
+        Ok(Reply::Error { message }) => {
+            eprintln!("relay@{name}: {message}");
+            Err(EX_FAILED)
+        }
+        Ok(reply) => Ok(reply),
+        Err(ClientError::NotRunning { path }) => {
+            eprintln!(
+                "relay@{name} is not running (no control socket at {})",
+                path.display()
+            );
+            Err(EX_NOT_RUNNING)
+        }
+        Err(err) => {
+            eprintln!("relay@{name}: {err}");
+            Err(EX_FAILED)
+        }
+    }
+}
+
+fn unexpected(reply: Reply) -> i32 {
+    eprintln!("relay: unexpected reply from the daemon: {reply:?}");
+    EX_FAILED
+}
+
+/// The human summary of `relay status`.
+pub fn describe(name: &str, s: &Status) -> String {
+    let mut out = format!("relay@{name}: {}\n", s.state.text());
+    let publisher = match (&s.publisher, s.publisher_allowed) {
+        (Some(addr), Some(false)) => format!("{addr} (refused by ALLOWED_PUBLISHERS)"),
+        (Some(addr), _) => addr.clone(),
+        (None, _) => "none".to_string(),
+    };
+    let bitrate = s
+        .live_bitrate_bps
+        .map(|bps| format!(", {:.1} Mb/s", bps as f64 / 1e6))
+        .unwrap_or_default();
+    out.push_str(&format!("  publisher:   {publisher}{bitrate}\n"));
+    let uptime = s.output_uptime_s.map_or_else(
+        || "not streaming (starting or restarting)".to_string(),
+        |up| format!("up {}", duration(Duration::from_secs(up))),
+    );
+    out.push_str(&format!(
+        "  output:      {uptime}, {} restarts (reconnects)\n",
+        s.output_restarts
+    ));
+    out.push_str(&format!("  ingest:      {} restarts\n", s.ingest_restarts));
+    let last = s.last_switch.as_ref().map_or_else(
+        || "none yet".to_string(),
+        |l| format!("to {} {} s ago ({})", l.to, l.seconds_ago, l.reason),
+    );
+    out.push_str(&format!("  last switch: {last}\n"));
+    out.push_str(&format!(
+        "  frames:      {} live, {} filler, {} dropped ticks\n",
+        s.live_frames, s.filler_frames, s.dropped_ticks
+    ));
+    out
+}
+
+fn duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{LastSwitch, StateName};
+
+    #[test]
+    fn only_commands_ffmpeg_can_parse_are_sent() {
+        assert!(parsable_by_ffmpeg("streamselect map 1").is_ok());
+        assert!(parsable_by_ffmpeg("  hue\th 90 ").is_ok());
+        assert!(parsable_by_ffmpeg("drawtext reinit text='a b'").is_ok());
+        for bad in [
+            "",
+            "   ",
+            "streamselect",
+            " hue\n",
+            "'' map 0",
+            "hue \\h 90",
+        ] {
+            assert!(parsable_by_ffmpeg(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn status_reads_as_a_summary() {
+        let status = Status {
+            instance: "kick".to_string(),
+            state: StateName::ManualOffline,
+            publisher: Some("203.0.113.7".to_string()),
+            publisher_allowed: Some(true),
+            live_bitrate_bps: Some(2_500_000),
+            output_uptime_s: Some(3725),
+            output_restarts: 1,
+            ingest_restarts: 2,
+            last_switch: Some(LastSwitch {
+                to: "offline".to_string(),
+                seconds_ago: 12,
+                reason: "manual: relay switch offline".to_string(),
+            }),
+            live_frames: 10,
+            filler_frames: 3,
+            dropped_ticks: 0,
+        };
+        let text = describe("kick", &status);
+        assert_eq!(
+            text,
+            "relay@kick: manual offline\n\
+             \x20 publisher:   203.0.113.7, 2.5 Mb/s\n\
+             \x20 output:      up 1h02m, 1 restarts (reconnects)\n\
+             \x20 ingest:      2 restarts\n\
+             \x20 last switch: to offline 12 s ago (manual: relay switch offline)\n\
+             \x20 frames:      10 live, 3 filler, 0 dropped ticks\n"
+        );
+    }
+}
