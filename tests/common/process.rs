@@ -262,9 +262,18 @@ pub struct RelayProc {
 
 impl RelayProc {
     /// Runs `relay run --config CONFIG` with `env` added to the environment.
+    /// Its control socket goes beside the config file (unless `env` sets
+    /// RELAY_RUNTIME_DIR), so tests running side by side never share one.
     pub fn run(config: &Path, env: &[(&str, &str)]) -> anyhow::Result<RelayProc> {
         let args = [OsString::from("run"), "--config".into(), config.into()];
-        RelayProc::spawn(env!("CARGO_BIN_EXE_relay"), args, env, "relay")
+        let runtime_dir = config
+            .parent()
+            .and_then(|d| d.to_str())
+            .unwrap_or(".")
+            .to_string();
+        let mut all: Vec<(&str, &str)> = vec![("RELAY_RUNTIME_DIR", &runtime_dir)];
+        all.extend_from_slice(env);
+        RelayProc::spawn(env!("CARGO_BIN_EXE_relay"), args, &all, "relay")
     }
 
     /// Runs any program with `args` and `env` added to the environment;
