@@ -25,6 +25,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::thread::sleep;
@@ -761,7 +762,17 @@ impl Container {
             .expect("cp");
         assert!(copy.status.success(), "copy the tree:\n{}", show(&copy));
         let console = fs::File::create(dir.join("console.log")).unwrap();
-        let nspawn = Command::new("systemd-nspawn")
+        let mut nspawn = Command::new("systemd-nspawn");
+        // SAFETY: prctl is async-signal-safe. If the test process dies
+        // without running Drop (killed by a timeout), nspawn gets SIGTERM,
+        // which powers the container off.
+        unsafe {
+            nspawn.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let nspawn = nspawn
             .args([
                 "--register=no",
                 "--keep-unit",
