@@ -227,6 +227,9 @@ fn prepare_sink_and_media(ct: &Container) {
         "demo2",
         "KICK_URL=rtmp://127.0.0.1:1937/out/\nKICK_KEY=demo2\nRTMP_STREAM_NAME=second\nZMQ_PORT=5560\n",
     );
+    // The stream key is for root and the relay group only.
+    ct.ok("! setpriv --reuid=nobody --regid=nogroup --clear-groups cat /etc/relay/demo.env");
+    ct.ok("setpriv --reuid=relay --regid=relay --init-groups cat /etc/relay/demo.env >/dev/null");
     wait_for(Duration::from_secs(10), "the sink's stat page", || {
         ct.sh("curl -fsS http://127.0.0.1:8081/stat")
             .status
