@@ -13,7 +13,7 @@ use tracing::error;
 
 use crate::api::{self, Mode};
 use crate::config::{Config, Source, EX_CONFIG};
-use crate::{bench, check, daemon, demo, logging, ops, preflight};
+use crate::{bench, check, demo, instance, logging, ops, preflight};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -108,7 +108,7 @@ enum Command {
 }
 
 /// Exit status for a failure that is not a configuration error.
-const EX_SOFTWARE: i32 = 1;
+pub const EX_SOFTWARE: i32 = 1;
 
 /// Runs the command line; returns the process exit status.
 pub fn main() -> i32 {
@@ -125,7 +125,7 @@ pub fn main() -> i32 {
                 Ok(c) => c,
                 Err(err) => return config_error(err),
             };
-            run(config)
+            run(source, config)
         }
         Command::Bench {
             cycles,
@@ -203,25 +203,15 @@ fn config_error(err: impl std::fmt::Display) -> i32 {
     EX_CONFIG
 }
 
-/// Checks FFmpeg and the offline video, then runs the daemon until SIGTERM
-/// or SIGINT.
-pub fn run(config: Config) -> i32 {
+/// Checks FFmpeg and the offline video, then runs the instance until
+/// SIGTERM or SIGINT (SIGHUP reloads, see `instance.rs`).
+pub fn run(source: Source, config: Config) -> i32 {
     keep_frame_memory();
     let offline = match preflight_checks(&config) {
         Ok(o) => o,
         Err(err) => return config_error(err),
     };
-    let options = daemon::Options {
-        control_socket: Some(api::socket_path(&config.instance)),
-        ..daemon::Options::default()
-    };
-    match runtime().block_on(daemon::run(config, offline, options, shutdown_signal())) {
-        Ok(()) => 0,
-        Err(err) => {
-            error!("{err:#}");
-            EX_SOFTWARE
-        }
-    }
+    runtime().block_on(instance::run(source, config, offline))
 }
 
 /// The start-up checks that turn into exit status 78.
@@ -257,8 +247,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-/// Resolves on the first SIGTERM or SIGINT. SIGHUP (`systemctl reload`)
-/// must not end the process, as its default action would.
+/// Resolves on the first SIGTERM or SIGINT (the demo's and the bench's
+/// stop). SIGHUP must not end the process, as its default action would.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -268,10 +258,7 @@ pub async fn shutdown_signal() {
         tokio::select! {
             _ = term.recv() => return tracing::info!("SIGTERM received"),
             _ = int.recv() => return tracing::info!("SIGINT received"),
-            _ = hup.recv() => tracing::warn!(
-                "SIGHUP received: reloading the configuration is not supported yet; \
-                 restart the instance to apply changes"
-            ),
+            _ = hup.recv() => tracing::warn!("SIGHUP received: the demo has nothing to reload"),
         }
     }
 }

@@ -98,7 +98,7 @@ pub enum Source {
 
 /// A value that must not end up in logs: `Debug` and `Display` print `****`
 /// (or `<empty>`, which is worth knowing and reveals nothing).
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq)]
 pub struct Secret(String);
 
 impl Secret {
@@ -205,7 +205,7 @@ impl fmt::Display for Bitrate {
 }
 
 /// The validated configuration.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct Config {
     /// NAME for `Source::Instance`, the file stem for `Source::File`.
     pub instance: String,

@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod demo;
 pub mod ffmpeg;
 pub mod ingest;
+pub mod instance;
 pub mod logging;
 pub mod nginx;
 pub mod notify;

@@ -1,0 +1,113 @@
+//! One relay instance over its lifetime: start-up checks, the daemon, and
+//! `systemctl reload` (SIGHUP).
+//!
+//! A reload re-reads the configuration and checks it as at start-up. An
+//! invalid one is rejected with the reason logged, and the running
+//! configuration stays. An unchanged one changes nothing. A changed one
+//! restarts the pipeline in this process with it: the output reconnects
+//! once, the unit stays active.
+
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+use crate::config::{Config, Source};
+use crate::preflight::OfflineInfo;
+use crate::{api, cli, daemon};
+
+/// What a SIGHUP found.
+enum Reload {
+    Rejected(String),
+    Unchanged,
+    Changed(Box<Config>, OfflineInfo),
+}
+
+/// Runs the instance until SIGTERM or SIGINT; returns the exit status.
+pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -> i32 {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        let options = daemon::Options {
+            control_socket: Some(api::socket_path(&config.instance)),
+            ..daemon::Options::default()
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let running = daemon::run(config.clone(), offline.clone(), options, async {
+            let _ = stop_rx.await;
+        });
+        tokio::pin!(running);
+        let mut stop_tx = Some(stop_tx);
+        let next = loop {
+            tokio::select! {
+                result = &mut running => return exit_status(result),
+                _ = term.recv() => info!("SIGTERM received"),
+                _ = int.recv() => info!("SIGINT received"),
+                _ = hup.recv() => match reload(&source, &config, &offline).await {
+                    Reload::Rejected(why) => {
+                        error!("reload rejected, the running configuration stays: {why}");
+                        continue;
+                    }
+                    Reload::Unchanged => {
+                        info!("reload: the configuration is unchanged");
+                        continue;
+                    }
+                    Reload::Changed(new, new_offline) => {
+                        info!("reload: applying the new configuration (the output reconnects once)");
+                        if let Some(tx) = stop_tx.take() {
+                            let _ = tx.send(());
+                        }
+                        let _ = (&mut running).await;
+                        break (*new, new_offline);
+                    }
+                },
+            }
+            // SIGTERM or SIGINT: stop and leave.
+            if let Some(tx) = stop_tx.take() {
+                let _ = tx.send(());
+            }
+            return exit_status((&mut running).await);
+        };
+        (config, offline) = next;
+    }
+}
+
+fn exit_status(result: anyhow::Result<()>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(err) => {
+            error!("{err:#}");
+            cli::EX_SOFTWARE
+        }
+    }
+}
+
+/// Re-reads and checks the configuration as at start-up.
+async fn reload(source: &Source, running: &Config, offline: &OfflineInfo) -> Reload {
+    let source = source.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        let config = Config::load(&source).map_err(|e| e.to_string())?;
+        let offline = cli::preflight_checks(&config).map_err(|e| e.to_string())?;
+        Ok::<_, String>((config, offline))
+    })
+    .await;
+    match checked {
+        Err(err) => Reload::Rejected(format!("the check did not finish: {err}")),
+        Ok(Err(why)) => Reload::Rejected(why),
+        Ok(Ok((config, new_offline))) => {
+            if config == *running && same_video(&new_offline, offline) {
+                Reload::Unchanged
+            } else {
+                if config.offline_video_path == running.offline_video_path
+                    && !same_video(&new_offline, offline)
+                {
+                    warn!("reload: the offline video file changed");
+                }
+                Reload::Changed(Box::new(config), new_offline)
+            }
+        }
+    }
+}
+
+fn same_video(a: &OfflineInfo, b: &OfflineInfo) -> bool {
+    (a.width, a.height, a.has_audio, a.duration) == (b.width, b.height, b.has_audio, b.duration)
+}
