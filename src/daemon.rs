@@ -945,7 +945,8 @@ fn show_addr(addr: Option<IpAddr>) -> String {
     addr.map_or_else(|| "unknown".to_string(), |a| a.to_string())
 }
 
-fn show_duration(d: Duration) -> String {
+/// "42s", "2m05s", "3h12m": for status lines.
+pub fn show_duration(d: Duration) -> String {
     let s = d.as_secs();
     if s >= 3600 {
         format!("{}h{:02}m", s / 3600, (s % 3600) / 60)

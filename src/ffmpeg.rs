@@ -12,6 +12,16 @@ pub const INGEST_AUDIO_FILTER: &str = include_str!("../ffmpeg/ingest-audio.filte
 /// level so our log forwarder can classify it.
 pub const LOGLEVEL: &str = "level+warning";
 
+/// What every FFmpeg child starts with: no banner, no stdin, no periodic
+/// stats line, and the log level above.
+pub const COMMON_ARGS: &[&str] = &[
+    "-hide_banner",
+    "-nostdin",
+    "-nostats",
+    "-loglevel",
+    LOGLEVEL,
+];
+
 /// Raw audio is signed 16-bit little-endian stereo: 4 bytes a sample frame.
 pub const AUDIO_BYTES_PER_SAMPLE: usize = 4;
 

@@ -54,13 +54,7 @@ pub fn args(config: &Config, expect: Expect) -> Vec<String> {
     ];
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
-    push(&[
-        "-hide_banner",
-        "-nostdin",
-        "-nostats",
-        "-loglevel",
-        ffmpeg::LOGLEVEL,
-    ]);
+    push(ffmpeg::COMMON_ARGS);
     // No `-fflags nobuffer`: measured, it delays the first frame by ~2 s.
     push(&["-fpsprobesize", "0"]);
     if expect == Expect::VideoOnly {

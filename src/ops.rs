@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::api::{self, ClientError, Mode, Reply, Request, Status};
 use crate::config::Config;
 use crate::control::{ControlError, Switch};
+use crate::daemon::show_duration;
 
 /// Exit status when the instance is not running, as `systemctl status`
 /// (LSB "program is not running").
@@ -151,7 +152,7 @@ pub fn describe(name: &str, s: &Status) -> String {
     out.push_str(&format!("  publisher:   {publisher}{bitrate}\n"));
     let uptime = s.output_uptime_s.map_or_else(
         || "not streaming (starting or restarting)".to_string(),
-        |up| format!("up {}", duration(Duration::from_secs(up))),
+        |up| format!("up {}", show_duration(Duration::from_secs(up))),
     );
     out.push_str(&format!(
         "  output:      {uptime}, {} restarts (reconnects)\n",
@@ -168,17 +169,6 @@ pub fn describe(name: &str, s: &Status) -> String {
         s.live_frames, s.filler_frames, s.dropped_ticks
     ));
     out
-}
-
-fn duration(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
-    }
 }
 
 #[cfg(test)]

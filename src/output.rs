@@ -54,13 +54,7 @@ pub fn args(config: &Config, offline: &OfflineInfo, select: Input) -> Vec<String
     );
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
-    push(&[
-        "-hide_banner",
-        "-nostdin",
-        "-nostats",
-        "-loglevel",
-        ffmpeg::LOGLEVEL,
-    ]);
+    push(ffmpeg::COMMON_ARGS);
     push(&["-progress", "pipe:1", "-stats_period"]);
     push(&[&PROGRESS_PERIOD.as_secs_f64().to_string()]);
     // Input 0: raw live video. Tiny probe, short queue: frames already
