@@ -132,19 +132,9 @@ pub fn check_ffmpeg(ffmpeg: &Path) -> Result<(), PreflightError> {
 /// Verifies that `ffmpeg` supports the output protocol `protocol` (e.g.
 /// `rtmps`, which needs FFmpeg built with TLS).
 pub fn check_protocol(ffmpeg: &Path, protocol: &str) -> Result<(), PreflightError> {
-    let mut command = Command::new(ffmpeg);
-    command.args(["-hide_banner", "-protocols"]);
-    let output = run(&mut command, "ffmpeg", LIST_TIMEOUT)?;
-    if !output.status.success() {
-        return Err(PreflightError::ToolFailed {
-            command: output.command,
-            status: output.status,
-            detail: first_line(&output.stderr),
-        });
-    }
     // The list is "Input:" names then "Output:" names, one per line; the
     // relay only ever writes with it, so only the output section counts.
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = ffmpeg_list(ffmpeg, "-protocols")?;
     let outputs = text.split_once("Output:").map_or("", |(_, rest)| rest);
     if outputs.lines().any(|l| l.trim() == protocol) {
         Ok(())
@@ -156,12 +146,11 @@ pub fn check_protocol(ffmpeg: &Path, protocol: &str) -> Result<(), PreflightErro
     }
 }
 
-/// Runs `ffmpeg -hide_banner -filters` (or `-encoders`) and returns the names
-/// listed. Each entry line is ` FLAGS name  ...`; legend and header lines
-/// yield words such as "=" that match nothing we look for.
-fn list_names(ffmpeg: &Path, what: &str) -> Result<Vec<String>, PreflightError> {
+/// The text of `ffmpeg -hide_banner FLAG` (`-filters`, `-encoders`,
+/// `-protocols`): what this FFmpeg build offers.
+fn ffmpeg_list(ffmpeg: &Path, flag: &str) -> Result<String, PreflightError> {
     let mut command = Command::new(ffmpeg);
-    command.args(["-hide_banner", what]);
+    command.args(["-hide_banner", flag]);
     let output = run(&mut command, "ffmpeg", LIST_TIMEOUT)?;
     if !output.status.success() {
         return Err(PreflightError::ToolFailed {
@@ -170,7 +159,14 @@ fn list_names(ffmpeg: &Path, what: &str) -> Result<Vec<String>, PreflightError> 
             detail: first_line(&output.stderr),
         });
     }
-    Ok(String::from_utf8_lossy(&output.stdout)
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs `ffmpeg -hide_banner -filters` (or `-encoders`) and returns the names
+/// listed. Each entry line is ` FLAGS name  ...`; legend and header lines
+/// yield words such as "=" that match nothing we look for.
+fn list_names(ffmpeg: &Path, what: &str) -> Result<Vec<String>, PreflightError> {
+    Ok(ffmpeg_list(ffmpeg, what)?
         .lines()
         .filter_map(|line| line.split_whitespace().nth(1))
         .map(str::to_owned)
