@@ -164,7 +164,7 @@ fn write_config(
     let text = format!(
         "KICK_URL=rtmp://127.0.0.1:{port}/out\nKICK_KEY={STREAM}\nRTMP_PORT={port}\n\
          RTMP_STREAM_NAME={STREAM}\nSTATS_URL={stat}\nZMQ_PORT={zmq}\nOFFLINE_VIDEO_PATH={off}\n\
-         OUT_RES={res}\nOUT_FPS={fps}\nALLOWED_PUBLISHERS=any\nKILL_GRACE=2\n",
+         OUT_RES={res}\nOUT_FPS={fps}\nALLOWED_PUBLISHERS=any\nKILL_GRACE=2\nPUBLISH_AUTH_PORT=0\n",
         port = nginx.rtmp_port(),
         stat = nginx.stat_url(),
         zmq = free_tcp_port()?,
@@ -173,6 +173,8 @@ fn write_config(
         fps = opts.fps,
     );
     std::fs::write(&path, text)?;
+    // It holds a stream key: relay refuses it if every user may read it.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     Ok(path)
 }
 

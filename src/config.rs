@@ -40,7 +40,7 @@ const DEFAULT_CONFIG_DIR: &str = "/etc/relay";
 /// Every key the relay understands, in the upper-case form used by `.env`
 /// files and the environment. Must match the fields of [`RawSettings`]; a test
 /// checks that.
-const KEYS: [&str; 21] = [
+const KEYS: [&str; 23] = [
     "KICK_URL",
     "KICK_KEY",
     "RTMP_HOST",
@@ -62,11 +62,13 @@ const KEYS: [&str; 21] = [
     "STATS_URL",
     "ZMQ_PORT",
     "ALLOWED_PUBLISHERS",
+    "PUBLISH_KEY",
+    "PUBLISH_AUTH_PORT",
 ];
 
 /// Defaults, in the lower-case form the layered configuration uses.
 /// `STATS_URL` is missing on purpose: its default depends on `HTTP_STATS_PORT`.
-const DEFAULTS: [(&str, &str); 18] = [
+const DEFAULTS: [(&str, &str); 20] = [
     ("kick_key", ""),
     ("rtmp_host", "127.0.0.1"),
     ("rtmp_port", "1936"),
@@ -85,6 +87,8 @@ const DEFAULTS: [(&str, &str); 18] = [
     ("http_stats_port", "8080"),
     ("zmq_port", "5559"),
     ("allowed_publishers", "external"),
+    ("publish_key", ""),
+    ("publish_auth_port", "8081"),
 ];
 
 /// Where to read the configuration from.
@@ -232,6 +236,11 @@ pub struct Config {
     pub stats_url: String,
     pub zmq_port: u16,
     pub allowed_publishers: AllowedPublishers,
+    /// What a publisher must send as `?key=` (see `publish_auth.rs`); empty:
+    /// anyone who knows the stream name may publish.
+    pub publish_key: Secret,
+    /// Port on 127.0.0.1 of the endpoint for nginx's `on_publish`; 0: none.
+    pub publish_auth_port: u16,
 }
 
 // Written by hand rather than derived: with an empty KICK_KEY the stream key
@@ -265,6 +274,8 @@ impl fmt::Debug for Config {
             .field("stats_url", &self.stats_url)
             .field("zmq_port", &self.zmq_port)
             .field("allowed_publishers", &self.allowed_publishers)
+            .field("publish_key", &self.publish_key)
+            .field("publish_auth_port", &self.publish_auth_port)
             .finish()
     }
 }
@@ -359,6 +370,8 @@ struct RawSettings {
     stats_url: Option<String>,
     zmq_port: String,
     allowed_publishers: String,
+    publish_key: String,
+    publish_auth_port: String,
 }
 
 fn known_key(upper: &str) -> Option<&'static str> {
@@ -861,6 +874,15 @@ fn validate(
         &raw.allowed_publishers,
         parse_allowed_publishers,
     )?;
+    let publish_key = c.check("PUBLISH_KEY", &raw.publish_key, parse_publish_key)?;
+    let publish_auth_port = c.check("PUBLISH_AUTH_PORT", &raw.publish_auth_port, |v| {
+        if v == "0" {
+            Ok(0)
+        } else {
+            parse_port(v)
+                .map_err(|_| format!("{v:?} is not a port number (1..=65535, or 0 for none)"))
+        }
+    })?;
 
     Ok(Config {
         instance: instance.to_owned(),
@@ -886,6 +908,8 @@ fn validate(
         stats_url,
         zmq_port,
         allowed_publishers,
+        publish_key,
+        publish_auth_port,
     })
 }
 
@@ -914,6 +938,18 @@ fn parse_kick_url(value: &str) -> Result<String, String> {
 fn parse_kick_key(value: &str) -> Result<Secret, String> {
     if has_space_or_control(value) {
         return Err("must not contain spaces or control characters (value not shown)".to_owned());
+    }
+    Ok(Secret::new(value))
+}
+
+// It travels in the stream key field as `NAME?key=VALUE`, so it is kept to
+// characters that need no URL encoding.
+fn parse_publish_key(value: &str) -> Result<Secret, String> {
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
+    {
+        return Err("use only letters, digits, '-', '_', '.' and '~' (value not shown)".to_owned());
     }
     Ok(Secret::new(value))
 }
@@ -1134,6 +1170,8 @@ mod tests {
         assert_eq!(c.stats_url, "http://127.0.0.1:8080/rtmp_stat");
         assert_eq!(c.zmq_port, 5559);
         assert_eq!(c.allowed_publishers, AllowedPublishers::External);
+        assert!(c.publish_key.is_empty());
+        assert_eq!(c.publish_auth_port, 8081);
         assert_eq!(c.live_url(), "rtmp://127.0.0.1:1936/live/mystream");
         assert_eq!(c.output_url(), "rtmps://ingest.example.com/app");
     }
@@ -1164,9 +1202,13 @@ mod tests {
             ("STATS_URL", "http://10.0.0.2:81/stat"),
             ("ZMQ_PORT", "6000"),
             ("ALLOWED_PUBLISHERS", "any"),
+            ("PUBLISH_KEY", "pk-1_a.b~"),
+            ("PUBLISH_AUTH_PORT", "0"),
         ])
         .unwrap();
-        assert_eq!(KEYS.len(), 21);
+        assert_eq!(KEYS.len(), 23);
+        assert_eq!(c.publish_key.expose(), "pk-1_a.b~");
+        assert_eq!(c.publish_auth_port, 0);
         assert_eq!(c.kick_url, "rtmp://a.example/app");
         assert_eq!(c.kick_key.expose(), "sk_1");
         assert_eq!(c.output_url(), "rtmp://a.example/app/sk_1");
@@ -1268,6 +1310,11 @@ mod tests {
             ("ALLOWED_PUBLISHERS", "internal"),
             ("ALLOWED_PUBLISHERS", "10.0.0.0/33"),
             ("ALLOWED_PUBLISHERS", ","),
+            ("PUBLISH_KEY", "a b"),
+            ("PUBLISH_KEY", "a&b"),
+            ("PUBLISH_KEY", "a%20"),
+            ("PUBLISH_AUTH_PORT", "65536"),
+            ("PUBLISH_AUTH_PORT", "-1"),
         ];
         for (key, value) in cases {
             let e = error_for(&[(key, value)]);
@@ -1424,6 +1471,11 @@ mod tests {
         assert!(!e.contains("SECRETVALUE"), "{e}");
         let e = error_for(&[("KICK_URL", "rtsp://h/app/SECRETVALUE")]);
         assert!(!e.contains("SECRETVALUE"), "{e}");
+        let e = error_for(&[("PUBLISH_KEY", "SECRET&VALUE")]);
+        assert!(e.starts_with("PUBLISH_KEY: "), "{e}");
+        assert!(!e.contains("SECRET"), "{e}");
+        let c = with(&[("PUBLISH_KEY", "PKSECRETVALUE")]).unwrap();
+        assert!(!format!("{c:?}").contains("PKSECRETVALUE"));
 
         let dir = tempfile::tempdir().unwrap();
         let bad_toml = write(dir.path(), "k.toml", "kick_key = \"SECRETVALUE\n");

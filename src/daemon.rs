@@ -167,6 +167,8 @@ pub async fn run(
         allowed_publishers = %config.allowed_publishers,
         "relay starting"
     );
+    // Answers nginx's on_publish while this pipeline runs.
+    let _publish_auth = crate::publish_auth::start(&config).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (selection_tx, selection_rx) = watch::channel(Input::Offline);

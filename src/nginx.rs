@@ -21,6 +21,13 @@
 //! * The `rtmp{}` block has its own `access_log`, whose default is the
 //!   compiled-in `/var/log/nginx/access.log`; it is switched off here, or a
 //!   non-root user could not start the server.
+//! * With `on_publish URL`, nginx POSTs a form (HTTP/1.0) before it accepts
+//!   a publisher: `app`, `name` (without the query), `addr`, `clientid`,
+//!   `call=publish`, `tcurl`, … and the query arguments of the publisher's
+//!   URL (`NAME?key=K` gives `name=NAME&…&key=K`). A 2xx answer accepts, a
+//!   3xx renames the stream, anything else or no answer refuses. At log
+//!   level `info` nginx writes those arguments (the publish key) into its
+//!   error log; this private one does, the packaged one logs `warn` only.
 //! * In single-process mode SIGTERM is nginx's fast shutdown (connections are
 //!   closed at once) while SIGQUIT would wait for every RTMP session to end,
 //!   which may be never; [`PrivateNginx::stop`] therefore uses SIGTERM.
@@ -60,6 +67,10 @@ pub struct NginxOptions {
     pub nginx_bin: PathBuf,
     /// The RTMP module to load. Default: [`RTMP_MODULE_PATH`].
     pub rtmp_module: PathBuf,
+    /// An `on_publish` URL for the `live` application (relay's publish
+    /// check, `http://127.0.0.1:PORT/on_publish`). Default: none, every
+    /// publisher is accepted.
+    pub on_publish: Option<String>,
 }
 
 impl Default for NginxOptions {
@@ -70,6 +81,7 @@ impl Default for NginxOptions {
             http_port: None,
             nginx_bin: PathBuf::from("nginx"),
             rtmp_module: PathBuf::from(RTMP_MODULE_PATH),
+            on_publish: None,
         }
     }
 }
@@ -369,7 +381,7 @@ rtmp {{
         application live {{
             live on;
             record off;
-        }}
+{on_publish}        }}
         application out {{
             live on;
             record off;
@@ -397,6 +409,12 @@ http {{
 "#,
             module = self.opts.rtmp_module.display(),
             http = self.http_port,
+            on_publish = self
+                .opts
+                .on_publish
+                .as_ref()
+                .map(|url| format!("            on_publish {url};\n"))
+                .unwrap_or_default(),
         )
     }
 
@@ -550,6 +568,7 @@ mod tests {
         assert!(text.contains("listen 198.51.100.1:1935;"));
         assert!(text.contains("listen [::1]:1935;"));
         assert!(text.contains("listen 127.0.0.1:8080;"));
+        assert!(!text.contains("on_publish"));
         let dir = nginx.dir().display().to_string();
         for line in text
             .lines()

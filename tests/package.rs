@@ -41,7 +41,7 @@ const TEST_PACKAGES: [&str; 1] = ["curl"];
 const PATH_INSIDE: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The sink: a private nginx-rtmp inside the container, `out` application on
-/// 1937, stat page on 8081, run as a transient unit.
+/// 1937, stat page on 8091, run as a transient unit.
 const SINK_CONF: &str = r#"daemon off;
 master_process off;
 worker_processes 1;
@@ -57,7 +57,7 @@ http {
     fastcgi_temp_path /srv/sink/tmp;
     uwsgi_temp_path /srv/sink/tmp;
     scgi_temp_path /srv/sink/tmp;
-    server { listen 127.0.0.1:8081; location /stat { rtmp_stat all; } }
+    server { listen 127.0.0.1:8091; location /stat { rtmp_stat all; } }
 }
 "#;
 
@@ -220,18 +220,18 @@ fn prepare_sink_and_media(ct: &Container) {
     write_instance(
         ct,
         "demo",
-        "KICK_URL=rtmp://127.0.0.1:1937/out\nKICK_KEY=demo\nRTMP_STREAM_NAME=mystream\n",
+        "KICK_URL=rtmp://127.0.0.1:1937/out\nKICK_KEY=demo\nRTMP_STREAM_NAME=mystream\nPUBLISH_KEY=pk-demo\n",
     );
     write_instance(
         ct,
         "demo2",
-        "KICK_URL=rtmp://127.0.0.1:1937/out/\nKICK_KEY=demo2\nRTMP_STREAM_NAME=second\nZMQ_PORT=5560\n",
+        "KICK_URL=rtmp://127.0.0.1:1937/out/\nKICK_KEY=demo2\nRTMP_STREAM_NAME=second\nZMQ_PORT=5560\nPUBLISH_AUTH_PORT=0\n",
     );
     // The stream key is for root and the relay group only.
     ct.ok("! setpriv --reuid=nobody --regid=nogroup --clear-groups cat /etc/relay/demo.env");
     ct.ok("setpriv --reuid=relay --regid=relay --init-groups cat /etc/relay/demo.env >/dev/null");
     wait_for(Duration::from_secs(10), "the sink's stat page", || {
-        ct.sh("curl -fsS http://127.0.0.1:8081/stat")
+        ct.sh("curl -fsS http://127.0.0.1:8091/stat")
             .status
             .success()
     });
@@ -274,11 +274,18 @@ fn start_and_stream(ct: &Container) {
 }
 
 fn live_and_back(ct: &Container) {
+    // relay-rtmp asks relay@demo (on_publish): without its PUBLISH_KEY a
+    // publisher is refused at nginx and logged.
+    ct.ok("! timeout 20 ffmpeg -hide_banner -loglevel error -re \
+         -f lavfi -i color=c=red:s=320x180:r=15 -t 5 \
+         -c:v libx264 -preset ultrafast -g 15 -f flv \
+         'rtmp://127.0.0.1:1936/live/mystream?key=wrong'");
+    wait_journal(ct, "relay@demo", "publish refused", Duration::from_secs(10));
     ct.ok(
         "systemd-run --unit=publisher ffmpeg -hide_banner -loglevel error -re \
          -f lavfi -i color=c=blue:s=320x180:r=15 -f lavfi -i sine=frequency=880 \
          -c:v libx264 -preset ultrafast -g 15 -c:a aac -f flv \
-         rtmp://127.0.0.1:1936/live/mystream",
+         'rtmp://127.0.0.1:1936/live/mystream?key=pk-demo'",
     );
     wait_journal(ct, "relay@demo", "on air: live", Duration::from_secs(30));
     wait_for(Duration::from_secs(10), "STATUS says live", || {
@@ -459,7 +466,7 @@ fn sink_publishing(ct: &Container, stream: &str) -> bool {
 
 /// Publishing clients on out/STREAM at the sink.
 fn sink_publishers(ct: &Container, stream: &str) -> usize {
-    let out = ct.sh("curl -fsS http://127.0.0.1:8081/stat");
+    let out = ct.sh("curl -fsS http://127.0.0.1:8091/stat");
     if !out.status.success() {
         return 0;
     }

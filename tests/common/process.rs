@@ -383,8 +383,13 @@ impl RelayProc {
     }
 }
 
-/// Writes `KEY=VALUE` lines (no quoting) to `dir/relay.env`; returns its path.
+/// Writes `KEY=VALUE` lines (no quoting) to `dir/relay.env`, mode 0600 as
+/// relay requires of a file holding a stream key; returns its path.
+/// Unless `pairs` sets it, `PUBLISH_AUTH_PORT=0` is added: tests never take
+/// the fixed default port of the on_publish endpoint.
 pub fn write_env_file(dir: &Path, pairs: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let path = dir.join("relay.env");
     let mut text = String::new();
     for (k, v) in pairs {
@@ -394,6 +399,16 @@ pub fn write_env_file(dir: &Path, pairs: &[(&str, &str)]) -> anyhow::Result<Path
         );
         text.push_str(&format!("{k}={v}\n"));
     }
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    if !pairs.iter().any(|(k, _)| *k == "PUBLISH_AUTH_PORT") {
+        text.push_str("PUBLISH_AUTH_PORT=0\n");
+    }
+    let _ = std::fs::remove_file(&path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }

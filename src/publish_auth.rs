@@ -1,0 +1,389 @@
+//! Who may publish: the endpoint behind nginx-rtmp's `on_publish`.
+//!
+//! nginx-rtmp asks an HTTP URL before it accepts a publisher
+//! (`on_publish http://127.0.0.1:8081/on_publish;` in the application). It
+//! POSTs a form (`application/x-www-form-urlencoded`, HTTP/1.0) with `call=publish`,
+//! `app`, `name` (the stream name without its query), `addr` (the
+//! publisher's IP address), `clientid`, `tcurl`, `flashver`, … and every
+//! argument of the publisher's query string. A streamer enters
+//! `NAME?key=PUBLISH_KEY` as the stream key in OBS, so the form carries
+//! `name=NAME` and `key=PUBLISH_KEY`. Any 2xx answer accepts the publisher;
+//! anything else (here 403) makes nginx refuse it before a single frame
+//! arrives. A 3xx would be a redirect to another stream name, so none is
+//! ever sent. If nginx cannot reach the URL it refuses the publisher.
+//!
+//! The rules, with `PUBLISH_KEY` set: only `RTMP_APP/RTMP_STREAM_NAME` with
+//! the right `key` is accepted; a missing or wrong key and any other stream
+//! are refused and logged with the publisher's address (never the key sent).
+//! Keys are compared in constant time. Without `PUBLISH_KEY` everything is
+//! accepted, as without the endpoint.
+//!
+//! The endpoint listens on 127.0.0.1 only (`PUBLISH_AUTH_PORT`, 0: none) and
+//! is built to shrug off whatever else reaches it: at most 32 connections at
+//! once, 5 s to send the headers, 10 s per connection, 8 KiB of body.
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use subtle::ConstantTimeEq as _;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, Secret};
+
+/// The path nginx's `on_publish` URL must use.
+pub const PATH: &str = "/on_publish";
+/// Connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 32;
+/// Longest accepted request body (nginx sends a few hundred bytes).
+const MAX_BODY: usize = 8 * 1024;
+/// Time allowed for the request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for a whole connection.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest stream name or address quoted in the log.
+const LOG_LIMIT: usize = 64;
+
+/// What the endpoint checks.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub app: String,
+    pub name: String,
+    pub key: Secret,
+}
+
+impl Policy {
+    pub fn of(config: &Config) -> Policy {
+        Policy {
+            app: config.rtmp_app.clone(),
+            name: config.rtmp_stream_name.clone(),
+            key: config.publish_key.clone(),
+        }
+    }
+}
+
+/// The answer to one `on_publish` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The key matches (or no key is configured).
+    Accept,
+    /// Not a `call=publish` form, or not this instance's stream.
+    OtherStream,
+    /// No `key` argument.
+    NoKey,
+    /// A `key` argument that does not match.
+    WrongKey,
+}
+
+impl Verdict {
+    fn reason(self) -> &'static str {
+        match self {
+            Verdict::Accept => "accepted",
+            Verdict::OtherStream => "not this instance's stream",
+            Verdict::NoKey => "no publish key",
+            Verdict::WrongKey => "wrong publish key",
+        }
+    }
+}
+
+/// The fields of nginx's form that matter here.
+#[derive(Debug, Default)]
+struct Form {
+    call: Option<String>,
+    app: Option<String>,
+    name: Option<String>,
+    addr: Option<String>,
+    key: Option<Secret>,
+}
+
+fn parse_form(body: &[u8]) -> Form {
+    let mut form = Form::default();
+    for (k, v) in form_urlencoded::parse(body) {
+        let v = v.into_owned();
+        match &*k {
+            "call" => form.call = Some(v),
+            "app" => form.app = Some(v),
+            "name" => form.name = Some(v),
+            "addr" => form.addr = Some(v),
+            // A second `key` must not smuggle a guess past the first.
+            "key" if form.key.is_none() => form.key = Some(Secret::new(v)),
+            _ => {}
+        }
+    }
+    form
+}
+
+/// The decision for one form.
+fn decide(policy: &Policy, form: &Form) -> Verdict {
+    if policy.key.is_empty() {
+        return Verdict::Accept;
+    }
+    let ours = form.call.as_deref() == Some("publish")
+        && form.app.as_deref() == Some(policy.app.as_str())
+        && form.name.as_deref() == Some(policy.name.as_str());
+    if !ours {
+        return Verdict::OtherStream;
+    }
+    match &form.key {
+        None => Verdict::NoKey,
+        Some(sent) => {
+            // ct_eq compares equal-length slices in constant time; only the
+            // length can leak, and that is not the secret.
+            if bool::from(
+                sent.expose()
+                    .as_bytes()
+                    .ct_eq(policy.key.expose().as_bytes()),
+            ) {
+                Verdict::Accept
+            } else {
+                Verdict::WrongKey
+            }
+        }
+    }
+}
+
+/// The running endpoint; dropping it stops it.
+#[derive(Debug)]
+pub struct Endpoint {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Endpoint {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the endpoint for `config`, and says at start what protects the
+/// stream. With `PUBLISH_KEY` set, failing to listen is an error (the key
+/// would protect nothing); without it, a warning.
+pub async fn start(config: &Config) -> anyhow::Result<Option<Endpoint>> {
+    let policy = Policy::of(config);
+    let stream = format!("{}/{}", policy.app, policy.name);
+    let port = config.publish_auth_port;
+    if policy.key.is_empty() {
+        warn!(
+            "no PUBLISH_KEY: anyone who can reach nginx's RTMP port and knows the stream name {stream} can publish; set PUBLISH_KEY and publish to {stream}?key=PUBLISH_KEY"
+        );
+    }
+    if port == 0 {
+        if !policy.key.is_empty() {
+            warn!(
+                "PUBLISH_AUTH_PORT=0: this instance does not check publishers itself; PUBLISH_KEY protects {stream} only if nginx's on_publish asks an instance that does"
+            );
+        }
+        return Ok(None);
+    }
+    let bind = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let listener = match TcpListener::bind(bind).await {
+        Ok(l) => l,
+        Err(err) if policy.key.is_empty() => {
+            warn!(
+                "not answering nginx's on_publish: cannot listen on {bind}: {err} (another relay instance may answer it)"
+            );
+            return Ok(None);
+        }
+        Err(err) => {
+            return Err(err).with_context(|| {
+                format!(
+                    "cannot listen on {bind} for nginx's on_publish (PUBLISH_AUTH_PORT); if another relay instance uses the port, give this one its own port, or 0 if it carries the same stream as that one"
+                )
+            })
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .context("on_publish endpoint address")?;
+    info!(
+        endpoint = %format!("http://{addr}{PATH}"),
+        key = if policy.key.is_empty() { "none: every publisher is accepted" } else { "required" },
+        "answering nginx's on_publish"
+    );
+    let task = tokio::spawn(serve(listener, Arc::new(policy)));
+    Ok(Some(Endpoint { addr, task }))
+}
+
+async fn serve(listener: TcpListener, policy: Arc<Policy>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(err) => {
+                // Out of file descriptors, for example: wait, do not spin.
+                debug!("on_publish endpoint: accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "on_publish endpoint: too many connections, closing one");
+            continue;
+        };
+        let policy = policy.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |req| {
+                let policy = policy.clone();
+                async move { Ok::<_, Infallible>(handle(req, &policy).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .max_buf_size(MAX_BODY.max(8192))
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => debug!(%peer, "on_publish endpoint: bad request: {err}"),
+                Err(_) => debug!(%peer, "on_publish endpoint: connection too slow, closed"),
+            }
+        });
+    }
+}
+
+async fn handle(req: Request<Incoming>, policy: &Policy) -> Response<Full<Bytes>> {
+    if req.uri().path() != PATH {
+        return answer(StatusCode::NOT_FOUND);
+    }
+    if req.method() != Method::POST {
+        return answer(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) => {
+            debug!("on_publish endpoint: body refused: {err}");
+            return answer(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+    };
+    let form = parse_form(&body);
+    let verdict = decide(policy, &form);
+    let addr = shown(form.addr.as_deref());
+    let stream = format!(
+        "{}/{}",
+        shown(form.app.as_deref()),
+        shown(form.name.as_deref())
+    );
+    match verdict {
+        Verdict::Accept => {
+            info!(publisher = %addr, %stream, "publish accepted");
+            answer(StatusCode::OK)
+        }
+        refused => {
+            warn!(publisher = %addr, %stream, reason = refused.reason(), "publish refused");
+            answer(StatusCode::FORBIDDEN)
+        }
+    }
+}
+
+/// A form value fit for the log: escaped, cut to a sane length.
+fn shown(value: Option<&str>) -> String {
+    match value {
+        None => "-".to_string(),
+        Some(v) => {
+            let cut: String = v.chars().take(LOG_LIMIT).collect();
+            let escaped = cut.escape_debug().to_string();
+            if v.chars().count() > LOG_LIMIT {
+                format!("{escaped}…")
+            } else {
+                escaped
+            }
+        }
+    }
+}
+
+fn answer(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(format!(
+        "{}\n",
+        status.canonical_reason().unwrap_or("")
+    ))));
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(key: &str) -> Policy {
+        Policy {
+            app: "live".into(),
+            name: "cam".into(),
+            key: Secret::new(key),
+        }
+    }
+
+    const NGINX_FORM: &str = "app=live&flashver=FMLE/3.0%20(compatible%3B%20Lavf59.27&swfurl=&tcurl=rtmp://127.0.0.1:19361/live&pageurl=&addr=198.51.100.7&clientid=1&call=publish&name=cam&type=live";
+
+    fn verdict(key: &str, extra: &str) -> Verdict {
+        decide(
+            &policy(key),
+            &parse_form(format!("{NGINX_FORM}{extra}").as_bytes()),
+        )
+    }
+
+    #[test]
+    fn key_decides() {
+        assert_eq!(verdict("s3cret", "&key=s3cret"), Verdict::Accept);
+        assert_eq!(verdict("s3cret", "&key=s3cre"), Verdict::WrongKey);
+        assert_eq!(verdict("s3cret", "&key=s3cretX"), Verdict::WrongKey);
+        assert_eq!(verdict("s3cret", "&key="), Verdict::WrongKey);
+        assert_eq!(verdict("s3cret", ""), Verdict::NoKey);
+        assert_eq!(verdict("s3cret", "&key=bad&key=s3cret"), Verdict::WrongKey);
+        // Percent-encoded forms of the key decode to the key.
+        assert_eq!(verdict("s3cret", "&key=s3%63ret"), Verdict::Accept);
+    }
+
+    #[test]
+    fn other_streams_and_calls_are_refused_with_a_key() {
+        let p = policy("k");
+        let form = |s: &str| parse_form(s.as_bytes());
+        assert_eq!(
+            decide(&p, &form("call=publish&app=live&name=other&key=k")),
+            Verdict::OtherStream
+        );
+        assert_eq!(
+            decide(&p, &form("call=publish&app=out&name=cam&key=k")),
+            Verdict::OtherStream
+        );
+        assert_eq!(
+            decide(&p, &form("call=play&app=live&name=cam&key=k")),
+            Verdict::OtherStream
+        );
+        assert_eq!(decide(&p, &form("")), Verdict::OtherStream);
+        assert_eq!(decide(&p, &form("\u{0}\u{ff}&&==")), Verdict::OtherStream);
+    }
+
+    #[test]
+    fn without_a_key_everything_is_accepted() {
+        assert_eq!(verdict("", ""), Verdict::Accept);
+        assert_eq!(verdict("", "&key=anything"), Verdict::Accept);
+        assert_eq!(
+            decide(&policy(""), &parse_form(b"call=publish&app=x&name=y")),
+            Verdict::Accept
+        );
+    }
+
+    #[test]
+    fn log_values_are_escaped_and_cut() {
+        assert_eq!(shown(None), "-");
+        assert_eq!(shown(Some("a\nb")), "a\\nb");
+        let long = "x".repeat(500);
+        assert_eq!(shown(Some(&long)).chars().count(), LOG_LIMIT + 1);
+    }
+}
