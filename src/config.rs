@@ -337,6 +337,12 @@ pub enum ConfigError {
         origin: Option<String>,
     },
 
+    #[error(
+        "{}: holds a stream or publish key and every user on this host can read it; run: chmod 0640 {} && chown root:relay {}",
+        path.display(), path.display(), path.display()
+    )]
+    Exposed { path: PathBuf },
+
     /// The `config` crate refused the merged settings; only reachable if the
     /// key list and [`RawSettings`] disagree.
     #[error("cannot assemble the configuration: {0}")]
@@ -392,6 +398,8 @@ struct Layer {
     /// Shown in error messages: a file path, or "the environment".
     origin: String,
     values: config::Map<String, config::Value>,
+    /// The file it was read from, if any.
+    file: Option<PathBuf>,
 }
 
 // Not derived: the values include the stream key.
@@ -409,7 +417,20 @@ impl Layer {
         Layer {
             origin: origin.into(),
             values: config::Map::new(),
+            file: None,
         }
+    }
+
+    /// Whether it sets KICK_KEY or PUBLISH_KEY, or a KICK_URL with a key
+    /// or password in it.
+    fn holds_secret(&self) -> bool {
+        let set = |key: &str| self.values.get(key).map(|v| v.to_string());
+        set("kick_key").is_some()
+            || set("publish_key").is_some()
+            || set("kick_url").is_some_and(|url| {
+                let url = url.trim_end_matches('/');
+                mask_url(url, true) != url
+            })
     }
 
     /// `upper_key` must be a known key. Empty values mean "not set".
@@ -466,7 +487,16 @@ impl Config {
             }
         };
         layers.push(environment_layer(env));
-        assemble(&instance, layers)
+        let secret_files: Vec<PathBuf> = layers
+            .iter()
+            .filter(|layer| layer.holds_secret())
+            .filter_map(|layer| layer.file.clone())
+            .collect();
+        let config = assemble(&instance, layers)?;
+        for path in secret_files {
+            refuse_if_world_readable(&path)?;
+        }
+        Ok(config)
     }
 
     /// Builds a configuration from `KEY=VALUE` style pairs alone: no files,
@@ -583,6 +613,25 @@ fn instance_layers(
     Ok(layers)
 }
 
+/// A file holding a secret may be readable by its owner and its group
+/// (root:relay 0640 is the convention), not by every user.
+fn refuse_if_world_readable(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path)
+        .map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o004 != 0 {
+        return Err(ConfigError::Exposed {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 fn read_if_exists(path: &Path) -> Result<Option<String>, ConfigError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
@@ -648,6 +697,7 @@ fn toml_layer(path: &Path, text: &str) -> Result<Layer, ConfigError> {
         })?;
 
     let mut layer = Layer::new(path.display().to_string());
+    layer.file = Some(path.to_owned());
     for (key, value) in table {
         let Some(known) = known_toml_key(&key) else {
             return Err(unknown_key(&key, &layer.origin, None, KeyCase::Lower));
@@ -711,6 +761,7 @@ fn dotenv_layer(path: &Path, text: &str) -> Result<Layer, ConfigError> {
         message: message.to_owned(),
     };
     let mut layer = Layer::new(path.display().to_string());
+    layer.file = Some(path.to_owned());
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (index, raw_line) in text.lines().enumerate() {
         let number = index + 1;
@@ -1128,10 +1179,72 @@ mod tests {
         move |name| map.get(name).cloned()
     }
 
+    /// Writes a file with mode 0640, as a file holding a key must be.
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
+        chmod(&path, 0o640);
         path
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn files_with_secrets_must_not_be_world_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "KICK_URL=rtmp://h/app\nOFFLINE_VIDEO_PATH=/o.mp4\n";
+        let load = |name: &str, text: &str, mode: u32| {
+            let path = write(dir.path(), name, text);
+            chmod(&path, mode);
+            Config::load_with_env(&Source::File(path), &no_env).map(|_| ())
+        };
+        for secret in [
+            "KICK_KEY=SECRETVALUE\n",
+            "PUBLISH_KEY=SECRETVALUE\n",
+            "KICK_URL=rtmp://h/app/SECRETVALUE\n",
+            "KICK_URL=rtmp://user:SECRETVALUE@h/app\n",
+        ] {
+            let text = format!("{base}{secret}");
+            let e = load("k.env", &text, 0o644).unwrap_err();
+            assert!(matches!(e, ConfigError::Exposed { .. }), "{secret}: {e}");
+            let msg = e.to_string();
+            assert!(msg.contains("k.env") && msg.contains("chmod 0640"), "{msg}");
+            assert!(!msg.contains("SECRETVALUE") && !msg.contains('\n'), "{msg}");
+            load("k.env", &text, 0o640).unwrap();
+            load("k.env", &text, 0o600).unwrap();
+        }
+        // Nothing secret: any mode will do.
+        load("k.env", base, 0o644).unwrap();
+        load(
+            "k.env",
+            "KICK_URL=rtmp://h/app/\nOFFLINE_VIDEO_PATH=/o.mp4\n",
+            0o644,
+        )
+        .unwrap();
+        // TOML too, and per file: the .env holding the key is the one named.
+        let cdir = tempfile::tempdir().unwrap();
+        write(cdir.path(), "i.toml", "kick_url = \"rtmp://h/app\"\n");
+        chmod(&cdir.path().join("i.toml"), 0o644);
+        let env_path = write(cdir.path(), "i.env", "KICK_KEY=s\nOFFLINE_VIDEO_PATH=/o\n");
+        let dir_env = env_from(&[("RELAY_CONFIG_DIR", cdir.path().to_str().unwrap())]);
+        Config::load_with_env(&Source::Instance("i".into()), &dir_env).unwrap();
+        chmod(&env_path, 0o604);
+        let e = Config::load_with_env(&Source::Instance("i".into()), &dir_env).unwrap_err();
+        assert!(
+            e.to_string().starts_with(&env_path.display().to_string()),
+            "{e}"
+        );
+        let toml = write(
+            cdir.path(),
+            "t.toml",
+            "kick_url = \"rtmp://h/a\"\npublish_key = \"p\"\noffline_video_path = \"/o\"\n",
+        );
+        chmod(&toml, 0o644);
+        let e = Config::load_with_env(&Source::File(toml), &no_env).unwrap_err();
+        assert!(matches!(e, ConfigError::Exposed { .. }), "{e}");
     }
 
     #[test]

@@ -154,7 +154,7 @@ impl Setup {
     /// Writes `lines` to `name` in the directory; returns its path.
     fn write(&self, name: &str, lines: &[String]) -> PathBuf {
         let path = self.path(name);
-        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        write_private(&path, lines.join("\n") + "\n").unwrap();
         path
     }
 
@@ -320,7 +320,7 @@ async fn instance_without_configuration_names_both_paths() -> anyhow::Result<()>
     let conf_dir = s.path("etc-relay");
     std::fs::create_dir(&conf_dir)?;
     // A file for another instance does not count.
-    std::fs::write(conf_dir.join("other.env"), s.env_lines().join("\n"))?;
+    write_private(&conf_dir.join("other.env"), s.env_lines().join("\n"))?;
     let out = run_relay(
         &["run", "kick"],
         &[("RELAY_CONFIG_DIR", conf_dir.to_str().unwrap())],
@@ -348,7 +348,7 @@ async fn instance_env_file_errors_name_that_file() -> anyhow::Result<()> {
     let mut lines = s.env_lines();
     lines.push("ALLOWED_PUBLISHER=any".to_string());
     let env = conf_dir.join("kick.env");
-    std::fs::write(&env, lines.join("\n") + "\n")?;
+    write_private(&env, lines.join("\n") + "\n")?;
     let out = run_relay(
         &["run", "kick"],
         &[("RELAY_CONFIG_DIR", conf_dir.to_str().unwrap())],
@@ -505,8 +505,8 @@ async fn good_configuration_passes_preflight_and_stops_on_sigterm() -> anyhow::R
     let conf_dir = s.path("etc-relay");
     std::fs::create_dir(&conf_dir)?;
     // Through `relay run NAME`: a TOML file, with the .env file on top.
-    std::fs::write(
-        conf_dir.join("good.toml"),
+    write_private(
+        &conf_dir.join("good.toml"),
         format!(
             "kick_url = \"rtmp://127.0.0.1:{port}/out\"\n\
              kick_key = \"{SECRET}\"\n\
@@ -523,9 +523,12 @@ async fn good_configuration_passes_preflight_and_stops_on_sigterm() -> anyhow::R
             stats = nginx.stat_url(),
         ),
     )?;
-    std::fs::write(
-        conf_dir.join("good.env"),
-        format!("ZMQ_PORT={}\n", relay::nginx::free_tcp_port()?),
+    write_private(
+        &conf_dir.join("good.env"),
+        format!(
+            "ZMQ_PORT={}\nPUBLISH_AUTH_PORT=0\n",
+            relay::nginx::free_tcp_port()?
+        ),
     )?;
     let mut relay = RelayProc::spawn(
         env!("CARGO_BIN_EXE_relay"),

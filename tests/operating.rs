@@ -362,7 +362,7 @@ async fn check_reports_every_part_and_fails_on_each_broken_one() -> anyhow::Resu
         })
         .map(|l| l + "\n")
         .collect();
-    std::fs::write(&missing, edited)?;
+    write_private(&missing, edited)?;
     let out = operator(
         &["check", "--config", missing.to_str().context("path")?],
         &run_dir,
@@ -377,7 +377,7 @@ async fn check_reports_every_part_and_fails_on_each_broken_one() -> anyhow::Resu
     let broken_dir = rig.dir.path().join("broken");
     std::fs::create_dir(&broken_dir)?;
     let broken = broken_dir.join("relay.env");
-    std::fs::write(&broken, format!("{text}NO_SUCH_KEY=1\n"))?;
+    write_private(&broken, format!("{text}NO_SUCH_KEY=1\n"))?;
     let out = operator(
         &["check", "--config", broken.to_str().context("path")?],
         &run_dir,

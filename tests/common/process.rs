@@ -388,8 +388,6 @@ impl RelayProc {
 /// Unless `pairs` sets it, `PUBLISH_AUTH_PORT=0` is added: tests never take
 /// the fixed default port of the on_publish endpoint.
 pub fn write_env_file(dir: &Path, pairs: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     let path = dir.join("relay.env");
     let mut text = String::new();
     for (k, v) in pairs {
@@ -402,13 +400,23 @@ pub fn write_env_file(dir: &Path, pairs: &[(&str, &str)]) -> anyhow::Result<Path
     if !pairs.iter().any(|(k, _)| *k == "PUBLISH_AUTH_PORT") {
         text.push_str("PUBLISH_AUTH_PORT=0\n");
     }
-    let _ = std::fs::remove_file(&path);
+    write_private(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Writes `text` to `path` with mode 0600 (replacing any file there): relay
+/// refuses a configuration file holding a key that every user may read.
+pub fn write_private(path: &Path, text: impl AsRef<[u8]>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+        .open(path)?
+        .write_all(text.as_ref())
 }
