@@ -9,6 +9,13 @@
 //! malformed configuration.
 //!
 //! KICK_KEY is never printed: the destination is shown masked.
+//!
+//! A `warn` line, which does not change the exit status, says when other
+//! users could read the stream key on the output FFmpeg's command line:
+//! FFmpeg 5.1 takes its output URL only as an argument, and
+//! `/proc/PID/cmdline` is readable by every user unless `/proc` is mounted
+//! with `hidepid=` (systemd's `ProtectProc=` only changes the unit's own
+//! view of `/proc`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -49,6 +56,9 @@ pub async fn run(source: &Source) -> i32 {
         report("offline video", check_offline(&config)),
         report("stat page", check_stats(&config).await),
     ];
+    if let Some(warning) = argv_warning(&config) {
+        println!("warn {warning}");
+    }
     if results.iter().all(|ok| *ok) {
         0
     } else {
@@ -119,4 +129,79 @@ async fn check_stats(config: &Config) -> Result<String, String> {
         None => format!("{app}/{name} is not published now"),
     };
     Ok(format!("{} answers; {now}", config.stats_url))
+}
+
+/// Why other users could read the stream key on FFmpeg's command line, if
+/// they can: the key is there (KICK_KEY, or a key in KICK_URL) and this
+/// host's `/proc` does not hide other users' processes.
+fn argv_warning(config: &Config) -> Option<String> {
+    if config.output_url() == config.output_url_masked() {
+        return None;
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if proc_hides_processes(&mountinfo) {
+        return None;
+    }
+    Some(
+        "stream key: every local user can read it on the output FFmpeg's command line; \
+         mount /proc with hidepid=invisible (see the README, \"Secrets\")"
+            .to_string(),
+    )
+}
+
+/// Whether the `/proc` mount in `mountinfo` (the last one, if stacked) has
+/// `hidepid` set to hide other users' process details.
+fn proc_hides_processes(mountinfo: &str) -> bool {
+    let Some(line) = mountinfo.lines().rev().find(|line| {
+        let mut fields = line.split(' ');
+        fields.nth(4) == Some("/proc") && line.contains(" - proc ")
+    }) else {
+        return false;
+    };
+    let super_options = line.rsplit(' ').next().unwrap_or("");
+    super_options.split(',').any(|option| {
+        matches!(
+            option,
+            "hidepid=1"
+                | "hidepid=2"
+                | "hidepid=4"
+                | "hidepid=noaccess"
+                | "hidepid=invisible"
+                | "hidepid=ptraceable"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidepid_is_read_from_the_proc_mount() {
+        let plain = "22 27 0:21 / /proc rw,relatime - proc proc rw\n";
+        assert!(!proc_hides_processes(plain));
+        let hidden = "22 27 0:21 / /proc rw,relatime - proc proc rw,hidepid=invisible\n";
+        assert!(proc_hides_processes(hidden));
+        let gid = "22 27 0:21 / /proc rw - proc proc rw,gid=27,hidepid=2\n";
+        assert!(proc_hides_processes(gid));
+        // Stacked mounts: the last one counts.
+        assert!(!proc_hides_processes(&format!("{hidden}{plain}")));
+        // Another mount point with hidepid does not count.
+        let other = "30 27 0:40 / /run/x/proc rw - proc proc rw,hidepid=2\n";
+        assert!(!proc_hides_processes(&format!("{plain}{other}")));
+        assert!(!proc_hides_processes(""));
+    }
+
+    #[test]
+    fn no_warning_without_a_key_on_the_command_line() {
+        let c = Config::from_pairs(
+            "t",
+            &[
+                ("KICK_URL", "rtmp://h/app"),
+                ("OFFLINE_VIDEO_PATH", "/o.mp4"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(argv_warning(&c), None);
+    }
 }

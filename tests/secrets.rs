@@ -210,6 +210,18 @@ async fn keys_never_appear_in_logs_status_check_or_errors() -> anyhow::Result<()
         outputs.push((format!("relay {args:?}"), out.to_string()));
     }
 
+    // On a host whose /proc shows every command line, check says so.
+    let plain_proc = !std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .any(|l| l.contains(" /proc ") && l.contains("hidepid"));
+    if plain_proc {
+        ensure!(
+            outputs[2].1.contains("warn stream key: every local user"),
+            "{}",
+            outputs[2].1
+        );
+    }
+
     // Error paths: the output FFmpeg dies and is restarted; a reload with
     // a broken key is rejected; the publisher vanishes.
     let output_pids: Vec<u32> = child_pids_of(relay.pid())
