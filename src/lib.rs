@@ -5,7 +5,8 @@
 //! `output` and `ingest` build the two kinds of FFmpeg child, which `child`
 //! spawns and stops; `control` switches the output over ZMQ; `stats` reads
 //! nginx-rtmp's stat page; `config` and `preflight` check everything before
-//! it starts; `publish_auth` answers nginx's `on_publish`; `notify` and `logging` talk to systemd and journald.
+//! it starts; `publish_auth` answers nginx's `on_publish` (who may
+//! publish); `notify` and `logging` talk to systemd and journald.
 //! Operators reach a running daemon through `api` (its control socket)
 //! with the commands in `ops`; `check` validates an instance without
 //! starting it.

@@ -191,7 +191,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Option<Endpoint>> {
         return Ok(None);
     }
     let bind = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let listener = match TcpListener::bind(bind).await {
+    let listener = match bind_soon(bind).await {
         Ok(l) => l,
         Err(err) if policy.key.is_empty() => {
             warn!(
@@ -217,6 +217,23 @@ pub async fn start(config: &Config) -> anyhow::Result<Option<Endpoint>> {
     );
     let task = tokio::spawn(serve(listener, Arc::new(policy)));
     Ok(Some(Endpoint { addr, task }))
+}
+
+/// Binds `addr`, retrying for a moment while it is in use: after a reload
+/// the previous pipeline's endpoint may not have closed its socket yet.
+async fn bind_soon(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match TcpListener::bind(addr).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn serve(listener: TcpListener, policy: Arc<Policy>) {

@@ -299,3 +299,30 @@ async fn the_endpoint_survives_garbage_huge_and_slow_requests() -> anyhow::Resul
     sink.expect_steady(Colour::Green, secs(2)).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_reload_applies_a_new_publish_key() -> anyhow::Result<()> {
+    let s = Setup::new("pubreload", Some(PUBLISH_KEY)).await?;
+    let relay = RelayProc::run(&s.env_file, &[])?;
+    relay.wait_for_log("output streaming", secs(60)).await?;
+    let form = |key: &str| {
+        form_request(&format!(
+            "call=publish&app=live&name={}&addr=198.51.100.7&key={key}",
+            s.stream
+        ))
+    };
+    ensure!(ask(s.auth_port, &form(PUBLISH_KEY)).await?.contains(" 200"));
+    let text = std::fs::read_to_string(&s.env_file)?;
+    write_private(&s.env_file, text.replace(PUBLISH_KEY, "pk-new-key"))?;
+    let mark = relay.log_mark();
+    relay.signal(nix::sys::signal::Signal::SIGHUP)?;
+    relay
+        .wait_for_log_since(mark, "answering nginx's on_publish", secs(60))
+        .await?;
+    ensure!(ask(s.auth_port, &form("pk-new-key"))
+        .await?
+        .contains(" 200"));
+    ensure!(ask(s.auth_port, &form(PUBLISH_KEY)).await?.contains(" 403"));
+    ensure!(relay.is_running(), "relay stopped on reload");
+    Ok(())
+}
