@@ -10,7 +10,8 @@
 //!
 //! KICK_KEY is never printed: the destination is shown masked.
 //!
-//! A `warn` line, which does not change the exit status, says when other
+//! `warn` lines do not change the exit status. One says when no
+//! PUBLISH_KEY protects the stream; another says when other
 //! users could read the stream key on the output FFmpeg's command line:
 //! FFmpeg 5.1 takes its output URL only as an argument, and
 //! `/proc/PID/cmdline` is readable by every user unless `/proc` is mounted
@@ -56,6 +57,10 @@ pub async fn run(source: &Source) -> i32 {
         report("offline video", check_offline(&config)),
         report("stat page", check_stats(&config).await),
     ];
+    match publish_key_report(&config) {
+        Ok(detail) => println!("ok   publish key: {detail}"),
+        Err(warning) => println!("warn publish key: {warning}"),
+    }
     if let Some(warning) = argv_warning(&config) {
         println!("warn {warning}");
     }
@@ -129,6 +134,23 @@ async fn check_stats(config: &Config) -> Result<String, String> {
         None => format!("{app}/{name} is not published now"),
     };
     Ok(format!("{} answers; {now}", config.stats_url))
+}
+
+/// Whether publishers need a key, and who checks it.
+fn publish_key_report(config: &Config) -> Result<String, String> {
+    let stream = format!("{}/{}", config.rtmp_app, config.rtmp_stream_name);
+    if config.publish_key.is_empty() {
+        return Err(format!(
+            "not set: anyone who can reach nginx's RTMP port and knows the stream name {stream} can publish"
+        ));
+    }
+    Ok(match config.publish_auth_port {
+        0 => "set, but PUBLISH_AUTH_PORT=0: only another instance that nginx's on_publish asks can check it".to_string(),
+        port => format!(
+            "required for {stream}; nginx's on_publish must ask http://127.0.0.1:{port}{}",
+            crate::publish_auth::PATH
+        ),
+    })
 }
 
 /// Why other users could read the stream key on FFmpeg's command line, if

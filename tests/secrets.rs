@@ -210,6 +210,13 @@ async fn keys_never_appear_in_logs_status_check_or_errors() -> anyhow::Result<()
         outputs.push((format!("relay {args:?}"), out.to_string()));
     }
 
+    ensure!(
+        outputs[2]
+            .1
+            .contains("ok   publish key: required for live/"),
+        "{}",
+        outputs[2].1
+    );
     // On a host whose /proc shows every command line, check says so.
     let plain_proc = !std::fs::read_to_string("/proc/self/mountinfo")?
         .lines()
