@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::control::{Input, Switch};
 use crate::ffmpeg::RawFormat;
 use crate::ingest::{self, Expect};
+use crate::metrics;
 use crate::notify;
 use crate::output::{self, Progress};
 use crate::preflight::OfflineInfo;
@@ -241,6 +242,33 @@ pub async fn run(
         None => None,
     };
 
+    let (metrics_tx, metrics_rx) = watch::channel(metrics::Snapshot {
+        instance: config.instance.clone(),
+        state: StateName::Offline,
+        switches: Vec::new(),
+        output_restarts: 0,
+        ingest_restarts: 0,
+        publisher_connected: false,
+        live_bitrate_bps: None,
+        output_uptime_s: None,
+        output_fps: None,
+        output_speed: None,
+    });
+    let metrics_task = match config.metrics_addr {
+        Some(addr) => match metrics::serve(addr, metrics_rx, pump_stats.clone()).await {
+            Ok(task) => {
+                info!("metrics at http://{addr}/metrics");
+                Some(task)
+            }
+            // Like the control socket: the stream matters more.
+            Err(err) => {
+                warn!(%addr, %err, "cannot serve metrics (METRICS_ADDR)");
+                None
+            }
+        },
+        None => None,
+    };
+
     let (ingest_ev_tx, ingest_ev_rx) = mpsc::channel(8);
     let mut daemon = Daemon {
         config: config.clone(),
@@ -269,6 +297,8 @@ pub async fn run(
         low_bitrate: None,
         low_cleared_at: None,
         switches: BTreeMap::new(),
+        metrics: metrics_tx,
+        output_rates: None,
         ingest_retry_at: Some(Instant::now()),
         publisher: None,
         refused: None,
@@ -298,6 +328,10 @@ pub async fn run(
         .await;
     // Dropping the socket task removes the socket file.
     if let Some(task) = api_task {
+        task.abort();
+        let _ = task.await;
+    }
+    if let Some(task) = metrics_task {
         task.abort();
         let _ = task.await;
     }
@@ -356,6 +390,9 @@ struct Daemon {
     low_cleared_at: Option<Instant>,
     /// Changes of what is on air: (to, reason kind) → count.
     switches: BTreeMap<(&'static str, &'static str), u64>,
+    metrics: watch::Sender<metrics::Snapshot>,
+    /// fps and speed from the output's last progress report.
+    output_rates: Option<(f64, f64)>,
     /// When to (re)start a standby ingest; None while one runs or none is wanted.
     ingest_retry_at: Option<Instant>,
     /// The publisher on the last good stat page.
@@ -479,6 +516,7 @@ impl Daemon {
                 self.output_in_backoff = false;
             }
             OutputEvent::Progress(p) => {
+                self.output_rates = Some((p.fps, p.speed));
                 let advanced = self.last_progress.is_none_or(|(_, frame)| p.frame > frame);
                 if advanced && p.frame > 0 {
                     let first = self.last_progress.is_none();
@@ -492,6 +530,7 @@ impl Daemon {
                 self.output_pid = None;
                 self.output_since = None;
                 self.last_progress = None;
+                self.output_rates = None;
                 self.output_restarts += 1;
                 self.output_in_backoff = true;
                 warn!(
@@ -980,6 +1019,7 @@ impl Daemon {
     }
 
     fn housekeeping(&mut self) {
+        self.metrics.send_replace(self.snapshot());
         let status = self.status_line();
         if status != self.last_status {
             notify::status(&status);
@@ -1116,6 +1156,23 @@ impl Daemon {
                 low_bitrate_kbps: self.config.low_bitrate.map(|l| l.bps / 1000),
                 low_bitrate_s: self.config.low_bitrate.map(|l| l.window.as_secs_f64()),
             },
+        }
+    }
+
+    /// What `/metrics` shows.
+    fn snapshot(&self) -> metrics::Snapshot {
+        let streaming = self.output_since.filter(|_| self.last_progress.is_some());
+        metrics::Snapshot {
+            instance: self.config.instance.clone(),
+            state: self.state_name(),
+            switches: self.switches.iter().map(|(k, v)| (*k, *v)).collect(),
+            output_restarts: self.output_restarts,
+            ingest_restarts: self.ingest_restarts,
+            publisher_connected: self.publisher.is_some(),
+            live_bitrate_bps: self.live_bps.filter(|_| self.publisher.is_some()),
+            output_uptime_s: streaming.map(|t| t.elapsed().as_secs_f64()),
+            output_fps: self.output_rates.map(|(fps, _)| fps),
+            output_speed: self.output_rates.map(|(_, speed)| speed),
         }
     }
 
