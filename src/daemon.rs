@@ -181,6 +181,15 @@ pub async fn run(
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Reloaded settings that apply at once; without a reloader, a channel
+    // that never changes (its sender lives until we return).
+    let (_no_reload, updates) = match options.reconfigure.clone() {
+        Some(rx) => (None, rx),
+        None => {
+            let (tx, rx) = watch::channel(config.clone());
+            (Some(tx), rx)
+        }
+    };
     let (selection_tx, selection_rx) = watch::channel(Input::Offline);
     let pump_stats = Arc::new(pump::Stats::default());
 
@@ -211,6 +220,7 @@ pub async fn run(
             out_ev_tx,
             selection_rx,
             restart_rx,
+            updates.clone(),
             stop_rx.clone(),
         )
         .instrument(tracing::info_span!("output")),
@@ -223,6 +233,7 @@ pub async fn run(
         config.poll_interval,
         poll_now.clone(),
         stat_tx,
+        updates.clone(),
         stop_rx.clone(),
     ));
 
@@ -324,6 +335,7 @@ pub async fn run(
             stat_rx,
             ingest_ev_rx,
             api_rx,
+            updates,
         )
         .await;
     // Dropping the socket task removes the socket file.
@@ -415,6 +427,7 @@ struct Daemon {
 }
 
 impl Daemon {
+    #[allow(clippy::too_many_arguments)]
     async fn event_loop(
         &mut self,
         shutdown: impl Future<Output = ()>,
@@ -423,6 +436,7 @@ impl Daemon {
         mut stat_pages: mpsc::Receiver<Result<StatPage, String>>,
         mut ingest_events: mpsc::Receiver<IngestExit>,
         mut api_calls: mpsc::Receiver<Call>,
+        mut updates: watch::Receiver<Arc<Config>>,
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
@@ -448,8 +462,39 @@ impl Daemon {
                     self.maybe_go_live().await;
                 }
                 _ = housekeeping.tick() => self.housekeeping(),
+                Ok(()) = updates.changed() => {
+                    let new = updates.borrow_and_update().clone();
+                    self.apply_tuning(new).await;
+                }
             }
         }
+    }
+
+    /// A reload that changed only what applies at once
+    /// ([`Config::only_tuning_differs`]): no child is restarted.
+    async fn apply_tuning(&mut self, new: Arc<Config>) {
+        let old = std::mem::replace(&mut self.config, new.clone());
+        if old.offline_after != new.offline_after {
+            let _ = self
+                .pump
+                .send(pump::Command::SetGap(new.offline_after))
+                .await;
+        }
+        if old.crash_backoff != new.crash_backoff {
+            self.ingest_backoff = Backoff::new(new.crash_backoff);
+        }
+        info!(
+            offline_after_ms = new.offline_after.as_millis() as u64,
+            live_stable_s = new.live_stable.as_secs_f64(),
+            low_bitrate_kbps = new.low_bitrate.map(|l| l.bps / 1000),
+            low_bitrate_s = new.low_bitrate.map(|l| l.window.as_secs_f64()),
+            poll_interval_s = new.poll_interval.as_secs_f64(),
+            allowed_publishers = %new.allowed_publishers,
+            "reload: new settings applied at once; the output keeps running"
+        );
+        // Publishers are judged again on a fresh stat page: allowed ones
+        // go on air, refused ones off.
+        self.poll_now.notify_one();
     }
 
     async fn on_pump(&mut self, ev: PumpEvent) {
@@ -1238,10 +1283,17 @@ async fn supervise_output(
     events: mpsc::Sender<OutputEvent>,
     selection: watch::Receiver<Input>,
     mut restart: mpsc::Receiver<()>,
+    updates: watch::Receiver<Arc<Config>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(config.crash_backoff);
     loop {
+        // KILL_GRACE and CRASH_BACKOFF may change on reload; nothing else
+        // the output uses can without restarting the pipeline.
+        let crash_backoff = updates.borrow().crash_backoff;
+        if backoff.base != crash_backoff {
+            backoff = Backoff::new(crash_backoff);
+        }
         let select = *selection.borrow();
         let started_at = Instant::now();
         let reason = match output::spawn(&config, &offline, select, &ffmpeg) {
@@ -1279,9 +1331,10 @@ async fn supervise_output(
                         _ = stop.changed() => break Why::Shutdown,
                     }
                 };
+                let kill_grace = updates.borrow().kill_grace;
                 match why {
                     Why::Shutdown => {
-                        child.stop(config.kill_grace).await;
+                        child.stop(kill_grace).await;
                         return;
                     }
                     Why::Exited(status) => {
@@ -1291,11 +1344,11 @@ async fn supervise_output(
                             .to_string()
                     }
                     Why::Stalled => {
-                        child.stop(config.kill_grace).await;
+                        child.stop(kill_grace).await;
                         format!("no progress for {} s", OUTPUT_STALL.as_secs())
                     }
                     Why::Requested => {
-                        child.stop(config.kill_grace).await;
+                        child.stop(kill_grace).await;
                         "restart requested".to_string()
                     }
                 }
@@ -1317,14 +1370,25 @@ async fn poll_stats(
     interval: Duration,
     now: Arc<Notify>,
     tx: mpsc::Sender<Result<StatPage, String>>,
+    mut updates: watch::Receiver<Arc<Config>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut interval = interval;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = now.notified() => {}
+            Ok(()) = updates.changed() => {
+                let new = updates.borrow_and_update().poll_interval;
+                if new != interval {
+                    interval = new;
+                    ticker = tokio::time::interval(interval);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
+                continue;
+            }
             _ = stop.changed() => return,
         }
         let page = client.fetch().await.map_err(|e| e.to_string());
