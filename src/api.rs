@@ -94,7 +94,9 @@ pub enum Reply {
 pub enum StateName {
     /// The offline video is on air and nobody allowed is sending frames.
     Offline,
-    /// An allowed publisher's frames flow; the switch follows within a second.
+    /// An allowed publisher's frames flow; the switch follows within a
+    /// second, or after LIVE_STABLE_SECS for a publisher returning soon
+    /// after a failover (`held_off_air` says so).
     GoingLive,
     /// The live feed is on air.
     Live,

@@ -764,8 +764,14 @@ impl Daemon {
             self.held = Some((session, kind, why));
             return;
         }
+        // Held and now let go: because its bitrate recovered during this
+        // run of frames, or because the run lasted LIVE_STABLE_SECS.
+        let recovered = self
+            .low_cleared_at
+            .zip(self.flowing_since)
+            .is_some_and(|(cleared, flowing)| cleared > flowing);
         let (reason, kind) = match self.held.take() {
-            Some((s, "low_bitrate", _)) if s == session => (
+            Some((s, _, _)) if s == session && recovered => (
                 "live bitrate back above LOW_BITRATE_KBPS".to_string(),
                 "bitrate_recovered",
             ),
@@ -1159,7 +1165,14 @@ impl Daemon {
             (State::Live { .. }, _) => StateName::Live,
             (State::Offline, Some(Input::Offline)) => StateName::ManualOffline,
             (State::Offline, _) => {
-                if self.flowing.is_some() && self.publisher.as_ref().is_some_and(|p| p.allowed) {
+                let starved = self
+                    .held
+                    .as_ref()
+                    .is_some_and(|(_, kind, _)| *kind == "low_bitrate");
+                if self.flowing.is_some()
+                    && self.publisher.as_ref().is_some_and(|p| p.allowed)
+                    && !starved
+                {
                     StateName::GoingLive
                 } else {
                     StateName::Offline

@@ -189,6 +189,22 @@ async fn a_starved_feed_goes_offline_and_says_why() -> anyhow::Result<()> {
         relay.logs()
     );
 
+    // A threshold below the feed (applied by a reload, without touching the
+    // output): the bitrate has recovered, and the feed goes back on air.
+    let mut text = std::fs::read_to_string(&rig.env_file)?;
+    text.push_str("LOW_BITRATE_KBPS=1\n");
+    std::fs::write(&rig.env_file, text)?;
+    let mark = relay.log_mark();
+    relay.signal(nix::sys::signal::Signal::SIGHUP)?;
+    let line = relay
+        .wait_for_log_since(mark, "on air: live", secs(60))
+        .await?;
+    assert!(
+        line.contains("live bitrate back above LOW_BITRATE_KBPS"),
+        "{line}"
+    );
+    assert_eq!(count_since(&relay, mark, "output started"), 0);
+
     publisher.kill().await?;
     let status = relay.sigterm_and_wait(secs(15)).await?;
     assert!(status.success(), "{status}");
