@@ -9,7 +9,13 @@
 //! Going live needs two things: the stat page shows a publisher that
 //! ALLOWED_PUBLISHERS accepts, and its frames have flowed for the pump's
 //! pre-roll. Going offline needs one: live frames stopped — the pump says so
-//! within its gap, whatever the stat page says.
+//! within its gap (OFFLINE_AFTER_MS), whatever the stat page says.
+//!
+//! Two rules keep a bad street feed from flapping the output: frames that
+//! come back within [`RETURN_WINDOW`] of a failover are held off air until
+//! they have flowed for LIVE_STABLE_SECS, and with LOW_BITRATE_KBPS/SECS a
+//! publisher whose average bitrate stays under the threshold is taken off
+//! air and held until it recovers. The first go-live is never held.
 //!
 //! An operator can override this from the control socket (`api.rs`):
 //! `relay switch offline` holds the offline video whatever publishes;
