@@ -924,8 +924,8 @@ fn validate(
     let low_bitrate = match (low_kbps.transpose()?, low_secs.transpose()?) {
         (Some(bps), Some(window)) => Some(LowBitrate { bps, window }),
         (None, None) => None,
-        (Some(_), None) => return Err(both_or_neither("LOW_BITRATE_KBPS", "LOW_BITRATE_SECS")),
-        (None, Some(_)) => return Err(both_or_neither("LOW_BITRATE_SECS", "LOW_BITRATE_KBPS")),
+        (Some(_), None) => return Err(both_or_neither(&c, "LOW_BITRATE_KBPS", "LOW_BITRATE_SECS")),
+        (None, Some(_)) => return Err(both_or_neither(&c, "LOW_BITRATE_SECS", "LOW_BITRATE_KBPS")),
     };
     let metrics_addr = raw.metrics_addr.as_deref();
     let metrics_addr = metrics_addr.map(|v| c.check("METRICS_ADDR", v, parse_metrics_addr));
@@ -961,11 +961,11 @@ fn validate(
     })
 }
 
-fn both_or_neither(set: &'static str, missing: &str) -> ConfigError {
+fn both_or_neither(c: &Checker, set: &'static str, missing: &str) -> ConfigError {
     ConfigError::Invalid {
         key: set,
         problem: format!("set {missing} too, or neither (they work together)"),
-        origin: None,
+        origin: (c.origin_of)(set),
     }
 }
 
