@@ -125,3 +125,77 @@ fn respond(handler: &Handler, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn server() -> SocketAddr {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler: Handler = Arc::new(|path| match path {
+            "/x" => Answer::ok("text/plain", "hello\n".to_string()),
+            _ => Answer::not_found(),
+        });
+        tokio::spawn(serve(listener, handler));
+        addr
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+        let mut c = TcpStream::connect(addr).await?;
+        c.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).await?;
+        Ok(reply)
+    }
+
+    #[tokio::test]
+    async fn answers_get_and_refuses_the_rest() {
+        let addr = server().await;
+        let ok = get(addr, "/x").await.unwrap();
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(ok.ends_with("hello\n"), "{ok}");
+        assert!(get(addr, "/y").await.unwrap().starts_with("HTTP/1.1 404"));
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"DELETE /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 405"), "{reply}");
+    }
+
+    #[tokio::test]
+    async fn idle_clients_are_dropped_and_cannot_starve_others() {
+        let addr = server().await;
+        // Every slot taken by clients that never send a request.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // One more is closed at once, without an answer.
+        let refused = tokio::time::timeout(Duration::from_secs(2), get(addr, "/x")).await;
+        assert!(
+            refused.is_ok_and(|r| r.map_or(true, |text| text.is_empty())),
+            "a connection beyond the cap was served"
+        );
+        // The idle ones are closed after the header deadline…
+        tokio::time::sleep(HEADER_TIMEOUT + Duration::from_secs(1)).await;
+        let mut buf = [0u8; 64];
+        for c in &mut idle {
+            let n = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf))
+                .await
+                .expect("an idle connection was kept open");
+            assert!(n.map_or(true, |n| n == 0 || buf.starts_with(b"HTTP/1.1 408")));
+        }
+        // …which frees the slots.
+        let ok = get(addr, "/x").await.unwrap();
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    }
+}
