@@ -204,3 +204,42 @@ async fn reload_of_an_encoding_setting_restarts_the_output_once() -> anyhow::Res
     assert!(status.success(), "{status}");
     Ok(())
 }
+
+#[tokio::test]
+async fn reload_of_the_offline_video_or_destination_restarts_the_output_once() -> anyhow::Result<()>
+{
+    let rig = Rig::start("reload-video", RigOpts::default()).await?;
+    let mut relay = rig.start_relay().await?;
+    let sink = Sink::start(&rig.out_url());
+    sink.wait_for(Colour::Green, secs(30)).await?;
+
+    // A new offline video: viewers see it after one output restart.
+    let red = make_offline_video(rig.dir.path(), "red", true, 320, 180).await?;
+    append(&rig, &format!("OFFLINE_VIDEO_PATH={}", red.display()))?;
+    let mark = relay.log_mark();
+    relay.signal(Signal::SIGHUP)?;
+    relay
+        .wait_for_log_since(mark, "reload: applying the new configuration", secs(30))
+        .await?;
+    sink.wait_for(Colour::Red, secs(60)).await?;
+    assert_eq!(count_since(&relay, mark, "output started"), 1);
+
+    // A new destination (stream key): the output publishes there instead.
+    append(&rig, "KICK_KEY=otherkey")?;
+    let mark = relay.log_mark();
+    relay.signal(Signal::SIGHUP)?;
+    relay
+        .wait_for_log_since(mark, "reload: applying the new configuration", secs(30))
+        .await?;
+    wait_until_publishing(&rig.nginx.stat_url(), "out", "otherkey", secs(60)).await?;
+    tokio::time::sleep(secs(2)).await;
+    assert_eq!(count_since(&relay, mark, "output started"), 1);
+    assert!(
+        !relay.logs().iter().any(|l| l.contains("otherkey")),
+        "the new stream key was logged"
+    );
+
+    let status = relay.sigterm_and_wait(secs(15)).await?;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
