@@ -75,6 +75,8 @@ impl Mode {
 /// What the daemon answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
+// One reply per request over a socket: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Reply {
     /// The daemon's state, for [`Request::Status`].
     Status(Status),
@@ -92,7 +94,9 @@ pub enum Reply {
 pub enum StateName {
     /// The offline video is on air and nobody allowed is sending frames.
     Offline,
-    /// An allowed publisher's frames flow; the switch follows within a second.
+    /// An allowed publisher's frames flow; the switch follows within a
+    /// second, or after LIVE_STABLE_SECS for a publisher returning soon
+    /// after a failover (`held_off_air` says so).
     GoingLive,
     /// The live feed is on air.
     Live,
@@ -145,6 +149,23 @@ pub struct Status {
     pub filler_frames: u64,
     /// Clock ticks dropped because the output did not keep up.
     pub dropped_ticks: u64,
+    /// Why an allowed publisher whose frames flow is kept off air for now
+    /// (LIVE_STABLE_SECS, LOW_BITRATE_KBPS); `null` if it is not.
+    #[serde(default)]
+    pub held_off_air: Option<String>,
+    /// The switching policy in effect (it changes on reload).
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+/// The switching policy in effect: OFFLINE_AFTER_MS, LIVE_STABLE_SECS,
+/// LOW_BITRATE_KBPS and LOW_BITRATE_SECS (`null` when off).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    pub offline_after_ms: u64,
+    pub live_stable_s: f64,
+    pub low_bitrate_kbps: Option<u64>,
+    pub low_bitrate_s: Option<f64>,
 }
 
 /// One change of what is on air.

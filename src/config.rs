@@ -40,7 +40,7 @@ const DEFAULT_CONFIG_DIR: &str = "/etc/relay";
 /// Every key the relay understands, in the upper-case form used by `.env`
 /// files and the environment. Must match the fields of [`RawSettings`]; a test
 /// checks that.
-const KEYS: [&str; 23] = [
+const KEYS: [&str; 28] = [
     "KICK_URL",
     "KICK_KEY",
     "RTMP_HOST",
@@ -64,11 +64,16 @@ const KEYS: [&str; 23] = [
     "ALLOWED_PUBLISHERS",
     "PUBLISH_KEY",
     "PUBLISH_AUTH_PORT",
+    "OFFLINE_AFTER_MS",
+    "LIVE_STABLE_SECS",
+    "LOW_BITRATE_KBPS",
+    "LOW_BITRATE_SECS",
+    "METRICS_ADDR",
 ];
 
 /// Defaults, in the lower-case form the layered configuration uses.
 /// `STATS_URL` is missing on purpose: its default depends on `HTTP_STATS_PORT`.
-const DEFAULTS: [(&str, &str); 20] = [
+const DEFAULTS: [(&str, &str); 22] = [
     ("kick_key", ""),
     ("rtmp_host", "127.0.0.1"),
     ("rtmp_port", "1936"),
@@ -89,6 +94,8 @@ const DEFAULTS: [(&str, &str); 20] = [
     ("allowed_publishers", "external"),
     ("publish_key", ""),
     ("publish_auth_port", "8081"),
+    ("offline_after_ms", "300"),
+    ("live_stable_secs", "3"),
 ];
 
 /// Where to read the configuration from.
@@ -241,6 +248,22 @@ pub struct Config {
     pub publish_key: Secret,
     /// Port on 127.0.0.1 of the endpoint for nginx's `on_publish`; 0: none.
     pub publish_auth_port: u16,
+    /// No live frame for this long: the offline video goes on air.
+    pub offline_after: Duration,
+    /// A publisher returning soon after a failover must flow this long
+    /// before it goes back on air; zero: at once.
+    pub live_stable: Duration,
+    /// Below this bitrate for this long: offline (LOW_BITRATE_KBPS/SECS).
+    pub low_bitrate: Option<LowBitrate>,
+    /// Where to serve Prometheus metrics; `None`: nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// LOW_BITRATE_KBPS and LOW_BITRATE_SECS together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LowBitrate {
+    pub bps: u64,
+    pub window: Duration,
 }
 
 // Written by hand rather than derived: with an empty KICK_KEY the stream key
@@ -276,6 +299,10 @@ impl fmt::Debug for Config {
             .field("allowed_publishers", &self.allowed_publishers)
             .field("publish_key", &self.publish_key)
             .field("publish_auth_port", &self.publish_auth_port)
+            .field("offline_after", &self.offline_after)
+            .field("live_stable", &self.live_stable)
+            .field("low_bitrate", &self.low_bitrate)
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }
@@ -378,6 +405,11 @@ struct RawSettings {
     allowed_publishers: String,
     publish_key: String,
     publish_auth_port: String,
+    offline_after_ms: String,
+    live_stable_secs: String,
+    low_bitrate_kbps: Option<String>,
+    low_bitrate_secs: Option<String>,
+    metrics_addr: Option<String>,
 }
 
 fn known_key(upper: &str) -> Option<&'static str> {
@@ -530,6 +562,22 @@ impl Config {
         } else {
             format!("{}/****", mask_url(&self.kick_url, false))
         }
+    }
+
+    /// Whether `new` differs from this configuration only in keys that a
+    /// running daemon applies at once, without restarting its FFmpeg
+    /// children: the switching policy, POLL_INTERVAL, ALLOWED_PUBLISHERS,
+    /// KILL_GRACE and CRASH_BACKOFF.
+    pub fn only_tuning_differs(&self, new: &Config) -> bool {
+        let mut new = new.clone();
+        new.poll_interval = self.poll_interval;
+        new.kill_grace = self.kill_grace;
+        new.crash_backoff = self.crash_backoff;
+        new.allowed_publishers = self.allowed_publishers.clone();
+        new.offline_after = self.offline_after;
+        new.live_stable = self.live_stable;
+        new.low_bitrate = self.low_bitrate;
+        new == *self
     }
 
     /// The local nginx-rtmp stream carrying the live feed.
@@ -934,6 +982,26 @@ fn validate(
                 .map_err(|_| format!("{v:?} is not a port number (1..=65535, or 0 for none)"))
         }
     })?;
+    let offline_after = c.check(
+        "OFFLINE_AFTER_MS",
+        &raw.offline_after_ms,
+        parse_offline_after,
+    )?;
+    let live_stable = c.check("LIVE_STABLE_SECS", &raw.live_stable_secs, |v| {
+        parse_seconds_or_zero(v, 60)
+    })?;
+    let low_kbps = raw.low_bitrate_kbps.as_deref();
+    let low_kbps = low_kbps.map(|v| c.check("LOW_BITRATE_KBPS", v, parse_kbps));
+    let low_secs = raw.low_bitrate_secs.as_deref();
+    let low_secs = low_secs.map(|v| c.check("LOW_BITRATE_SECS", v, |v| parse_seconds(v, 600)));
+    let low_bitrate = match (low_kbps.transpose()?, low_secs.transpose()?) {
+        (Some(bps), Some(window)) => Some(LowBitrate { bps, window }),
+        (None, None) => None,
+        (Some(_), None) => return Err(both_or_neither(&c, "LOW_BITRATE_KBPS", "LOW_BITRATE_SECS")),
+        (None, Some(_)) => return Err(both_or_neither(&c, "LOW_BITRATE_SECS", "LOW_BITRATE_KBPS")),
+    };
+    let metrics_addr = raw.metrics_addr.as_deref();
+    let metrics_addr = metrics_addr.map(|v| c.check("METRICS_ADDR", v, parse_metrics_addr));
 
     Ok(Config {
         instance: instance.to_owned(),
@@ -961,7 +1029,59 @@ fn validate(
         allowed_publishers,
         publish_key,
         publish_auth_port,
+        offline_after,
+        live_stable,
+        low_bitrate,
+        metrics_addr: metrics_addr.transpose()?,
     })
+}
+
+fn both_or_neither(c: &Checker, set: &'static str, missing: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: set,
+        problem: format!("set {missing} too, or neither (they work together)"),
+        origin: (c.origin_of)(set),
+    }
+}
+
+fn parse_offline_after(value: &str) -> Result<Duration, String> {
+    match value.parse::<u64>() {
+        Ok(ms) if (100..=10_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+        _ => Err(format!(
+            "{value:?} is not a whole number of milliseconds from 100 to 10000"
+        )),
+    }
+}
+
+fn parse_seconds_or_zero(value: &str, max: u32) -> Result<Duration, String> {
+    match value.parse::<f64>() {
+        Ok(0.0) => Ok(Duration::ZERO),
+        _ => parse_seconds(value, max)
+            .map_err(|_| format!("{value:?} is not a number of seconds from 0 to {max}")),
+    }
+}
+
+fn parse_kbps(value: &str) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(kbps) if (1..=1_000_000).contains(&kbps) => Ok(kbps * 1000),
+        _ => Err(format!(
+            "{value:?} is not a whole number of kbit/s from 1 to 1000000"
+        )),
+    }
+}
+
+/// Metrics carry no secret, but an HTTP port on a public address is one
+/// more thing to attack: loopback only (scrape through SSH or a proxy).
+fn parse_metrics_addr(value: &str) -> Result<std::net::SocketAddr, String> {
+    let addr: std::net::SocketAddr = value.parse().map_err(|_| {
+        format!("{value:?} is not an address with a port, e.g. 127.0.0.1:9108 or [::1]:9108")
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{value:?} is not a loopback address; metrics are served on 127.0.0.1 or ::1 only"
+        ));
+    }
+    Ok(addr)
 }
 
 fn has_space_or_control(text: &str) -> bool {
@@ -1285,6 +1405,10 @@ mod tests {
         assert_eq!(c.allowed_publishers, AllowedPublishers::External);
         assert!(c.publish_key.is_empty());
         assert_eq!(c.publish_auth_port, 8081);
+        assert_eq!(c.offline_after, Duration::from_millis(300));
+        assert_eq!(c.live_stable, Duration::from_secs(3));
+        assert_eq!(c.low_bitrate, None);
+        assert_eq!(c.metrics_addr, None);
         assert_eq!(c.live_url(), "rtmp://127.0.0.1:1936/live/mystream");
         assert_eq!(c.output_url(), "rtmps://ingest.example.com/app");
     }
@@ -1317,9 +1441,24 @@ mod tests {
             ("ALLOWED_PUBLISHERS", "any"),
             ("PUBLISH_KEY", "pk-1_a.b~"),
             ("PUBLISH_AUTH_PORT", "0"),
+            ("OFFLINE_AFTER_MS", "450"),
+            ("LIVE_STABLE_SECS", "0"),
+            ("LOW_BITRATE_KBPS", "500"),
+            ("LOW_BITRATE_SECS", "2.5"),
+            ("METRICS_ADDR", "[::1]:9108"),
         ])
         .unwrap();
-        assert_eq!(KEYS.len(), 23);
+        assert_eq!(c.offline_after, Duration::from_millis(450));
+        assert_eq!(c.live_stable, Duration::ZERO);
+        assert_eq!(
+            c.low_bitrate,
+            Some(LowBitrate {
+                bps: 500_000,
+                window: Duration::from_millis(2500)
+            })
+        );
+        assert_eq!(c.metrics_addr, Some("[::1]:9108".parse().unwrap()));
+        assert_eq!(KEYS.len(), 28);
         assert_eq!(c.publish_key.expose(), "pk-1_a.b~");
         assert_eq!(c.publish_auth_port, 0);
         assert_eq!(c.kick_url, "rtmp://a.example/app");
@@ -1359,6 +1498,51 @@ mod tests {
         assert_eq!(c.stats_url, "http://10.0.0.2:81/stat");
         assert_eq!(c.zmq_port, 6000);
         assert_eq!(c.allowed_publishers, AllowedPublishers::Any);
+    }
+
+    #[test]
+    fn low_bitrate_keys_come_together() {
+        let e = error_for(&[("LOW_BITRATE_KBPS", "300")]);
+        assert!(
+            e.starts_with("LOW_BITRATE_KBPS: set LOW_BITRATE_SECS too"),
+            "{e}"
+        );
+        let e = error_for(&[("LOW_BITRATE_SECS", "5")]);
+        assert!(
+            e.starts_with("LOW_BITRATE_SECS: set LOW_BITRATE_KBPS too"),
+            "{e}"
+        );
+        let e = error_for(&[("LOW_BITRATE_KBPS", "300"), ("LOW_BITRATE_SECS", "0")]);
+        assert!(e.starts_with("LOW_BITRATE_SECS: "), "{e}");
+    }
+
+    #[test]
+    fn tuning_changes_are_told_apart() {
+        let old = with(&[]).unwrap();
+        let tuned = with(&[
+            ("OFFLINE_AFTER_MS", "2000"),
+            ("LIVE_STABLE_SECS", "10"),
+            ("LOW_BITRATE_KBPS", "300"),
+            ("LOW_BITRATE_SECS", "5"),
+            ("POLL_INTERVAL", "2"),
+            ("ALLOWED_PUBLISHERS", "any"),
+            ("KILL_GRACE", "5"),
+            ("CRASH_BACKOFF", "5"),
+        ])
+        .unwrap();
+        assert!(old.only_tuning_differs(&tuned));
+        for (key, value) in [
+            ("KICK_URL", "rtmp://other.example/app"),
+            ("KICK_KEY", "sk_2"),
+            ("OUT_RES", "720"),
+            ("VID_BITRATE", "2000k"),
+            ("OFFLINE_VIDEO_PATH", "/srv/other.mp4"),
+            ("ZMQ_PORT", "6000"),
+            ("METRICS_ADDR", "127.0.0.1:9108"),
+        ] {
+            let new = with(&[(key, value)]).unwrap();
+            assert!(!old.only_tuning_differs(&new), "{key}");
+        }
     }
 
     #[test]
@@ -1428,6 +1612,15 @@ mod tests {
             ("PUBLISH_KEY", "a%20"),
             ("PUBLISH_AUTH_PORT", "65536"),
             ("PUBLISH_AUTH_PORT", "-1"),
+            ("OFFLINE_AFTER_MS", "99"),
+            ("OFFLINE_AFTER_MS", "10001"),
+            ("OFFLINE_AFTER_MS", "0.5"),
+            ("LIVE_STABLE_SECS", "-1"),
+            ("LIVE_STABLE_SECS", "61"),
+            ("LOW_BITRATE_KBPS", "0"),
+            ("METRICS_ADDR", "127.0.0.1"),
+            ("METRICS_ADDR", "0.0.0.0:9108"),
+            ("METRICS_ADDR", "203.0.113.1:9108"),
         ];
         for (key, value) in cases {
             let e = error_for(&[(key, value)]);

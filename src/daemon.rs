@@ -9,7 +9,13 @@
 //! Going live needs two things: the stat page shows a publisher that
 //! ALLOWED_PUBLISHERS accepts, and its frames have flowed for the pump's
 //! pre-roll. Going offline needs one: live frames stopped — the pump says so
-//! within its gap, whatever the stat page says.
+//! within its gap (OFFLINE_AFTER_MS), whatever the stat page says.
+//!
+//! Two rules keep a bad street feed from flapping the output: frames that
+//! come back within [`RETURN_WINDOW`] of a failover are held off air until
+//! they have flowed for LIVE_STABLE_SECS, and with LOW_BITRATE_KBPS/SECS a
+//! publisher whose average bitrate stays under the threshold is taken off
+//! air and held until it recovers. The first go-live is never held.
 //!
 //! An operator can override this from the control socket (`api.rs`):
 //! `relay switch offline` holds the offline video whatever publishes;
@@ -18,6 +24,7 @@
 //! frozen frame on air is worse than the offline video. `auto` hands the
 //! decision back at once.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -35,6 +42,7 @@ use crate::config::Config;
 use crate::control::{Input, Switch};
 use crate::ffmpeg::RawFormat;
 use crate::ingest::{self, Expect};
+use crate::metrics;
 use crate::notify;
 use crate::output::{self, Progress};
 use crate::preflight::OfflineInfo;
@@ -49,6 +57,12 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 const BACKOFF_CAP_FACTOR: u32 = 16;
 /// How often the status line and the watchdog are refreshed.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// Live frames that come back within this long of a failover are a
+/// returning publisher: they must flow for LIVE_STABLE_SECS before going
+/// back on air. A flapping link reconnects within seconds (OBS retries
+/// after a few); a publisher back after longer is a new start and goes on
+/// air as fast as the first time.
+pub const RETURN_WINDOW: Duration = Duration::from_secs(60);
 
 /// How the daemon runs, beyond the configuration.
 #[derive(Debug, Clone)]
@@ -57,6 +71,9 @@ pub struct Options {
     pub timing: pump::Timing,
     /// Where to listen for `relay status` / `relay switch`; `None`: nowhere.
     pub control_socket: Option<PathBuf>,
+    /// A reloaded configuration that differs only in keys the daemon
+    /// applies at once ([`Config::only_tuning_differs`]).
+    pub reconfigure: Option<watch::Receiver<Arc<Config>>>,
 }
 
 impl Default for Options {
@@ -65,6 +82,7 @@ impl Default for Options {
             ffmpeg: PathBuf::from("ffmpeg"),
             timing: pump::Timing::default(),
             control_socket: None,
+            reconfigure: None,
         }
     }
 }
@@ -171,6 +189,15 @@ pub async fn run(
     let _publish_auth = crate::publish_auth::start(&config).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Reloaded settings that apply at once; without a reloader, a channel
+    // that never changes (its sender lives until we return).
+    let (_no_reload, updates) = match options.reconfigure.clone() {
+        Some(rx) => (None, rx),
+        None => {
+            let (tx, rx) = watch::channel(config.clone());
+            (Some(tx), rx)
+        }
+    };
     let (selection_tx, selection_rx) = watch::channel(Input::Offline);
     let pump_stats = Arc::new(pump::Stats::default());
 
@@ -179,7 +206,10 @@ pub async fn run(
     let pump_task = tokio::spawn(
         pump::run(
             format,
-            options.timing,
+            pump::Timing {
+                gap: config.offline_after,
+                ..options.timing
+            },
             pump_rx,
             pump_ev_tx,
             pump_stats.clone(),
@@ -198,6 +228,7 @@ pub async fn run(
             out_ev_tx,
             selection_rx,
             restart_rx,
+            updates.clone(),
             stop_rx.clone(),
         )
         .instrument(tracing::info_span!("output")),
@@ -210,6 +241,7 @@ pub async fn run(
         config.poll_interval,
         poll_now.clone(),
         stat_tx,
+        updates.clone(),
         stop_rx.clone(),
     ));
 
@@ -223,6 +255,33 @@ pub async fn run(
             // Operator commands are a convenience; the stream matters more.
             Err(err) => {
                 warn!(socket = %path.display(), %err, "no control socket: relay status/switch will not reach this instance");
+                None
+            }
+        },
+        None => None,
+    };
+
+    let (metrics_tx, metrics_rx) = watch::channel(metrics::Snapshot {
+        instance: config.instance.clone(),
+        state: StateName::Offline,
+        switches: Vec::new(),
+        output_restarts: 0,
+        ingest_restarts: 0,
+        publisher_connected: false,
+        live_bitrate_bps: None,
+        output_uptime_s: None,
+        output_fps: None,
+        output_speed: None,
+    });
+    let metrics_task = match config.metrics_addr {
+        Some(addr) => match metrics::serve(addr, metrics_rx, pump_stats.clone()).await {
+            Ok(task) => {
+                info!("metrics at http://{addr}/metrics");
+                Some(task)
+            }
+            // Like the control socket: the stream matters more.
+            Err(err) => {
+                warn!(%addr, %err, "cannot serve metrics (METRICS_ADDR)");
                 None
             }
         },
@@ -248,6 +307,17 @@ pub async fn run(
         ingest_events: ingest_ev_tx,
         next_session: 1,
         ingest_backoff: Backoff::new(config.crash_backoff),
+        last_drop: None,
+        flowing_since: None,
+        hold_until: None,
+        held: None,
+        bitrate_window: VecDeque::new(),
+        bitrate_publisher: None,
+        low_bitrate: None,
+        low_cleared_at: None,
+        switches: BTreeMap::new(),
+        metrics: metrics_tx,
+        output_rates: None,
         ingest_retry_at: Some(Instant::now()),
         publisher: None,
         refused: None,
@@ -273,10 +343,15 @@ pub async fn run(
             stat_rx,
             ingest_ev_rx,
             api_rx,
+            updates,
         )
         .await;
     // Dropping the socket task removes the socket file.
     if let Some(task) = api_task {
+        task.abort();
+        let _ = task.await;
+    }
+    if let Some(task) = metrics_task {
         task.abort();
         let _ = task.await;
     }
@@ -317,6 +392,27 @@ struct Daemon {
     ingest_events: mpsc::Sender<IngestExit>,
     next_session: u64,
     ingest_backoff: Backoff,
+    /// When live frames last stopped, or a low bitrate took live off air:
+    /// frames back within RETURN_WINDOW of it must be stable first.
+    last_drop: Option<Instant>,
+    /// When the current run of live frames started.
+    flowing_since: Option<Instant>,
+    /// When to look again at a publisher held off air until stable.
+    hold_until: Option<Instant>,
+    /// Why flowing live frames are held off air (session, kind, reason).
+    held: Option<(u64, &'static str, String)>,
+    /// `bytes_in` samples of `bitrate_publisher` over LOW_BITRATE_SECS.
+    bitrate_window: VecDeque<(Instant, u64)>,
+    bitrate_publisher: Option<u64>,
+    /// The average bitrate while it is below LOW_BITRATE_KBPS.
+    low_bitrate: Option<u64>,
+    /// When the bitrate last came back above LOW_BITRATE_KBPS.
+    low_cleared_at: Option<Instant>,
+    /// Changes of what is on air: (to, reason kind) → count.
+    switches: BTreeMap<(&'static str, &'static str), u64>,
+    metrics: watch::Sender<metrics::Snapshot>,
+    /// fps and speed from the output's last progress report.
+    output_rates: Option<(f64, f64)>,
     /// When to (re)start a standby ingest; None while one runs or none is wanted.
     ingest_retry_at: Option<Instant>,
     /// The publisher on the last good stat page.
@@ -339,6 +435,7 @@ struct Daemon {
 }
 
 impl Daemon {
+    #[allow(clippy::too_many_arguments)]
     async fn event_loop(
         &mut self,
         shutdown: impl Future<Output = ()>,
@@ -347,11 +444,13 @@ impl Daemon {
         mut stat_pages: mpsc::Receiver<Result<StatPage, String>>,
         mut ingest_events: mpsc::Receiver<IngestExit>,
         mut api_calls: mpsc::Receiver<Call>,
+        mut updates: watch::Receiver<Arc<Config>>,
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         loop {
             let retry_at = self.ingest_retry_at;
+            let hold_until = self.hold_until;
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 Some(ev) = pump_events.recv() => self.on_pump(ev).await,
@@ -366,9 +465,44 @@ impl Daemon {
                     self.ingest_retry_at = None;
                     self.start_ingest();
                 }
+                _ = sleep_until(hold_until.unwrap_or_else(far_future)), if hold_until.is_some() => {
+                    self.hold_until = None;
+                    self.maybe_go_live().await;
+                }
                 _ = housekeeping.tick() => self.housekeeping(),
+                Ok(()) = updates.changed() => {
+                    let new = updates.borrow_and_update().clone();
+                    self.apply_tuning(new).await;
+                }
             }
         }
+    }
+
+    /// A reload that changed only what applies at once
+    /// ([`Config::only_tuning_differs`]): no child is restarted.
+    async fn apply_tuning(&mut self, new: Arc<Config>) {
+        let old = std::mem::replace(&mut self.config, new.clone());
+        if old.offline_after != new.offline_after {
+            let _ = self
+                .pump
+                .send(pump::Command::SetGap(new.offline_after))
+                .await;
+        }
+        if old.crash_backoff != new.crash_backoff {
+            self.ingest_backoff = Backoff::new(new.crash_backoff);
+        }
+        info!(
+            offline_after_ms = new.offline_after.as_millis() as u64,
+            live_stable_s = new.live_stable.as_secs_f64(),
+            low_bitrate_kbps = new.low_bitrate.map(|l| l.bps / 1000),
+            low_bitrate_s = new.low_bitrate.map(|l| l.window.as_secs_f64()),
+            poll_interval_s = new.poll_interval.as_secs_f64(),
+            allowed_publishers = %new.allowed_publishers,
+            "reload: new settings applied at once; the output keeps running"
+        );
+        // Publishers are judged again on a fresh stat page: allowed ones
+        // go on air, refused ones off.
+        self.poll_now.notify_one();
     }
 
     async fn on_pump(&mut self, ev: PumpEvent) {
@@ -378,6 +512,7 @@ impl Daemon {
                     return;
                 }
                 self.flowing = Some(session);
+                self.flowing_since = Some(Instant::now());
                 info!(session, "live frames arriving");
                 // Confirm the publisher now rather than at the next poll.
                 self.poll_now.notify_one();
@@ -398,7 +533,15 @@ impl Daemon {
                 }
                 self.flowing = None;
                 self.ready = None;
-                let mut reason = format!("no live frame for {} ms", silent_for.as_millis());
+                self.flowing_since = None;
+                self.hold_until = None;
+                self.held = None;
+                self.last_drop = Some(Instant::now());
+                let mut reason = format!(
+                    "no live frame for {} ms (OFFLINE_AFTER_MS {})",
+                    silent_for.as_millis(),
+                    self.config.offline_after.as_millis()
+                );
                 // Viewers must not watch a frozen frame, whatever the
                 // operator asked: a manual live ends with its frames.
                 if self.manual == Some(Input::Live) {
@@ -406,7 +549,7 @@ impl Daemon {
                     reason.push_str("; manual live override ended, back to auto");
                 }
                 if matches!(self.state, State::Live { .. }) {
-                    self.go_offline(&reason).await;
+                    self.go_offline(&reason, "frames_stopped").await;
                 }
                 // nginx keeps this player attached to the stream and would
                 // hand it the next publisher with restarted timestamps:
@@ -426,6 +569,7 @@ impl Daemon {
                 self.output_in_backoff = false;
             }
             OutputEvent::Progress(p) => {
+                self.output_rates = Some((p.fps, p.speed));
                 let advanced = self.last_progress.is_none_or(|(_, frame)| p.frame > frame);
                 if advanced && p.frame > 0 {
                     let first = self.last_progress.is_none();
@@ -439,6 +583,7 @@ impl Daemon {
                 self.output_pid = None;
                 self.output_since = None;
                 self.last_progress = None;
+                self.output_rates = None;
                 self.output_restarts += 1;
                 self.output_in_backoff = true;
                 warn!(
@@ -499,11 +644,14 @@ impl Daemon {
                 has_audio: s.has_audio(),
             })
         });
+        let bytes_in = stream.map_or(0, |s| s.bytes_in);
         self.live_bps = self.bitrate.update(
             publisher.as_ref().map(|p| p.id),
-            stream.map_or(0, |s| s.bytes_in),
+            bytes_in,
             std::time::Instant::now(),
         );
+        self.check_low_bitrate(publisher.as_ref().map(|p| p.id), bytes_in)
+            .await;
         if publisher.as_ref().map(|p| p.id) != self.publisher.as_ref().map(|p| p.id) {
             match &publisher {
                 Some(p) => {
@@ -541,7 +689,8 @@ impl Daemon {
                     );
                 }
                 if matches!(self.state, State::Live { .. }) {
-                    self.go_offline("publisher not allowed").await;
+                    self.go_offline("publisher not allowed", "publisher_refused")
+                        .await;
                 }
                 // Don't decode a feed that will never go on air.
                 if self.ingest.is_some() {
@@ -609,9 +758,143 @@ impl Daemon {
         if matches!(self.state, State::Live { .. }) || self.manual == Some(Input::Offline) {
             return;
         }
-        if let Some((session, address)) = self.live_candidate() {
-            self.go_live(session, address, "publisher allowed and frames flowing")
-                .await;
+        let Some((session, address)) = self.live_candidate() else {
+            return;
+        };
+        if let Some((kind, why)) = self.hold_reason() {
+            if self
+                .held
+                .as_ref()
+                .is_none_or(|(s, k, _)| *s != session || *k != kind)
+            {
+                info!(session, "live frames held off air: {why}");
+            }
+            self.held = Some((session, kind, why));
+            return;
+        }
+        // Held and now let go: because its bitrate recovered during this
+        // run of frames, or because the run lasted LIVE_STABLE_SECS.
+        let recovered = self
+            .low_cleared_at
+            .zip(self.flowing_since)
+            .is_some_and(|(cleared, flowing)| cleared > flowing);
+        let (reason, kind) = match self.held.take() {
+            Some((s, _, _)) if s == session && recovered => (
+                "live bitrate back above LOW_BITRATE_KBPS".to_string(),
+                "bitrate_recovered",
+            ),
+            Some((s, _, _)) if s == session => (
+                format!(
+                    "publisher back and stable for {} s (LIVE_STABLE_SECS)",
+                    self.config.live_stable.as_secs_f64()
+                ),
+                "publisher_stable",
+            ),
+            _ => (
+                "publisher allowed and frames flowing".to_string(),
+                "publisher_live",
+            ),
+        };
+        self.go_live(session, address, &reason, kind).await;
+    }
+
+    /// Why an allowed publisher whose frames flow must stay off air for
+    /// now, if it must; sets the timer to look again.
+    fn hold_reason(&mut self) -> Option<(&'static str, String)> {
+        if let Some(bps) = self.low_bitrate {
+            return Some((
+                "low_bitrate",
+                format!(
+                    "live bitrate {} kb/s is below LOW_BITRATE_KBPS {}",
+                    bps / 1000,
+                    self.config.low_bitrate.map_or(0, |l| l.bps / 1000)
+                ),
+            ));
+        }
+        let stable = self.config.live_stable;
+        let since = self.flowing_since?;
+        let returning = self
+            .last_drop
+            .is_some_and(|drop| since.saturating_duration_since(drop) < RETURN_WINDOW);
+        if !returning || stable.is_zero() {
+            return None;
+        }
+        let from = match self.low_cleared_at {
+            Some(t) if t > since => t,
+            _ => since,
+        };
+        let until = from + stable;
+        if Instant::now() >= until {
+            return None;
+        }
+        self.hold_until = Some(until);
+        Some((
+            "unstable",
+            format!(
+                "back within {} s of a failover; on air after {} s of steady frames (LIVE_STABLE_SECS)",
+                RETURN_WINDOW.as_secs(),
+                stable.as_secs_f64()
+            ),
+        ))
+    }
+
+    /// LOW_BITRATE_KBPS + LOW_BITRATE_SECS: the publisher's average
+    /// bitrate into nginx over the window, from the stat page's bytes_in.
+    async fn check_low_bitrate(&mut self, publisher: Option<u64>, bytes_in: u64) {
+        let Some(rule) = self.config.low_bitrate else {
+            self.low_bitrate = None;
+            self.bitrate_window.clear();
+            return;
+        };
+        let now = Instant::now();
+        if publisher != self.bitrate_publisher {
+            self.bitrate_publisher = publisher;
+            self.bitrate_window.clear();
+            // A publisher back soon after a low-bitrate failover must prove
+            // its bitrate first; one long after starts with a clean slate.
+            if self.last_drop.is_none_or(|d| d.elapsed() >= RETURN_WINDOW) {
+                self.low_bitrate = None;
+            }
+        }
+        if publisher.is_none() {
+            return;
+        }
+        if self
+            .bitrate_window
+            .back()
+            .is_some_and(|&(_, b)| bytes_in < b)
+        {
+            self.bitrate_window.clear();
+        }
+        self.bitrate_window.push_back((now, bytes_in));
+        while self.bitrate_window.len() >= 2 && self.bitrate_window[1].0 + rule.window <= now {
+            self.bitrate_window.pop_front();
+        }
+        let (t0, b0) = self.bitrate_window[0];
+        let span = now - t0;
+        if span < rule.window || span.is_zero() {
+            return;
+        }
+        let average = ((bytes_in - b0) as f64 * 8.0 / span.as_secs_f64()) as u64;
+        if average < rule.bps {
+            let was_low = self.low_bitrate.replace(average).is_some();
+            if !was_low && matches!(self.state, State::Live { .. }) && self.manual.is_none() {
+                self.last_drop = Some(now);
+                let reason = format!(
+                    "live bitrate {} kb/s below LOW_BITRATE_KBPS {} for {} s",
+                    average / 1000,
+                    rule.bps / 1000,
+                    rule.window.as_secs_f64()
+                );
+                self.go_offline(&reason, "low_bitrate").await;
+            }
+        } else if self.low_bitrate.take().is_some() {
+            self.low_cleared_at = Some(now);
+            info!(
+                "live bitrate {} kb/s is back above LOW_BITRATE_KBPS {}",
+                average / 1000,
+                rule.bps / 1000
+            );
         }
     }
 
@@ -623,7 +906,13 @@ impl Daemon {
         Some((session, publisher.address))
     }
 
-    async fn go_live(&mut self, session: u64, publisher: Option<IpAddr>, reason: &str) {
+    async fn go_live(
+        &mut self,
+        session: u64,
+        publisher: Option<IpAddr>,
+        reason: &str,
+        kind: &'static str,
+    ) {
         let _ = self.selection.send(Input::Live);
         match self.switch.select(Input::Live).await {
             Ok(()) => {
@@ -633,6 +922,10 @@ impl Daemon {
                     "on air: live ({reason})"
                 );
                 self.last_switch = Some((Instant::now(), Input::Live, reason.to_string()));
+                self.held = None;
+                if !matches!(self.state, State::Live { .. }) {
+                    *self.switches.entry(("live", kind)).or_default() += 1;
+                }
                 self.state = State::Live {
                     session,
                     publisher,
@@ -647,7 +940,7 @@ impl Daemon {
         }
     }
 
-    async fn go_offline(&mut self, reason: &str) {
+    async fn go_offline(&mut self, reason: &str, kind: &'static str) {
         // A manual live holds only while live is on air.
         if self.manual == Some(Input::Live) {
             self.manual = None;
@@ -655,7 +948,10 @@ impl Daemon {
         let _ = self.selection.send(Input::Offline);
         let was = std::mem::replace(&mut self.state, State::Offline);
         let live_for = match was {
-            State::Live { since, .. } => since.elapsed(),
+            State::Live { since, .. } => {
+                *self.switches.entry(("offline", kind)).or_default() += 1;
+                since.elapsed()
+            }
             State::Offline => Duration::ZERO,
         };
         match self.switch.select(Input::Offline).await {
@@ -762,6 +1058,8 @@ impl Daemon {
             self.flowing = None;
         }
         self.ready = None;
+        self.held = None;
+        self.hold_until = None;
         if let Some(stop) = handle.stop.take() {
             let _ = stop.send(());
         }
@@ -780,6 +1078,7 @@ impl Daemon {
     }
 
     fn housekeeping(&mut self) {
+        self.metrics.send_replace(self.snapshot());
         let status = self.status_line();
         if status != self.last_status {
             notify::status(&status);
@@ -815,7 +1114,7 @@ impl Daemon {
                 self.manual = Some(Input::Offline);
                 // Also when already offline: it re-asserts the selection
                 // and the log shows the operator's decision.
-                self.go_offline(&reason).await;
+                self.go_offline(&reason, "manual").await;
             }
             Mode::Live => {
                 let Some((session, address)) = self.live_candidate() else {
@@ -833,7 +1132,7 @@ impl Daemon {
                     info!("on air: live ({reason})");
                     self.last_switch = Some((Instant::now(), Input::Live, reason.clone()));
                 } else {
-                    self.go_live(session, address, &reason).await;
+                    self.go_live(session, address, &reason, "manual").await;
                     if !matches!(self.state, State::Live { .. }) {
                         self.manual = None;
                         return Reply::Refused {
@@ -851,7 +1150,7 @@ impl Daemon {
                 match (&self.state, candidate) {
                     (State::Offline, Some((session, address))) => {
                         let why = format!("{reason}; publisher allowed and frames flowing");
-                        self.go_live(session, address, &why).await;
+                        self.go_live(session, address, &why, "manual").await;
                     }
                     // Nothing changes on air, but the log shows the decision.
                     (State::Live { .. }, _) => info!(was, "on air: live ({reason})"),
@@ -874,7 +1173,14 @@ impl Daemon {
             (State::Live { .. }, _) => StateName::Live,
             (State::Offline, Some(Input::Offline)) => StateName::ManualOffline,
             (State::Offline, _) => {
-                if self.flowing.is_some() && self.publisher.as_ref().is_some_and(|p| p.allowed) {
+                let starved = self
+                    .held
+                    .as_ref()
+                    .is_some_and(|(_, kind, _)| *kind == "low_bitrate");
+                if self.flowing.is_some()
+                    && self.publisher.as_ref().is_some_and(|p| p.allowed)
+                    && !starved
+                {
                     StateName::GoingLive
                 } else {
                     StateName::Offline
@@ -909,6 +1215,30 @@ impl Daemon {
             live_frames: self.pump_stats.live_frames.load(Ordering::Relaxed),
             filler_frames: self.pump_stats.filler_frames.load(Ordering::Relaxed),
             dropped_ticks: self.pump_stats.dropped_ticks.load(Ordering::Relaxed),
+            held_off_air: self.held.as_ref().map(|(_, _, why)| why.clone()),
+            policy: api::Policy {
+                offline_after_ms: self.config.offline_after.as_millis() as u64,
+                live_stable_s: self.config.live_stable.as_secs_f64(),
+                low_bitrate_kbps: self.config.low_bitrate.map(|l| l.bps / 1000),
+                low_bitrate_s: self.config.low_bitrate.map(|l| l.window.as_secs_f64()),
+            },
+        }
+    }
+
+    /// What `/metrics` shows.
+    fn snapshot(&self) -> metrics::Snapshot {
+        let streaming = self.output_since.filter(|_| self.last_progress.is_some());
+        metrics::Snapshot {
+            instance: self.config.instance.clone(),
+            state: self.state_name(),
+            switches: self.switches.iter().map(|(k, v)| (*k, *v)).collect(),
+            output_restarts: self.output_restarts,
+            ingest_restarts: self.ingest_restarts,
+            publisher_connected: self.publisher.is_some(),
+            live_bitrate_bps: self.live_bps.filter(|_| self.publisher.is_some()),
+            output_uptime_s: streaming.map(|t| t.elapsed().as_secs_f64()),
+            output_fps: self.output_rates.map(|(fps, _)| fps),
+            output_speed: self.output_rates.map(|(_, speed)| speed),
         }
     }
 
@@ -974,10 +1304,17 @@ async fn supervise_output(
     events: mpsc::Sender<OutputEvent>,
     selection: watch::Receiver<Input>,
     mut restart: mpsc::Receiver<()>,
+    updates: watch::Receiver<Arc<Config>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(config.crash_backoff);
     loop {
+        // KILL_GRACE and CRASH_BACKOFF may change on reload; nothing else
+        // the output uses can without restarting the pipeline.
+        let crash_backoff = updates.borrow().crash_backoff;
+        if backoff.base != crash_backoff {
+            backoff = Backoff::new(crash_backoff);
+        }
         let select = *selection.borrow();
         let started_at = Instant::now();
         let reason = match output::spawn(&config, &offline, select, &ffmpeg) {
@@ -1015,9 +1352,10 @@ async fn supervise_output(
                         _ = stop.changed() => break Why::Shutdown,
                     }
                 };
+                let kill_grace = updates.borrow().kill_grace;
                 match why {
                     Why::Shutdown => {
-                        child.stop(config.kill_grace).await;
+                        child.stop(kill_grace).await;
                         return;
                     }
                     Why::Exited(status) => {
@@ -1027,11 +1365,11 @@ async fn supervise_output(
                             .to_string()
                     }
                     Why::Stalled => {
-                        child.stop(config.kill_grace).await;
+                        child.stop(kill_grace).await;
                         format!("no progress for {} s", OUTPUT_STALL.as_secs())
                     }
                     Why::Requested => {
-                        child.stop(config.kill_grace).await;
+                        child.stop(kill_grace).await;
                         "restart requested".to_string()
                     }
                 }
@@ -1053,14 +1391,25 @@ async fn poll_stats(
     interval: Duration,
     now: Arc<Notify>,
     tx: mpsc::Sender<Result<StatPage, String>>,
+    mut updates: watch::Receiver<Arc<Config>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut interval = interval;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = now.notified() => {}
+            Ok(()) = updates.changed() => {
+                let new = updates.borrow_and_update().poll_interval;
+                if new != interval {
+                    interval = new;
+                    ticker = tokio::time::interval(interval);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
+                continue;
+            }
             _ = stop.changed() => return,
         }
         let page = client.fetch().await.map_err(|e| e.to_string());

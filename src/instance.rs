@@ -3,9 +3,14 @@
 //!
 //! A reload re-reads the configuration and checks it as at start-up. An
 //! invalid one is rejected with the reason logged, and the running
-//! configuration stays. An unchanged one changes nothing. A changed one
-//! restarts the pipeline in this process with it: the output reconnects
-//! once, the unit stays active.
+//! configuration stays. An unchanged one changes nothing. One that changes
+//! only the switching policy, POLL_INTERVAL, ALLOWED_PUBLISHERS, KILL_GRACE
+//! or CRASH_BACKOFF ([`Config::only_tuning_differs`]) goes to the running
+//! daemon, which applies it at once without restarting any FFmpeg. Any
+//! other change restarts the pipeline in this process with it: the output
+//! reconnects once, the unit stays active.
+
+use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
@@ -18,6 +23,8 @@ use crate::{api, cli, daemon};
 enum Reload {
     Rejected(String),
     Unchanged,
+    /// Only settings the running daemon applies at once.
+    Tuned(Box<Config>),
     Changed(Box<Config>, OfflineInfo),
 }
 
@@ -27,8 +34,10 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     loop {
+        let (tune_tx, tune_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
         let options = daemon::Options {
             control_socket: Some(api::socket_path(&config.instance)),
+            reconfigure: Some(tune_rx),
             ..daemon::Options::default()
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -49,6 +58,12 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
                     }
                     Reload::Unchanged => {
                         info!("reload: the configuration is unchanged");
+                        continue;
+                    }
+                    Reload::Tuned(new) => {
+                        info!("reload: only settings that apply at once changed; the output is not restarted");
+                        config = *new;
+                        tune_tx.send_replace(Arc::new(config.clone()));
                         continue;
                     }
                     Reload::Changed(new, new_offline) => {
@@ -96,6 +111,8 @@ async fn reload(source: &Source, running: &Config, offline: &OfflineInfo) -> Rel
         Ok(Ok((config, new_offline))) => {
             if config == *running && same_video(&new_offline, offline) {
                 Reload::Unchanged
+            } else if same_video(&new_offline, offline) && running.only_tuning_differs(&config) {
+                Reload::Tuned(Box::new(config))
             } else {
                 if config.offline_video_path == running.offline_video_path
                     && !same_video(&new_offline, offline)

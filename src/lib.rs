@@ -9,7 +9,7 @@
 //! publish); `notify` and `logging` talk to systemd and journald.
 //! Operators reach a running daemon through `api` (its control socket)
 //! with the commands in `ops`; `check` validates an instance without
-//! starting it.
+//! starting it. `metrics` serves Prometheus text over `http`.
 
 pub mod api;
 pub mod bench;
@@ -21,9 +21,11 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod ffmpeg;
+pub mod http;
 pub mod ingest;
 pub mod instance;
 pub mod logging;
+pub mod metrics;
 pub mod nginx;
 pub mod notify;
 pub mod ops;

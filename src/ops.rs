@@ -168,6 +168,18 @@ pub fn describe(name: &str, s: &Status) -> String {
         "  frames:      {} live, {} filler, {} dropped ticks\n",
         s.live_frames, s.filler_frames, s.dropped_ticks
     ));
+    if let Some(why) = &s.held_off_air {
+        out.push_str(&format!("  held:        {why}\n"));
+    }
+    let p = &s.policy;
+    let low = match (p.low_bitrate_kbps, p.low_bitrate_s) {
+        (Some(kbps), Some(secs)) => format!("offline below {kbps} kb/s for {secs} s"),
+        _ => "low bitrate check off".to_string(),
+    };
+    out.push_str(&format!(
+        "  policy:      offline after {} ms without frames, returning publisher stable {} s, {low}\n",
+        p.offline_after_ms, p.live_stable_s
+    ));
     out
 }
 
@@ -212,6 +224,13 @@ mod tests {
             live_frames: 10,
             filler_frames: 3,
             dropped_ticks: 0,
+            held_off_air: None,
+            policy: crate::api::Policy {
+                offline_after_ms: 300,
+                live_stable_s: 3.0,
+                low_bitrate_kbps: None,
+                low_bitrate_s: None,
+            },
         };
         let text = describe("kick", &status);
         assert_eq!(
@@ -221,7 +240,8 @@ mod tests {
              \x20 output:      up 1h02m, 1 restarts (reconnects)\n\
              \x20 ingest:      2 restarts\n\
              \x20 last switch: to offline 12 s ago (manual: relay switch offline)\n\
-             \x20 frames:      10 live, 3 filler, 0 dropped ticks\n"
+             \x20 frames:      10 live, 3 filler, 0 dropped ticks\n\
+             \x20 policy:      offline after 300 ms without frames, returning publisher stable 3 s, low bitrate check off\n"
         );
     }
 }

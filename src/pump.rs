@@ -132,6 +132,8 @@ pub enum Command {
     Attach(OutputPipes),
     /// A new ingest's frames, or `None` to stop reading live frames.
     Feed(Option<LiveFeed>),
+    /// A new failover gap (OFFLINE_AFTER_MS, changed by a reload).
+    SetGap(Duration),
 }
 
 /// What the pump tells the daemon about the live feed.
@@ -158,7 +160,8 @@ pub struct Stats {
 /// Timing of the pump's decisions.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
-    /// No live frame for this long means the live feed has stopped.
+    /// No live frame for this long means the live feed has stopped
+    /// (OFFLINE_AFTER_MS; the daemon sets it from the configuration).
     pub gap: Duration,
     /// Live frames must flow this long before the feed is `Ready`.
     pub preroll: Duration,
@@ -191,7 +194,7 @@ pub async fn run(
     stats: Arc<Stats>,
 ) {
     let period = Duration::from_nanos(1_000_000_000 / format.fps as u64);
-    let timing = Timing {
+    let mut timing = Timing {
         preroll: timing.preroll.max(period * BACKLOG_FRAMES),
         ..timing
     };
@@ -215,6 +218,7 @@ pub async fn run(
             cmd = commands.recv() => match cmd {
                 None => return,
                 Some(Command::Attach(pipes)) => output = Some(pipes),
+                Some(Command::SetGap(gap)) => timing.gap = gap,
                 Some(Command::Feed(feed)) => {
                     live = feed.map(|feed| LiveState {
                         feed,

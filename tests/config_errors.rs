@@ -241,6 +241,26 @@ async fn bad_allowed_publishers() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn bad_switching_policy() -> anyhow::Result<()> {
+    let s = Setup::new().await?;
+    for (bad, key) in [
+        ("OFFLINE_AFTER_MS=50", "OFFLINE_AFTER_MS"),
+        ("LIVE_STABLE_SECS=soon", "LIVE_STABLE_SECS"),
+        ("LOW_BITRATE_KBPS=300", "LOW_BITRATE_KBPS"),
+        ("LOW_BITRATE_SECS=5", "LOW_BITRATE_SECS"),
+        ("METRICS_ADDR=0.0.0.0:9108", "METRICS_ADDR"),
+    ] {
+        let file = s.env_file("kick.env", &[], &[bad]);
+        let out = run_config(&file, &[]).await?;
+        let msg = expect_config_error(&out, &[key, &file.display().to_string()]);
+        if key.starts_with("LOW_BITRATE") {
+            assert!(msg.contains("or neither"), "{msg}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn missing_kick_url() -> anyhow::Result<()> {
     let s = Setup::new().await?;
     let file = s.env_file("kick.env", &["KICK_URL"], &[]);
@@ -542,11 +562,9 @@ async fn good_configuration_passes_preflight_and_stops_on_sigterm() -> anyhow::R
     wait_until_publishing(&nginx.stat_url(), "out", SECRET, secs(20)).await?;
     let status = relay.sigterm_and_wait(secs(10)).await?;
     assert_eq!(status.code(), Some(0), "{:?}", relay.logs());
+    // Its last lines may still be on their way through the pipe.
+    relay.wait_for_log("stopped", secs(5)).await?;
     let logs = relay.logs();
-    assert!(
-        logs.iter().any(|l| l.contains("stopped")),
-        "no `stopped` line: {logs:?}"
-    );
     assert!(
         !logs.iter().any(|l| l.contains(SECRET)),
         "the stream key was logged: {logs:?}"

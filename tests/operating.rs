@@ -205,6 +205,16 @@ async fn operator_sees_the_state_and_overrides_what_is_on_air() -> anyhow::Resul
     let text = r.relay(&["status", NAME]).await?;
     ensure!(text.stdout.starts_with("relay@relay: live\n"), "{text}");
     ensure!(text.stdout.contains("publisher:   127.0.0.1"), "{text}");
+    // The switching policy in effect (the defaults here).
+    ensure!(
+        text.stdout.contains(
+            "policy:      offline after 300 ms without frames, returning publisher stable 3 s, low bitrate check off"
+        ),
+        "{text}"
+    );
+    ensure!(status["policy"]["offline_after_ms"] == 300, "{status:#}");
+    ensure!(status["policy"]["low_bitrate_kbps"].is_null(), "{status:#}");
+    ensure!(status["held_off_air"].is_null(), "{status:#}");
 
     // Manual offline: green, and it stays green while blue keeps publishing.
     let mark = r.relay.log_mark();

@@ -1,0 +1,267 @@
+//! `METRICS_ADDR`: Prometheus text format at `/metrics`, on loopback.
+//!
+//! The daemon's event loop publishes a [`Snapshot`] every second (and the
+//! pump's counters are atomics), so a scrape never waits for the daemon,
+//! and many or slow scrapers cannot slow it down (see `http.rs` for the
+//! limits). Nothing secret is in here: no URL, no key, no publisher
+//! address.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::StateName;
+use crate::http::{self, Answer};
+use crate::pump;
+
+/// Why what is on air changed, as the `reason` label of
+/// `relay_switches_total`: (to, reason). Listed so every series exists
+/// from the start, at 0.
+pub const SWITCH_REASONS: [(&str, &str); 8] = [
+    ("live", "publisher_live"),
+    ("live", "publisher_stable"),
+    ("live", "bitrate_recovered"),
+    ("live", "manual"),
+    ("offline", "frames_stopped"),
+    ("offline", "low_bitrate"),
+    ("offline", "publisher_refused"),
+    ("offline", "manual"),
+];
+
+const STATES: [StateName; 5] = [
+    StateName::Offline,
+    StateName::GoingLive,
+    StateName::Live,
+    StateName::ManualLive,
+    StateName::ManualOffline,
+];
+
+/// What the daemon knows, as of its last housekeeping tick.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub instance: String,
+    pub state: StateName,
+    /// ((to, reason), count), for the reasons in [`SWITCH_REASONS`].
+    pub switches: Vec<((&'static str, &'static str), u64)>,
+    pub output_restarts: u64,
+    pub ingest_restarts: u64,
+    pub publisher_connected: bool,
+    pub live_bitrate_bps: Option<u64>,
+    /// Seconds since the output started streaming; `None` while it is not.
+    pub output_uptime_s: Option<f64>,
+    /// From the output FFmpeg's last `-progress` report.
+    pub output_fps: Option<f64>,
+    pub output_speed: Option<f64>,
+}
+
+/// Binds `addr` and serves `/metrics` from `snapshot` and `pump`.
+pub async fn serve(
+    addr: SocketAddr,
+    snapshot: watch::Receiver<Snapshot>,
+    pump: Arc<pump::Stats>,
+) -> std::io::Result<JoinHandle<()>> {
+    let listener = http::bind(addr).await?;
+    let handler: http::Handler = Arc::new(move |path| match path {
+        "/metrics" => Answer::ok(
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(&snapshot.borrow(), &pump),
+        ),
+        _ => Answer::not_found(),
+    });
+    Ok(tokio::spawn(http::serve(listener, handler)))
+}
+
+/// The Prometheus text exposition of `s` and the pump's counters.
+pub fn render(s: &Snapshot, pump: &pump::Stats) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {}", number(*value));
+        }
+    };
+    let one = |v: f64| vec![(String::new(), v)];
+    let maybe = |v: Option<f64>| v.map(one).unwrap_or_default();
+
+    family(
+        "relay_info",
+        "gauge",
+        "Always 1; the labels name the instance and relay's version.",
+        &[(
+            format!(
+                "{{instance=\"{}\",version=\"{}\"}}",
+                escape(&s.instance),
+                env!("CARGO_PKG_VERSION")
+            ),
+            1.0,
+        )],
+    );
+    let states: Vec<(String, f64)> = STATES
+        .iter()
+        .map(|st| {
+            let name = serde_json::to_value(st)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            (
+                format!("{{state=\"{name}\"}}"),
+                f64::from(u8::from(*st == s.state)),
+            )
+        })
+        .collect();
+    family(
+        "relay_state",
+        "gauge",
+        "1 for what relay is doing now (offline, going_live, live, manual_live, manual_offline), else 0.",
+        &states,
+    );
+    let switches: Vec<(String, f64)> = SWITCH_REASONS
+        .iter()
+        .map(|&(to, reason)| {
+            let n = s
+                .switches
+                .iter()
+                .find(|(key, _)| *key == (to, reason))
+                .map_or(0, |(_, n)| *n);
+            (format!("{{to=\"{to}\",reason=\"{reason}\"}}"), n as f64)
+        })
+        .collect();
+    family(
+        "relay_switches_total",
+        "counter",
+        "Changes of what is on air, by where to and why.",
+        &switches,
+    );
+    family(
+        "relay_output_restarts_total",
+        "counter",
+        "Restarts of the output FFmpeg; each one is a reconnect to the platform.",
+        &one(s.output_restarts as f64),
+    );
+    family(
+        "relay_ingest_restarts_total",
+        "counter",
+        "Ingest FFmpeg processes that exited on their own and were restarted.",
+        &one(s.ingest_restarts as f64),
+    );
+    family(
+        "relay_publisher_connected",
+        "gauge",
+        "1 while nginx shows a publisher on the live stream, else 0.",
+        &one(f64::from(u8::from(s.publisher_connected))),
+    );
+    family(
+        "relay_live_bitrate_bits_per_second",
+        "gauge",
+        "The publisher's bitrate into nginx; absent when nobody publishes.",
+        &maybe(s.live_bitrate_bps.map(|b| b as f64)),
+    );
+    family(
+        "relay_output_up",
+        "gauge",
+        "1 while the output FFmpeg is streaming, else 0.",
+        &one(f64::from(u8::from(s.output_uptime_s.is_some()))),
+    );
+    family(
+        "relay_output_uptime_seconds",
+        "gauge",
+        "Seconds since the output FFmpeg started streaming; absent while it is not.",
+        &maybe(s.output_uptime_s),
+    );
+    family(
+        "relay_output_fps",
+        "gauge",
+        "Frames per second the output FFmpeg encodes, from its progress report.",
+        &maybe(s.output_fps),
+    );
+    family(
+        "relay_output_speed",
+        "gauge",
+        "The output FFmpeg's speed relative to real time (1 is on time).",
+        &maybe(s.output_speed),
+    );
+    let counter = |c: &std::sync::atomic::AtomicU64| one(c.load(Ordering::Relaxed) as f64);
+    family(
+        "relay_live_frames_total",
+        "counter",
+        "Live frames written to the output.",
+        &counter(&pump.live_frames),
+    );
+    family(
+        "relay_filler_frames_total",
+        "counter",
+        "Filler frames (the last live frame, or black) written to the output.",
+        &counter(&pump.filler_frames),
+    );
+    family(
+        "relay_dropped_ticks_total",
+        "counter",
+        "Clock ticks dropped because the output did not keep up.",
+        &counter(&pump.dropped_ticks),
+    );
+    out
+}
+
+/// A sample value: integers without a fraction, NaN and infinities as
+/// Prometheus spells them.
+fn number(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_string()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.to_string()
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// A label value: backslash, double quote and newline escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_families_with_help_and_type() {
+        let s = Snapshot {
+            instance: "a\"b\\c".to_string(),
+            state: StateName::Live,
+            switches: vec![(("live", "publisher_live"), 2)],
+            output_restarts: 1,
+            ingest_restarts: 0,
+            publisher_connected: true,
+            live_bitrate_bps: Some(2_500_000),
+            output_uptime_s: Some(12.5),
+            output_fps: Some(30.0),
+            output_speed: Some(1.01),
+        };
+        let text = render(&s, &pump::Stats::default());
+        assert!(
+            text.contains("relay_info{instance=\"a\\\"b\\\\c\",version="),
+            "{text}"
+        );
+        assert!(text.contains("relay_state{state=\"live\"} 1\n"), "{text}");
+        assert!(
+            text.contains("relay_state{state=\"going_live\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("relay_switches_total{to=\"live\",reason=\"publisher_live\"} 2\n"));
+        assert!(text.contains("relay_switches_total{to=\"offline\",reason=\"low_bitrate\"} 0\n"));
+        assert!(text.contains("relay_live_bitrate_bits_per_second 2500000\n"));
+        assert!(text.contains("relay_output_speed 1.01\n"));
+        assert!(text.contains("# TYPE relay_filler_frames_total counter\n"));
+        assert_eq!(number(f64::NAN), "NaN");
+    }
+}
