@@ -1,12 +1,15 @@
-//! A tiny HTTP/1.1 server for loopback endpoints such as `/metrics`.
+//! A tiny HTTP/1.1 server for relay's loopback endpoints: `/metrics` and
+//! nginx's `on_publish`.
 //!
 //! hyper parses the requests; this file only adds what keeps a small
 //! endpoint from hurting the daemon next to it: a cap on connections
 //! (beyond it new ones are closed at once), a deadline for a request's
-//! headers and for a whole connection, a small header buffer, and GET/HEAD
-//! only. Request bodies are never read.
+//! headers and for a whole connection, and a small header buffer. [`serve`]
+//! answers GET and HEAD only and never reads a request body; a service
+//! given to [`serve_with`] reads what it needs itself.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +23,27 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
-/// Connections served at once; more are closed without an answer.
-const MAX_CONNECTIONS: usize = 16;
-/// How long a client may take to send a request's headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one connection may stay open, keep-alive included.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// What keeps one endpoint's clients from hurting the daemon.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; more are closed without an answer.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// How long one connection may stay open, keep-alive included.
+    pub connection_timeout: Duration,
+    /// Whether a connection may carry more than one request.
+    pub keep_alive: bool,
+}
+
+/// Limits for a scraped page such as `/metrics`.
+pub const PAGE_LIMITS: Limits = Limits {
+    max_connections: 16,
+    header_timeout: Duration::from_secs(5),
+    connection_timeout: Duration::from_secs(30),
+    keep_alive: true,
+};
+
 /// Request line and headers must fit in this (hyper's minimum is 8 KiB).
 const MAX_BUF: usize = 8192;
 
@@ -62,9 +80,23 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves `listener` until the task is dropped or aborted.
+/// Serves GET and HEAD requests on `listener` with `handler`, until the
+/// task is dropped or aborted.
 pub async fn serve(listener: TcpListener, handler: Handler) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    serve_with(listener, PAGE_LIMITS, move |req| {
+        std::future::ready(respond(&handler, req))
+    })
+    .await
+}
+
+/// Serves `listener` with `service` within `limits`, until the task is
+/// dropped or aborted.
+pub async fn serve_with<S, F>(listener: TcpListener, limits: Limits, service: S)
+where
+    S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -80,18 +112,19 @@ pub async fn serve(listener: TcpListener, handler: Handler) {
             drop(stream);
             continue;
         };
-        let handler = handler.clone();
+        let service = service.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(respond(&handler, req)) }
+                let answer = service(req);
+                async move { Ok::<_, Infallible>(answer.await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(limits.header_timeout)
+                .keep_alive(limits.keep_alive)
                 .max_buf_size(MAX_BUF)
                 .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+            match tokio::time::timeout(limits.connection_timeout, conn).await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => debug!(%peer, %err, "http connection ended"),
                 Err(_) => debug!(%peer, "http connection open too long; closed"),
@@ -175,7 +208,7 @@ mod tests {
         let addr = server().await;
         // Every slot taken by clients that never send a request.
         let mut idle = Vec::new();
-        for _ in 0..MAX_CONNECTIONS {
+        for _ in 0..PAGE_LIMITS.max_connections {
             idle.push(TcpStream::connect(addr).await.unwrap());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -186,7 +219,7 @@ mod tests {
             "a connection beyond the cap was served"
         );
         // The idle ones are closed after the header deadline…
-        tokio::time::sleep(HEADER_TIMEOUT + Duration::from_secs(1)).await;
+        tokio::time::sleep(PAGE_LIMITS.header_timeout + Duration::from_secs(1)).await;
         let mut buf = [0u8; 64];
         for c in &mut idle {
             let n = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf))

@@ -22,7 +22,6 @@
 //! is built to shrug off whatever else reaches it: at most 32 connections at
 //! once, 5 s to send the headers, 10 s per connection, 8 KiB of body.
 
-use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,25 +30,25 @@ use anyhow::Context as _;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Secret};
+use crate::http;
 
 /// The path nginx's `on_publish` URL must use.
 pub const PATH: &str = "/on_publish";
-/// Connections served at once; more are closed at once.
-const MAX_CONNECTIONS: usize = 32;
+/// nginx asks once per publish, one request per connection.
+const LIMITS: http::Limits = http::Limits {
+    max_connections: 32,
+    header_timeout: Duration::from_secs(5),
+    connection_timeout: Duration::from_secs(10),
+    keep_alive: false,
+};
 /// Longest accepted request body (nginx sends a few hundred bytes).
 const MAX_BODY: usize = 8 * 1024;
-/// Time allowed for the request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time allowed for a whole connection.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest stream name or address quoted in the log.
 const LOG_LIMIT: usize = 64;
 
@@ -215,7 +214,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Option<Endpoint>> {
         key = if policy.key.is_empty() { "none: every publisher is accepted" } else { "required" },
         "answering nginx's on_publish"
     );
-    let task = tokio::spawn(serve(listener, Arc::new(policy)));
+    let policy = Arc::new(policy);
+    let task = tokio::spawn(http::serve_with(listener, LIMITS, move |req| {
+        let policy = policy.clone();
+        async move { handle(req, &policy).await }
+    }));
     Ok(Some(Endpoint { addr, task }))
 }
 
@@ -233,44 +236,6 @@ async fn bind_soon(addr: SocketAddr) -> std::io::Result<TcpListener> {
             }
             other => return other,
         }
-    }
-}
-
-async fn serve(listener: TcpListener, policy: Arc<Policy>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(err) => {
-                // Out of file descriptors, for example: wait, do not spin.
-                debug!("on_publish endpoint: accept failed: {err}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, "on_publish endpoint: too many connections, closing one");
-            continue;
-        };
-        let policy = policy.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let service = hyper::service::service_fn(move |req| {
-                let policy = policy.clone();
-                async move { Ok::<_, Infallible>(handle(req, &policy).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(false)
-                .max_buf_size(MAX_BODY.max(8192))
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => debug!(%peer, "on_publish endpoint: bad request: {err}"),
-                Err(_) => debug!(%peer, "on_publish endpoint: connection too slow, closed"),
-            }
-        });
     }
 }
 
