@@ -567,9 +567,14 @@ impl Config {
     /// Whether `new` differs from this configuration only in keys that a
     /// running daemon applies at once, without restarting its FFmpeg
     /// children: the switching policy, POLL_INTERVAL, ALLOWED_PUBLISHERS,
-    /// KILL_GRACE and CRASH_BACKOFF.
+    /// KILL_GRACE, CRASH_BACKOFF, and a PUBLISH_KEY replaced by another one
+    /// (setting or removing the key restarts, so that start-up says again
+    /// what protects the stream).
     pub fn only_tuning_differs(&self, new: &Config) -> bool {
         let mut new = new.clone();
+        if !self.publish_key.is_empty() && !new.publish_key.is_empty() {
+            new.publish_key = self.publish_key.clone();
+        }
         new.poll_interval = self.poll_interval;
         new.kill_grace = self.kill_grace;
         new.crash_backoff = self.crash_backoff;
@@ -1543,6 +1548,15 @@ mod tests {
             let new = with(&[(key, value)]).unwrap();
             assert!(!old.only_tuning_differs(&new), "{key}");
         }
+        // A replaced publish key applies at once; setting or removing one
+        // restarts, so that start-up says again what protects the stream.
+        let keyed = with(&[("PUBLISH_KEY", "pk-1")]).unwrap();
+        assert!(keyed.only_tuning_differs(&with(&[("PUBLISH_KEY", "pk-2")]).unwrap()));
+        assert!(!old.only_tuning_differs(&keyed));
+        assert!(!keyed.only_tuning_differs(&old));
+        assert!(!keyed.only_tuning_differs(
+            &with(&[("PUBLISH_KEY", "pk-1"), ("PUBLISH_AUTH_PORT", "9")]).unwrap()
+        ));
     }
 
     #[test]

@@ -185,9 +185,6 @@ pub async fn run(
         allowed_publishers = %config.allowed_publishers,
         "relay starting"
     );
-    // Answers nginx's on_publish while this pipeline runs.
-    let _publish_auth = crate::publish_auth::start(&config).await?;
-
     let (stop_tx, stop_rx) = watch::channel(false);
     // Reloaded settings that apply at once; without a reloader, a channel
     // that never changes (its sender lives until we return).
@@ -198,6 +195,8 @@ pub async fn run(
             (Some(tx), rx)
         }
     };
+    // Answers nginx's on_publish while this pipeline runs.
+    let _publish_auth = crate::publish_auth::start(&config, updates.clone()).await?;
     let (selection_tx, selection_rx) = watch::channel(Input::Offline);
     let pump_stats = Arc::new(pump::Stats::default());
 

@@ -32,6 +32,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -171,8 +172,13 @@ impl Drop for Endpoint {
 
 /// Starts the endpoint for `config`, and says at start what protects the
 /// stream. With `PUBLISH_KEY` set, failing to listen is an error (the key
-/// would protect nothing); without it, a warning.
-pub async fn start(config: &Config) -> anyhow::Result<Option<Endpoint>> {
+/// would protect nothing); without it, a warning. Each request is checked
+/// against the latest configuration in `updates`, so a reload that replaces
+/// the key applies at once.
+pub async fn start(
+    config: &Config,
+    updates: watch::Receiver<Arc<Config>>,
+) -> anyhow::Result<Option<Endpoint>> {
     let policy = Policy::of(config);
     let stream = format!("{}/{}", policy.app, policy.name);
     let port = config.publish_auth_port;
@@ -214,9 +220,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Option<Endpoint>> {
         key = if policy.key.is_empty() { "none: every publisher is accepted" } else { "required" },
         "answering nginx's on_publish"
     );
-    let policy = Arc::new(policy);
     let task = tokio::spawn(http::serve_with(listener, LIMITS, move |req| {
-        let policy = policy.clone();
+        let policy = Policy::of(&updates.borrow());
         async move { handle(req, &policy).await }
     }));
     Ok(Some(Endpoint { addr, task }))
