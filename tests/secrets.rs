@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use common::*;
 
 /// Distinctive keys, so that any piece of them is easy to find.
-const KICK_KEY: &str = "sk_live_Qm7Rz2Vx9Kp4Wn8T";
+const KICK_KEY: &str = "sk_Qm7Rz2Vx9Kp4Wn8T";
 const PUBLISH_KEY: &str = "pub-Hc3Jd6Lf1Ys5Ge0B";
 
 /// Every run of 6 characters of each key: finding one means a key leaked,
@@ -136,7 +136,7 @@ async fn a_key_in_a_file_every_user_can_read_is_refused() -> anyhow::Result<()> 
 }
 
 #[tokio::test]
-async fn keys_never_appear_in_logs_status_check_or_errors() -> anyhow::Result<()> {
+async fn keys_never_appear_in_logs_status_metrics_check_or_errors() -> anyhow::Result<()> {
     let auth_port = relay::nginx::free_tcp_port()?;
     let nginx = PrivateNginx::start(NginxOptions {
         on_publish: Some(format!("http://127.0.0.1:{auth_port}/on_publish")),
@@ -153,12 +153,14 @@ async fn keys_never_appear_in_logs_status_check_or_errors() -> anyhow::Result<()
     let stats_url = nginx.stat_url();
     let zmq_port = relay::nginx::free_tcp_port()?.to_string();
     let auth = auth_port.to_string();
+    let metrics_addr = format!("127.0.0.1:{}", relay::nginx::free_tcp_port()?);
     let video = video.to_str().context("path")?.to_string();
     let pairs = vec![
         ("KICK_URL", kick_url.as_str()),
         ("KICK_KEY", KICK_KEY),
         ("PUBLISH_KEY", PUBLISH_KEY),
         ("PUBLISH_AUTH_PORT", &auth),
+        ("METRICS_ADDR", &metrics_addr),
         ("RTMP_PORT", &rtmp_port),
         ("RTMP_STREAM_NAME", &stream),
         ("STATS_URL", &stats_url),
@@ -210,6 +212,9 @@ async fn keys_never_appear_in_logs_status_check_or_errors() -> anyhow::Result<()
         outputs.push((format!("relay {args:?}"), out.to_string()));
     }
 
+    let page = metrics_page(&metrics_addr).await?;
+    ensure!(page.contains("relay_state{"), "no metrics page: {page}");
+    outputs.push(("the metrics page".into(), page));
     ensure!(
         outputs[2]
             .1
@@ -271,6 +276,10 @@ async fn keys_never_appear_in_logs_status_check_or_errors() -> anyhow::Result<()
     outputs.push(("relay check (offline)".into(), check.to_string()));
     let status = relay_cmd(&["status", "relay"], run_dir).await?;
     outputs.push(("relay status (offline)".into(), status.to_string()));
+    outputs.push((
+        "the metrics page (offline)".into(),
+        metrics_page(&metrics_addr).await?,
+    ));
 
     relay.sigterm_and_wait(secs(30)).await?;
 
@@ -289,4 +298,15 @@ async fn keys_never_appear_in_logs_status_check_or_errors() -> anyhow::Result<()
     ensure!(!leaks(&format!("{KICK_KEY} {PUBLISH_KEY}")).is_empty());
     drop(nginx);
     Ok(())
+}
+
+/// The whole answer to `GET /metrics`.
+async fn metrics_page(addr: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut c = tokio::net::TcpStream::connect(addr).await?;
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut page = String::new();
+    tokio::time::timeout(secs(10), c.read_to_string(&mut page)).await??;
+    Ok(page)
 }
