@@ -355,7 +355,7 @@ impl Daemon {
                 Some(ev) = pump_events.recv() => self.on_pump(ev).await,
                 Some(ev) = output_events.recv() => self.on_output(ev).await,
                 Some(page) = stat_pages.recv() => self.on_stats(page).await,
-                Some(ev) = ingest_events.recv() => self.on_ingest_exit(ev),
+                Some(ev) = ingest_events.recv() => self.on_ingest_exit(ev).await,
                 Some((request, reply)) = api_calls.recv() => {
                     let answer = self.on_request(request).await;
                     let _ = reply.send(answer);
@@ -578,7 +578,7 @@ impl Daemon {
         }
     }
 
-    fn on_ingest_exit(&mut self, ev: IngestExit) {
+    async fn on_ingest_exit(&mut self, ev: IngestExit) {
         if self.current_session() != Some(ev.session) {
             return;
         }
@@ -598,9 +598,19 @@ impl Daemon {
             "ingest exited: {}",
             ev.reason
         );
-        // If it was on air, the pump notices the missing frames and fails
-        // over within its gap.
         self.ingest_retry_at = Some(Instant::now() + delay);
+        // The pump's "no live frame" for this session would be ignored now
+        // that it is no longer current: fail over here (the host nginx
+        // restarted, say), or live would stay on air with nothing behind it.
+        if self.flowing == Some(ev.session) {
+            self.flowing = None;
+        }
+        if self.ready == Some(ev.session) {
+            self.ready = None;
+        }
+        if matches!(self.state, State::Live { session, .. } if session == ev.session) {
+            self.go_offline("the ingest of the live feed exited").await;
+        }
     }
 
     async fn maybe_go_live(&mut self) {

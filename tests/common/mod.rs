@@ -10,6 +10,7 @@
 //! Each test binary compiles this module and uses part of it.
 #![allow(dead_code)]
 
+mod faulty_http;
 mod media;
 mod netns;
 mod process;
@@ -19,6 +20,8 @@ mod stat;
 
 use std::time::Duration;
 
+#[allow(unused_imports)]
+pub use faulty_http::*;
 pub use media::*;
 pub use netns::*;
 pub use process::*;

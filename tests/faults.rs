@@ -1,0 +1,345 @@
+//! Faults relay must survive, each against the real relay binary, a private
+//! nginx-rtmp and real FFmpeg.
+//!
+//! Two nginx instances stand for the two sides: the *host* nginx (app
+//! `live`, the stat page relay polls) where the streamer publishes, and the
+//! *destination* nginx (app `out`) standing in for the platform, which a
+//! [`Sink`] watches. Either can then fail without touching the other.
+//! What is on air is read from the sink's colours (offline video green,
+//! publishers blue or red); the destination's stat page tells whether the
+//! output connection changed (its nginx client id).
+
+#[allow(unused_imports)]
+mod common;
+mod relay_rig;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _};
+
+use common::*;
+use relay_rig::check_steady;
+
+const KEY: &str = "relaytest";
+/// How long a publisher may take from its start to being on air at the sink.
+const GO_LIVE: Duration = Duration::from_secs(30);
+/// How long a dead or stalled publisher may stay on air at the sink.
+const FAIL_OVER: Duration = Duration::from_secs(15);
+
+/// What a test needs around relay.
+#[allow(dead_code)]
+struct Faults {
+    relay: Option<RelayProc>,
+    stats: Option<FaultyStatPage>,
+    host: PrivateNginx,
+    dest: Option<PrivateNginx>,
+    dest_port: u16,
+    stream: String,
+    env_file: PathBuf,
+    offline: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+#[derive(Default)]
+struct FaultOpts {
+    /// Put a [`FaultyStatPage`] between relay and the host's stat page.
+    faulty_stats: bool,
+    /// Leave the destination down: nothing listens on its port.
+    dest_down: bool,
+    /// More configuration keys.
+    env: Vec<(&'static str, String)>,
+}
+
+impl Faults {
+    async fn new(tag: &str, opts: FaultOpts) -> anyhow::Result<Faults> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("relay-faults-{tag}-"))
+            .tempdir()?;
+        let host = start_nginx().await?;
+        let dest_port = relay::nginx::free_tcp_port()?;
+        let dest = if opts.dest_down {
+            None
+        } else {
+            Some(start_dest(dest_port).await?)
+        };
+        let stats = if opts.faulty_stats {
+            Some(FaultyStatPage::start(&host.stat_url()).await?)
+        } else {
+            None
+        };
+        let offline = make_offline_video(dir.path(), "green", true, 320, 180).await?;
+        let stream = format!("{tag}-{}", std::process::id());
+        let kick_url = format!("rtmp://127.0.0.1:{dest_port}/out");
+        let stats_url = stats
+            .as_ref()
+            .map_or_else(|| host.stat_url(), FaultyStatPage::url);
+        let mut pairs: Vec<(&str, String)> = vec![
+            ("KICK_URL", kick_url),
+            ("KICK_KEY", KEY.to_string()),
+            ("RTMP_PORT", host.rtmp_port().to_string()),
+            ("RTMP_STREAM_NAME", stream.clone()),
+            ("STATS_URL", stats_url),
+            ("ZMQ_PORT", relay::nginx::free_tcp_port()?.to_string()),
+            (
+                "OFFLINE_VIDEO_PATH",
+                offline.to_str().context("temp path")?.to_string(),
+            ),
+            ("OUT_RES", "180".into()),
+            ("OUT_FPS", "30".into()),
+            ("VID_BITRATE", "300k".into()),
+            ("MAX_BITRATE", "300k".into()),
+            ("BUFFER_SIZE", "600k".into()),
+            ("POLL_INTERVAL", "0.5".into()),
+            ("ALLOWED_PUBLISHERS", "any".into()),
+            ("KILL_GRACE", "2".into()),
+            ("CRASH_BACKOFF", "1".into()),
+        ];
+        for (k, v) in opts.env {
+            pairs.retain(|(key, _)| *key != k);
+            pairs.push((k, v));
+        }
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let env_file = write_env_file(dir.path(), &pairs)?;
+        Ok(Faults {
+            relay: None,
+            stats,
+            host,
+            dest,
+            dest_port,
+            stream,
+            env_file,
+            offline,
+            dir,
+        })
+    }
+
+    /// Starts relay; waits for its first output frame if the destination is up.
+    async fn start_relay(&mut self) -> anyhow::Result<()> {
+        let relay = RelayProc::run(&self.env_file, &[])?;
+        relay.wait_for_log("relay starting", secs(30)).await?;
+        if self.dest.is_some() {
+            relay.wait_for_log("output streaming", secs(60)).await?;
+        }
+        self.relay = Some(relay);
+        Ok(())
+    }
+
+    fn relay(&self) -> &RelayProc {
+        self.relay.as_ref().expect("relay started")
+    }
+
+    fn out_url(&self) -> String {
+        format!("rtmp://127.0.0.1:{}/out/{KEY}", self.dest_port)
+    }
+
+    fn dest(&self) -> &PrivateNginx {
+        self.dest.as_ref().expect("destination up")
+    }
+
+    async fn publish(&self, colour: &str) -> anyhow::Result<Publisher> {
+        Publisher::start(
+            &self.host.rtmp_url("live", &self.stream),
+            PublisherOpts::colour(colour),
+        )
+        .await
+    }
+
+    /// The output connection at the destination: (nginx pid, client id).
+    async fn output_connection(&self) -> anyhow::Result<Option<(u32, u64)>> {
+        let stat = fetch_stat(&self.dest().stat_url()).await?;
+        Ok(stat.publisher("out", KEY).map(|c| (stat.nginx_pid, c.id)))
+    }
+
+    /// Waits until the destination shows an output connection.
+    async fn wait_output_connection(&self, timeout: Duration) -> anyhow::Result<(u32, u64)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(c)) = self.output_connection().await {
+                return Ok(c);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no output connection at the destination after {timeout:?}\n{}",
+                self.context()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Relay's log lines after `mark` containing `needle`.
+    fn lines_since(&self, mark: usize, needle: &str) -> Vec<String> {
+        self.relay()
+            .logs()
+            .into_iter()
+            .skip(mark)
+            .filter(|l| l.contains(needle))
+            .collect()
+    }
+
+    /// Relay's recent log, for failure messages.
+    fn context(&self) -> String {
+        let logs = self.relay.as_ref().map(RelayProc::logs).unwrap_or_default();
+        let recent = &logs[logs.len().saturating_sub(30)..];
+        format!("relay's last lines:\n{}", recent.join("\n"))
+    }
+
+    /// Relay still runs, then stops cleanly on SIGTERM.
+    async fn finish(mut self) -> anyhow::Result<()> {
+        let context = self.context();
+        let relay = self.relay.as_mut().expect("relay started");
+        ensure!(relay.is_running(), "relay exited\n{context}");
+        let status = relay.sigterm_and_wait(secs(20)).await?;
+        ensure!(status.success(), "relay exited with {status}\n{context}");
+        Ok(())
+    }
+}
+
+/// The platform stand-in: an nginx with app `out` on `port`.
+async fn start_dest(port: u16) -> anyhow::Result<PrivateNginx> {
+    PrivateNginx::start(NginxOptions {
+        rtmp_port: Some(port),
+        ..NginxOptions::default()
+    })
+    .await
+}
+
+/// Waits until the sink shows `colour` after `since`, then holds it for 2 s.
+async fn expect_on_air(
+    f: &Faults,
+    sink: &Sink,
+    colour: Colour,
+    since: Instant,
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
+    let at = sink
+        .wait_for_since(colour, since, timeout)
+        .await
+        .with_context(|| f.context())?;
+    sink.expect_steady(colour, secs(2))
+        .await
+        .with_context(|| f.context())?;
+    Ok(at)
+}
+
+// ---------------------------------------------------------------------------
+// 6. The stat page breaks
+// ---------------------------------------------------------------------------
+
+/// The stat page answers 500, garbage, an endless body, then nothing at all,
+/// while a publisher is live: live stays on air without a gap, relay says
+/// once that the page is unavailable (not once per poll), and once that it
+/// answers again. Failover does not need the stat page: a publisher that
+/// dies while the page hangs still gives way to the offline video.
+#[tokio::test]
+async fn broken_stat_page_keeps_live_on_air() -> anyhow::Result<()> {
+    let mut f = Faults::new(
+        "stat",
+        FaultOpts {
+            faulty_stats: true,
+            ..FaultOpts::default()
+        },
+    )
+    .await?;
+    f.start_relay().await?;
+    let sink = Sink::start(&f.out_url());
+    let connection = f.wait_output_connection(secs(10)).await?;
+    let mut blue = f.publish("blue").await?;
+    expect_on_air(&f, &sink, Colour::Blue, Instant::now(), GO_LIVE).await?;
+
+    let stats = f.stats.as_ref().expect("faulty stat page");
+    let mark = f.relay().log_mark();
+    let broken_at = Instant::now();
+    for mode in [
+        StatMode::Error500,
+        StatMode::Garbage,
+        StatMode::Huge,
+        StatMode::Hang,
+    ] {
+        eprintln!("[test] stat page: {mode:?}");
+        let before = stats.requests();
+        stats.set(mode);
+        // A few polls in each mode.
+        let deadline = Instant::now() + secs(15);
+        while stats.requests() < before + 3 {
+            ensure!(
+                Instant::now() < deadline,
+                "relay stopped polling the stat page ({mode:?})\n{}",
+                f.context()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let polls = stats.requests();
+    check_steady(&sink, Colour::Blue, broken_at, Instant::now(), secs(2))
+        .with_context(|| f.context())?;
+    ensure!(
+        f.lines_since(mark, "on air:").is_empty(),
+        "the selection changed while the stat page was broken: {:?}",
+        f.lines_since(mark, "on air:")
+    );
+    let unavailable = f.lines_since(mark, "stat page unavailable");
+    eprintln!("[test] {polls} polls failed; relay logged: {unavailable:#?}");
+    ensure!(
+        !unavailable.is_empty() && unavailable.len() <= 4,
+        "expected the stat page's failure logged once per kind of failure at most: {unavailable:#?}"
+    );
+
+    // Back: relay says so.
+    stats.set(StatMode::Pass);
+    f.relay()
+        .wait_for_log_since(mark, "stat page answers again", secs(15))
+        .await
+        .with_context(|| f.context())?;
+
+    // Hanging page, dying publisher: the offline video goes on air anyway.
+    stats.set(StatMode::Hang);
+    tokio::time::sleep(secs(2)).await;
+    let killed = Instant::now();
+    blue.kill().await?;
+    expect_on_air(&f, &sink, Colour::Green, killed, FAIL_OVER).await?;
+    stats.set(StatMode::Pass);
+
+    ensure!(
+        f.output_connection().await? == Some(connection),
+        "the output reconnected\n{}",
+        f.context()
+    );
+    f.finish().await
+}
+
+// ---------------------------------------------------------------------------
+// 5. The host nginx restarts
+// ---------------------------------------------------------------------------
+
+/// The host nginx (where the streamer publishes, whose stat page relay
+/// polls) restarts while a publisher is live: relay fails over to the
+/// offline video, keeps its output connection, and goes live again when
+/// the streamer publishes to the restarted nginx.
+#[tokio::test]
+async fn host_nginx_restart_fails_over_and_comes_back() -> anyhow::Result<()> {
+    let mut f = Faults::new("hostrestart", FaultOpts::default()).await?;
+    f.start_relay().await?;
+    let sink = Sink::start(&f.out_url());
+    let connection = f.wait_output_connection(secs(10)).await?;
+    let _blue = f.publish("blue").await?;
+    expect_on_air(&f, &sink, Colour::Blue, Instant::now(), GO_LIVE).await?;
+
+    let mark = f.relay().log_mark();
+    let restarted = Instant::now();
+    f.host.restart().await?;
+    expect_on_air(&f, &sink, Colour::Green, restarted, FAIL_OVER).await?;
+    f.relay()
+        .wait_for_log_since(mark, "on air: offline video", secs(5))
+        .await?;
+
+    let t = Instant::now();
+    let _red = f.publish("red").await?;
+    expect_on_air(&f, &sink, Colour::Red, t, GO_LIVE).await?;
+    ensure!(
+        f.output_connection().await? == Some(connection),
+        "the output reconnected\n{}",
+        f.context()
+    );
+    f.finish().await
+}
