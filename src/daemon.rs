@@ -633,7 +633,7 @@ impl Daemon {
 
     async fn go_live(&mut self, session: u64, publisher: Option<IpAddr>, reason: &str) {
         let _ = self.selection.send(Input::Live);
-        match self.switch.select(Input::Live).await {
+        match self.select(Input::Live).await {
             Ok(()) => {
                 info!(
                     session,
@@ -666,7 +666,7 @@ impl Daemon {
             State::Live { since, .. } => since.elapsed(),
             State::Offline => Duration::ZERO,
         };
-        match self.switch.select(Input::Offline).await {
+        match self.select(Input::Offline).await {
             Ok(()) => {
                 info!(
                     live_for_s = live_for.as_secs(),
@@ -681,11 +681,23 @@ impl Daemon {
         }
     }
 
+    /// Puts `input` on air through the output's zmq filter. An output that
+    /// is not streaming (starting, or waiting to retry a destination that
+    /// refused it) has no filter to ask: it starts on the selection, which
+    /// is re-asserted once it streams, so there is nothing to confirm — and
+    /// nothing to restart, which would only cut its connection attempt.
+    async fn select(&self, input: Input) -> Result<(), crate::control::ControlError> {
+        if self.last_progress.is_none() {
+            return Ok(());
+        }
+        self.switch.select(input).await
+    }
+
     /// The zmq filter did not confirm a switch: one more try on a fresh
     /// socket, then restart the output, which starts on the selection.
     async fn switch_failed(&mut self) {
         let input = *self.selection.borrow();
-        if self.switch.select(input).await.is_ok() {
+        if self.select(input).await.is_ok() {
             info!(on_air = input.name(), "switch confirmed on retry");
             return;
         }

@@ -343,3 +343,139 @@ async fn host_nginx_restart_fails_over_and_comes_back() -> anyhow::Result<()> {
     );
     f.finish().await
 }
+
+// ---------------------------------------------------------------------------
+// 1, 2, 4. The destination refuses or drops the output
+// ---------------------------------------------------------------------------
+
+/// Output attempts (FFmpeg starts) logged after `mark`.
+fn output_attempts(f: &Faults, mark: usize) -> usize {
+    f.lines_since(mark, "output started").len()
+}
+
+/// Nothing listens at the destination: relay keeps running and retries
+/// with a growing backoff (a handful of attempts, not a tight loop); a
+/// publisher that arrives meanwhile is what the destination sees once it
+/// comes up.
+#[tokio::test]
+async fn refused_destination_is_retried_with_backoff() -> anyhow::Result<()> {
+    let mut f = Faults::new(
+        "refused",
+        FaultOpts {
+            dest_down: true,
+            ..FaultOpts::default()
+        },
+    )
+    .await?;
+    f.start_relay().await?;
+    let _blue = f.publish("blue").await?;
+    let window = secs(15);
+    tokio::time::sleep(window).await;
+    let attempts = output_attempts(&f, 0);
+    let stopped = f.lines_since(0, "output stopped");
+    eprintln!("[test] {attempts} output attempts in {window:?}: {stopped:#?}");
+    // CRASH_BACKOFF=1: 1, 2, 4, 8 s between attempts -> about 5 in 15 s.
+    ensure!(
+        (2..=8).contains(&attempts),
+        "{attempts} output attempts in {window:?}: no retry, or a tight loop\n{}",
+        f.context()
+    );
+    ensure!(
+        stopped.iter().all(|l| !l.contains(KEY)),
+        "the stream key leaked: {stopped:#?}"
+    );
+    ensure!(f.relay().is_running(), "relay gave up\n{}", f.context());
+
+    // The platform comes back: the output connects, with the live feed.
+    let up = Instant::now();
+    f.dest = Some(start_dest(f.dest_port).await?);
+    let sink = Sink::start(&f.out_url());
+    let connection = f.wait_output_connection(secs(40)).await?;
+    expect_on_air(&f, &sink, Colour::Blue, up, secs(60)).await?;
+    eprintln!("[test] destination up -> blue after {:?}", up.elapsed());
+    ensure!(
+        f.output_connection().await? == Some(connection),
+        "the output reconnected\n{}",
+        f.context()
+    );
+    f.finish().await
+}
+
+/// The destination drops the output while a publisher is live (its nginx
+/// restarts): relay reconnects, and the live feed is what comes back.
+#[tokio::test]
+async fn dropped_output_reconnects_on_the_live_feed() -> anyhow::Result<()> {
+    let mut f = Faults::new("dropped", FaultOpts::default()).await?;
+    f.start_relay().await?;
+    let sink = Sink::start(&f.out_url());
+    let first = f.wait_output_connection(secs(10)).await?;
+    let _blue = f.publish("blue").await?;
+    expect_on_air(&f, &sink, Colour::Blue, Instant::now(), GO_LIVE).await?;
+
+    let mark = f.relay().log_mark();
+    let dropped = Instant::now();
+    f.dest.as_mut().expect("destination").restart().await?;
+    f.relay()
+        .wait_for_log_since(mark, "output stopped", secs(20))
+        .await
+        .with_context(|| f.context())?;
+    let second = f.wait_output_connection(secs(30)).await?;
+    ensure!(second != first, "same output connection after a restart");
+    expect_on_air(&f, &sink, Colour::Blue, Instant::now(), secs(40)).await?;
+    let green = sink
+        .history_frames()
+        .into_iter()
+        .filter(|fr| fr.at >= dropped && fr.colour == Colour::Green)
+        .count();
+    ensure!(
+        green == 0,
+        "the offline video went on air after the reconnect: {}",
+        sink.summary_since(dropped)
+    );
+    let restarted = f.lines_since(mark, "output started");
+    ensure!(
+        restarted.iter().all(|l| l.contains("on_air=\"live\"")),
+        "the output restarted on the wrong source: {restarted:#?}"
+    );
+    ensure!(
+        f.output_connection().await? == Some(second),
+        "the output reconnected again\n{}",
+        f.context()
+    );
+    f.finish().await
+}
+
+/// The platform ends the broadcast (as IVS does after 48 hours): nginx's
+/// control module drops the output's connection. Relay reconnects at once
+/// on what was on air, and stays up.
+#[tokio::test]
+async fn forced_disconnect_is_a_reconnect() -> anyhow::Result<()> {
+    let mut f = Faults::new("forced", FaultOpts::default()).await?;
+    f.start_relay().await?;
+    let sink = Sink::start(&f.out_url());
+    let first = f.wait_output_connection(secs(10)).await?;
+    sink.wait_for(Colour::Green, secs(20)).await?;
+
+    let mark = f.relay().log_mark();
+    let dropped = Instant::now();
+    let url = format!(
+        "{}/drop/publisher?app=out&name={KEY}",
+        f.dest().control_url()
+    );
+    let answer = reqwest::get(&url).await?.text().await?;
+    eprintln!("[test] {url} -> {answer:?}");
+    let line = f
+        .relay()
+        .wait_for_log_since(mark, "output stopped", secs(20))
+        .await
+        .with_context(|| f.context())?;
+    eprintln!("[test] relay: {line}");
+    let second = f.wait_output_connection(secs(30)).await?;
+    ensure!(second != first, "same output connection after the drop");
+    expect_on_air(&f, &sink, Colour::Green, Instant::now(), secs(40)).await?;
+    eprintln!(
+        "[test] dropped -> green again after {:?}",
+        dropped.elapsed()
+    );
+    f.finish().await
+}
