@@ -36,6 +36,7 @@ use crate::control::{Input, Switch};
 use crate::ffmpeg::RawFormat;
 use crate::ingest::{self, Expect};
 use crate::notify;
+use crate::offline::OfflineCopy;
 use crate::output::{self, Progress};
 use crate::preflight::OfflineInfo;
 use crate::pump::{self, Event as PumpEvent};
@@ -57,6 +58,9 @@ pub struct Options {
     pub timing: pump::Timing,
     /// Where to listen for `relay status` / `relay switch`; `None`: nowhere.
     pub control_socket: Option<PathBuf>,
+    /// Where to keep the private copy of the offline video the output
+    /// reads (`offline.rs`); `None`: the output reads the file in place.
+    pub offline_copy_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -65,6 +69,7 @@ impl Default for Options {
             ffmpeg: PathBuf::from("ffmpeg"),
             timing: pump::Timing::default(),
             control_socket: None,
+            offline_copy_dir: None,
         }
     }
 }
@@ -185,11 +190,27 @@ pub async fn run(
         .instrument(tracing::info_span!("pump")),
     );
 
+    // The output reads a private copy of the offline video, so that the
+    // file being replaced or corrupted while relay runs cannot break an
+    // output restart.
+    let offline_copy = match &options.offline_copy_dir {
+        Some(dir) => {
+            Some(OfflineCopy::make(&config.offline_video_path, dir, &config.instance).await)
+        }
+        None => None,
+    };
+    let output_config = match &offline_copy {
+        Some(copy) => Arc::new(Config {
+            offline_video_path: copy.path().to_owned(),
+            ..(*config).clone()
+        }),
+        None => config.clone(),
+    };
     let (out_ev_tx, out_ev_rx) = mpsc::channel(32);
     let (restart_tx, restart_rx) = mpsc::channel(1);
     let output_task = tokio::spawn(
         supervise_output(
-            config.clone(),
+            output_config,
             offline.clone(),
             options.ffmpeg.clone(),
             pump_tx.clone(),
@@ -289,6 +310,7 @@ pub async fn run(
     poller_task.abort();
     drop(daemon);
     pump_task.abort();
+    drop(offline_copy);
     info!("stopped");
     result
 }

@@ -29,6 +29,7 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
     loop {
         let options = daemon::Options {
             control_socket: Some(api::socket_path(&config.instance)),
+            offline_copy_dir: Some(api::runtime_dir()),
             ..daemon::Options::default()
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

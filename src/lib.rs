@@ -25,6 +25,7 @@ pub mod instance;
 pub mod logging;
 pub mod nginx;
 pub mod notify;
+pub mod offline;
 pub mod ops;
 pub mod output;
 pub mod preflight;

@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 use common::*;
 use relay_rig::check_steady;
 
@@ -186,6 +189,10 @@ impl Faults {
 
     /// Relay still runs, then stops cleanly on SIGTERM.
     async fn finish(mut self) -> anyhow::Result<()> {
+        self.stop_relay().await
+    }
+
+    async fn stop_relay(&mut self) -> anyhow::Result<()> {
         let context = self.context();
         let relay = self.relay.as_mut().expect("relay started");
         ensure!(relay.is_running(), "relay exited\n{context}");
@@ -478,4 +485,148 @@ async fn forced_disconnect_is_a_reconnect() -> anyhow::Result<()> {
         dropped.elapsed()
     );
     f.finish().await
+}
+
+/// The output FFmpeg among relay's children: the one with the switch graph.
+fn output_ffmpeg(f: &Faults) -> anyhow::Result<u32> {
+    let outputs: Vec<u32> = child_pids_of(f.relay().pid())
+        .into_iter()
+        .filter(|&pid| {
+            process_is_alive(pid)
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("streamselect"))
+        })
+        .collect();
+    match outputs[..] {
+        [pid] => Ok(pid),
+        _ => anyhow::bail!("expected one output ffmpeg, found {outputs:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 7. The zmq filter stops answering
+// ---------------------------------------------------------------------------
+
+/// The output FFmpeg stops answering (SIGSTOP) just as the live feed ends:
+/// the switch to offline gets no reply, nor does a retry on a fresh socket,
+/// so relay restarts the output, which comes back on the offline video.
+#[tokio::test]
+async fn unanswered_zmq_restarts_the_output_on_the_selection() -> anyhow::Result<()> {
+    let mut f = Faults::new("zmq", FaultOpts::default()).await?;
+    f.start_relay().await?;
+    let sink = Sink::start(&f.out_url());
+    let first = f.wait_output_connection(secs(10)).await?;
+    let mut blue = f.publish("blue").await?;
+    expect_on_air(&f, &sink, Colour::Blue, Instant::now(), GO_LIVE).await?;
+
+    let output = output_ffmpeg(&f)?;
+    let mark = f.relay().log_mark();
+    kill(Pid::from_raw(output as i32), Signal::SIGSTOP)?;
+    blue.kill().await?;
+    let result = async {
+        f.relay()
+            .wait_for_log_since(mark, "could not switch to offline", secs(20))
+            .await?;
+        f.relay()
+            .wait_for_log_since(
+                mark,
+                "zmq control does not answer; restarting the output",
+                secs(20),
+            )
+            .await?;
+        let started = f
+            .relay()
+            .wait_for_log_since(mark, "output started", secs(20))
+            .await?;
+        ensure!(
+            started.contains("on_air=\"offline\""),
+            "the output restarted on the wrong source: {started}"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    // Never leave a stopped process behind, whatever happened.
+    let _ = kill(Pid::from_raw(output as i32), Signal::SIGCONT);
+    result.with_context(|| f.context())?;
+    ensure!(
+        !process_is_alive(output) || output_ffmpeg(&f)? != output,
+        "the unresponsive output still runs"
+    );
+    let second = f.wait_output_connection(secs(30)).await?;
+    ensure!(second != first, "same output connection after a restart");
+    expect_on_air(&f, &sink, Colour::Green, Instant::now(), secs(40)).await?;
+    f.finish().await
+}
+
+// ---------------------------------------------------------------------------
+// 8. The offline video is replaced or corrupted
+// ---------------------------------------------------------------------------
+
+/// The operator's offline video is overwritten with garbage, then replaced
+/// by another broken file, while relay runs; the output restarts after
+/// each (its FFmpeg is killed) and still streams the offline video as it
+/// was at start.
+#[tokio::test]
+async fn corrupted_offline_video_does_not_break_output_restarts() -> anyhow::Result<()> {
+    let mut f = Faults::new("offline", FaultOpts::default()).await?;
+    f.start_relay().await?;
+    let sink = Sink::start(&f.out_url());
+    let mut connection = f.wait_output_connection(secs(10)).await?;
+    sink.wait_for(Colour::Green, secs(20)).await?;
+
+    let garbage: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    for how in ["overwritten", "replaced"] {
+        match how {
+            // In place: same inode, new content.
+            "overwritten" => std::fs::write(&f.offline, &garbage[..1000])?,
+            // A new file renamed over it.
+            _ => {
+                let new = f.dir.path().join("new.mp4");
+                std::fs::write(&new, &garbage)?;
+                std::fs::rename(&new, &f.offline)?;
+            }
+        }
+        // What is running keeps running...
+        tokio::time::sleep(secs(2)).await;
+        ensure!(
+            f.output_connection().await? == Some(connection),
+            "the output went down when the offline video was {how}\n{}",
+            f.context()
+        );
+        // ...and a restart still streams the video relay started with.
+        let mark = f.relay().log_mark();
+        kill(Pid::from_raw(output_ffmpeg(&f)? as i32), Signal::SIGKILL)?;
+        f.relay()
+            .wait_for_log_since(mark, "output streaming", secs(30))
+            .await
+            .with_context(|| format!("offline video {how}\n{}", f.context()))?;
+        let next = f.wait_output_connection(secs(30)).await?;
+        ensure!(next != connection, "same output connection after a restart");
+        connection = next;
+        expect_on_air(&f, &sink, Colour::Green, Instant::now(), secs(40))
+            .await
+            .with_context(|| format!("offline video {how}"))?;
+    }
+    // The copy is relay's own and goes with it.
+    let copies = || {
+        std::fs::read_dir(f.dir.path())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().contains("-offline-"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    ensure!(copies() == 1, "no private copy of the offline video");
+    let dir = f.dir.path().to_owned();
+    f.stop_relay().await?;
+    let left: Vec<_> = std::fs::read_dir(&dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().contains("-offline-"))
+        .collect();
+    ensure!(left.is_empty(), "the private copy outlived relay: {left:?}");
+    Ok(())
 }
