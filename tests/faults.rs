@@ -35,6 +35,7 @@ const FAIL_OVER: Duration = Duration::from_secs(15);
 struct Faults {
     relay: Option<RelayProc>,
     stats: Option<FaultyStatPage>,
+    proxy: Option<StallProxy>,
     host: PrivateNginx,
     dest: Option<PrivateNginx>,
     dest_port: u16,
@@ -50,6 +51,8 @@ struct FaultOpts {
     faulty_stats: bool,
     /// Leave the destination down: nothing listens on its port.
     dest_down: bool,
+    /// Send the output through a [`StallProxy`] to the destination.
+    stall_proxy: bool,
     /// More configuration keys.
     env: Vec<(&'static str, String)>,
 }
@@ -73,7 +76,13 @@ impl Faults {
         };
         let offline = make_offline_video(dir.path(), "green", true, 320, 180).await?;
         let stream = format!("{tag}-{}", std::process::id());
-        let kick_url = format!("rtmp://127.0.0.1:{dest_port}/out");
+        let proxy = if opts.stall_proxy {
+            Some(StallProxy::start(dest_port)?)
+        } else {
+            None
+        };
+        let kick_port = proxy.as_ref().map_or(dest_port, StallProxy::port);
+        let kick_url = format!("rtmp://127.0.0.1:{kick_port}/out");
         let stats_url = stats
             .as_ref()
             .map_or_else(|| host.stat_url(), FaultyStatPage::url);
@@ -107,6 +116,7 @@ impl Faults {
         Ok(Faults {
             relay: None,
             stats,
+            proxy,
             host,
             dest,
             dest_port,
@@ -806,6 +816,143 @@ async fn garbage_publishers_leave_the_output_alone() -> anyhow::Result<()> {
     ensure!(
         f.output_connection().await? == Some(connection),
         "the output reconnected\n{}",
+        f.context()
+    );
+    f.finish().await
+}
+
+// ---------------------------------------------------------------------------
+// 3. The destination stalls
+// ---------------------------------------------------------------------------
+
+/// The destination stops reading while the connection stays open (a proxy
+/// in front of it stops reading): the output makes no progress, relay
+/// restarts it after OUTPUT_STALL (15 s) — again while the destination
+/// still hangs — and once it reads again the output streams on the live
+/// feed.
+///
+/// A busy picture at 2 Mb/s fills the kernel's socket buffers (over a MB
+/// on loopback) in seconds, so the output blocks soon after the stall.
+#[tokio::test]
+async fn stalled_destination_is_detected_and_recovered() -> anyhow::Result<()> {
+    let mut f = Faults::new(
+        "stalled",
+        FaultOpts {
+            stall_proxy: true,
+            env: vec![
+                ("VID_BITRATE", "2000k".into()),
+                ("MAX_BITRATE", "2000k".into()),
+                ("BUFFER_SIZE", "2000k".into()),
+            ],
+            ..FaultOpts::default()
+        },
+    )
+    .await?;
+    f.start_relay().await?;
+    let sink = Sink::start(&f.out_url());
+    f.wait_output_connection(secs(10)).await?;
+    sink.wait_for(Colour::Green, secs(20)).await?;
+    // A test pattern (neither green nor a solid colour) that does not
+    // compress to nothing.
+    let url = f.host.rtmp_url("live", &f.stream);
+    let _busy = RelayProc::spawn(
+        "ffmpeg",
+        [
+            "-hide_banner",
+            "-loglevel",
+            "warning",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=s=320x180:r=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "30",
+            "-b:v",
+            "2000k",
+            "-c:a",
+            "aac",
+            "-f",
+            "flv",
+            &url,
+        ],
+        &[],
+        "busy",
+    )?;
+    f.relay()
+        .wait_for_log("on air: live", GO_LIVE)
+        .await
+        .with_context(|| f.context())?;
+    let first = f.wait_output_connection(secs(10)).await?;
+
+    let proxy = f.proxy.as_ref().expect("proxy");
+    let mark = f.relay().log_mark();
+    let t0 = Instant::now();
+    proxy.stall(true);
+    let stalled = f
+        .relay()
+        .wait_for_log_since(mark, "output stopped: no progress", secs(50))
+        .await
+        .with_context(|| f.context())?;
+    eprintln!("[test] after {:?}: {stalled}", t0.elapsed());
+    let restarted = f
+        .relay()
+        .wait_for_log_since(mark, "output started", secs(20))
+        .await?;
+    ensure!(
+        restarted.contains("on_air=\"live\""),
+        "the output restarted on the wrong source: {restarted}"
+    );
+    // That attempt does not get through either, until the destination
+    // reads again.
+    tokio::time::sleep(secs(2)).await;
+    proxy.stall(false);
+    let resumed = Instant::now();
+    let deadline = Instant::now() + secs(60);
+    let second = loop {
+        if let Some(c) = f.output_connection().await? {
+            if c != first {
+                break c;
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no new output connection after the destination resumed\n{}",
+            f.context()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    f.relay()
+        .wait_for_log_since(mark, "output streaming", secs(30))
+        .await?;
+    // The test pattern, not the offline video, is what comes back.
+    let back = Instant::now();
+    tokio::time::sleep(secs(6)).await;
+    let frames: Vec<Frame> = sink
+        .history_frames()
+        .into_iter()
+        .filter(|fr| fr.at >= back)
+        .collect();
+    ensure!(
+        !frames.is_empty() && frames.iter().all(|fr| fr.colour != Colour::Green),
+        "expected the live feed after the recovery: {}",
+        sink.summary_since(back)
+    );
+    eprintln!(
+        "[test] destination resumed -> new connection after {:?}",
+        resumed.elapsed()
+    );
+    ensure!(
+        f.output_connection().await? == Some(second),
+        "the output reconnected again\n{}",
         f.context()
     );
     f.finish().await

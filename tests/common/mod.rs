@@ -16,6 +16,7 @@ mod netns;
 mod process;
 mod publisher;
 mod sink;
+mod stall_proxy;
 mod stat;
 
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub use process::*;
 pub use publisher::*;
 pub use relay::nginx::{NginxOptions, PrivateNginx};
 pub use sink::*;
+#[allow(unused_imports)]
+pub use stall_proxy::*;
 pub use stat::*;
 
 /// How often the `wait_*` helpers look at what was recorded.
