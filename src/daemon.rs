@@ -90,9 +90,16 @@ enum State {
 /// What the output supervisor reports.
 #[derive(Debug)]
 enum OutputEvent {
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+    },
     Progress(Progress),
-    Exited { reason: String, uptime: Duration },
+    Exited {
+        reason: String,
+        uptime: Duration,
+        /// The backoff before the next start.
+        retry_in: Duration,
+    },
 }
 
 /// What an ingest task reports.
@@ -455,7 +462,19 @@ impl Daemon {
                     }
                 }
             }
-            OutputEvent::Exited { reason, uptime } => {
+            OutputEvent::Exited {
+                reason,
+                uptime,
+                retry_in,
+            } => {
+                // An output that streamed lost its connection (the platform
+                // ended the broadcast, the network dropped): a reconnect.
+                // One that never streamed is still trying to get through.
+                let again = if self.last_progress.is_some() {
+                    "reconnecting"
+                } else {
+                    "retrying"
+                };
                 self.output_pid = None;
                 self.output_since = None;
                 self.last_progress = None;
@@ -464,7 +483,8 @@ impl Daemon {
                 warn!(
                     uptime_s = uptime.as_secs(),
                     restarts = self.output_restarts,
-                    "output stopped: {reason}; restarting"
+                    "output stopped: {reason}; {again} in {:.1} s",
+                    retry_in.as_secs_f64()
                 );
             }
         }
@@ -1080,8 +1100,14 @@ async fn supervise_output(
             }
         };
         let uptime = started_at.elapsed();
-        let _ = events.send(OutputEvent::Exited { reason, uptime }).await;
         let delay = backoff.next(uptime);
+        let _ = events
+            .send(OutputEvent::Exited {
+                reason,
+                uptime,
+                retry_in: delay,
+            })
+            .await;
         tokio::select! {
             _ = sleep(delay) => {}
             _ = stop.changed() => return,

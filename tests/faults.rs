@@ -180,6 +180,29 @@ impl Faults {
         }
     }
 
+    /// `relay status --json` of this instance, parsed.
+    async fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let out = tokio::time::timeout(
+            secs(30),
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+                .args(["status", "relay", "--json"])
+                .env("RELAY_RUNTIME_DIR", self.dir.path())
+                .env("RELAY_CONFIG_DIR", self.dir.path())
+                .env_remove("RUNTIME_DIRECTORY")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .context("relay status did not finish")??;
+        ensure!(
+            out.status.success(),
+            "relay status: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
     /// Relay's log lines after `mark` containing `needle`.
     fn lines_since(&self, mark: usize, needle: &str) -> Vec<String> {
         self.relay()
@@ -402,6 +425,16 @@ async fn refused_destination_is_retried_with_backoff() -> anyhow::Result<()> {
         "the stream key leaked: {stopped:#?}"
     );
     ensure!(f.relay().is_running(), "relay gave up\n{}", f.context());
+    ensure!(
+        stopped.iter().all(|l| l.contains("; retrying in ")),
+        "an output that never connected is retried, not reconnected: {stopped:#?}"
+    );
+    let status = f.status().await?;
+    eprintln!("[test] status: {status:#}");
+    ensure!(
+        status["output_uptime_s"].is_null() && status["output_restarts"].as_u64() >= Some(2),
+        "relay status does not show the output down and retried: {status:#}"
+    );
 
     // The platform comes back: the output connects, with the live feed.
     let up = Instant::now();
@@ -487,6 +520,10 @@ async fn forced_disconnect_is_a_reconnect() -> anyhow::Result<()> {
         .await
         .with_context(|| f.context())?;
     eprintln!("[test] relay: {line}");
+    ensure!(
+        line.contains("; reconnecting in "),
+        "a dropped connection is a reconnect: {line}"
+    );
     let second = f.wait_output_connection(secs(30)).await?;
     ensure!(second != first, "same output connection after the drop");
     expect_on_air(&f, &sink, Colour::Green, Instant::now(), secs(40)).await?;
