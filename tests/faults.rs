@@ -710,7 +710,9 @@ async fn hung_ingest_is_replaced() -> anyhow::Result<()> {
     let hung = Instant::now();
     kill(Pid::from_raw(ingest as i32), Signal::SIGSTOP)?;
     let result = async {
-        expect_on_air(&f, &sink, Colour::Green, hung, FAIL_OVER).await?;
+        // Not for long: the replacement ingest goes live again within
+        // seconds, as it should.
+        sink.wait_for_since(Colour::Green, hung, FAIL_OVER).await?;
         f.relay()
             .wait_for_log_since(mark, "on air: offline video (no live frame", secs(5))
             .await?;
@@ -992,5 +994,34 @@ async fn stalled_destination_is_detected_and_recovered() -> anyhow::Result<()> {
         "the output reconnected again\n{}",
         f.context()
     );
+    f.finish().await
+}
+
+/// A new offline video, put in place of the old one (same size, sound and
+/// length, so it probes the same), goes on air at `systemctl reload`
+/// (SIGHUP), not before.
+#[tokio::test]
+async fn replaced_offline_video_goes_on_air_at_reload() -> anyhow::Result<()> {
+    let mut f = Faults::new("offreload", FaultOpts::default()).await?;
+    f.start_relay().await?;
+    let sink = Sink::start(&f.out_url());
+    sink.wait_for(Colour::Green, secs(20)).await?;
+
+    let sub = f.dir.path().join("new");
+    std::fs::create_dir_all(&sub)?;
+    let red = make_offline_video(&sub, "red", true, 320, 180).await?;
+    std::fs::rename(&red, &f.offline)?;
+    let replaced = Instant::now();
+    tokio::time::sleep(secs(3)).await;
+    check_steady(&sink, Colour::Green, replaced, Instant::now(), secs(2))
+        .context("the new video went on air before the reload")?;
+
+    let mark = f.relay().log_mark();
+    f.relay().signal(Signal::SIGHUP)?;
+    f.relay()
+        .wait_for_log_since(mark, "reload: applying the new configuration", secs(20))
+        .await
+        .with_context(|| f.context())?;
+    expect_on_air(&f, &sink, Colour::Red, Instant::now(), secs(40)).await?;
     f.finish().await
 }
