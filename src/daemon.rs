@@ -503,9 +503,12 @@ impl Daemon {
             notify::ready();
         }
         // The output started with the selection current at its spawn; the
-        // state may have moved since.
+        // state may have moved since (switches while it was not streaming
+        // only changed the selection). Unconfirmed, the wrong source could
+        // stay on air: retry, then restart the output.
         if let Err(err) = self.switch.select(input).await {
             warn!(%err, "could not re-assert the selection after the output started");
+            self.switch_failed().await;
         }
     }
 

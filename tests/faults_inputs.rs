@@ -41,7 +41,7 @@ async fn broken_stat_page_keeps_live_on_air() -> anyhow::Result<()> {
     let sink = Sink::start(&f.out_url());
     let connection = f.wait_output_connection(secs(10)).await?;
     let mut blue = f.publish("blue").await?;
-    expect_on_air(&f, &sink, Colour::Blue, Instant::now(), GO_LIVE).await?;
+    settle_on(&f, &sink, Colour::Blue, GO_LIVE).await?;
 
     let stats = f.stats.as_ref().expect("faulty stat page");
     let mark = f.relay().log_mark();
@@ -119,7 +119,7 @@ async fn host_nginx_restart_fails_over_and_comes_back() -> anyhow::Result<()> {
     let sink = Sink::start(&f.out_url());
     let connection = f.wait_output_connection(secs(10)).await?;
     let _blue = f.publish("blue").await?;
-    expect_on_air(&f, &sink, Colour::Blue, Instant::now(), GO_LIVE).await?;
+    settle_on(&f, &sink, Colour::Blue, GO_LIVE).await?;
 
     let mark = f.relay().log_mark();
     let restarted = Instant::now();
@@ -154,7 +154,7 @@ async fn hung_ingest_is_replaced() -> anyhow::Result<()> {
     let sink = Sink::start(&f.out_url());
     let connection = f.wait_output_connection(secs(10)).await?;
     let _blue = f.publish("blue").await?;
-    expect_on_air(&f, &sink, Colour::Blue, Instant::now(), GO_LIVE).await?;
+    settle_on(&f, &sink, Colour::Blue, GO_LIVE).await?;
 
     let live_path = format!(":{}/live/{}", f.host.rtmp_port(), f.stream);
     let ingest: Vec<u32> = child_pids_of(f.relay().pid())

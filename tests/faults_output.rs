@@ -95,7 +95,7 @@ async fn dropped_output_reconnects_on_the_live_feed() -> anyhow::Result<()> {
     let sink = Sink::start(&f.out_url());
     let first = f.wait_output_connection(secs(10)).await?;
     let _blue = f.publish("blue").await?;
-    expect_on_air(&f, &sink, Colour::Blue, Instant::now(), GO_LIVE).await?;
+    settle_on(&f, &sink, Colour::Blue, GO_LIVE).await?;
 
     let mark = f.relay().log_mark();
     let dropped = Instant::now();
@@ -183,7 +183,7 @@ async fn unanswered_zmq_restarts_the_output_on_the_selection() -> anyhow::Result
     let sink = Sink::start(&f.out_url());
     let first = f.wait_output_connection(secs(10)).await?;
     let mut blue = f.publish("blue").await?;
-    expect_on_air(&f, &sink, Colour::Blue, Instant::now(), GO_LIVE).await?;
+    settle_on(&f, &sink, Colour::Blue, GO_LIVE).await?;
 
     let output = output_ffmpeg(&f)?;
     let mark = f.relay().log_mark();

@@ -268,3 +268,28 @@ pub fn output_ffmpeg(f: &Faults) -> anyhow::Result<u32> {
         _ => anyhow::bail!("expected one output ffmpeg, found {outputs:?}"),
     }
 }
+
+/// Waits until the sink has shown `colour` for 2 s in a row, within
+/// `timeout`: for setting a test up. On a busy machine relay may briefly
+/// fail over to the offline video before the fault is even injected (a
+/// live frame late by more than the gap), which says nothing about the
+/// fault under test.
+pub async fn settle_on(
+    f: &Faults,
+    sink: &Sink,
+    colour: Colour,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        sink.wait_for_since(colour, Instant::now(), left)
+            .await
+            .with_context(|| f.context())?;
+        match sink.expect_steady(colour, secs(2)).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() < deadline => eprintln!("[test] not settled yet: {e:#}"),
+            Err(e) => return Err(e.context(f.context())),
+        }
+    }
+}
