@@ -116,3 +116,83 @@ impl Switch {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn switch_on(port: u16) -> Switch {
+        Switch {
+            endpoint: format!("tcp://127.0.0.1:{port}"),
+            timeout: Duration::from_millis(500),
+        }
+    }
+
+    /// Something on the port accepts connections and never says a word (a
+    /// hung FFmpeg, or another program): the command times out, it does
+    /// not hang.
+    #[tokio::test]
+    async fn a_silent_peer_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                kept.push(s);
+            }
+        });
+        let err = switch_on(port).select(Input::Offline).await.unwrap_err();
+        assert!(matches!(err, ControlError::Timeout { .. }), "{err}");
+        held.abort();
+    }
+
+    /// Something that is not ZMQ answers with garbage: an error or a
+    /// timeout, never a hang.
+    #[tokio::test]
+    async fn a_peer_speaking_garbage_fails() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+                    let mut buf = [0u8; 256];
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        let result =
+            tokio::time::timeout(Duration::from_secs(5), switch_on(port).select(Input::Live))
+                .await
+                .expect("select returned within its timeout");
+        assert!(result.is_err());
+        server.abort();
+    }
+
+    /// A ZMQ peer that answers something other than success: refused.
+    #[tokio::test]
+    async fn a_wrong_answer_is_refused() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut rep = zeromq::RepSocket::new();
+        rep.bind(&format!("tcp://127.0.0.1:{port}")).await.unwrap();
+        let server = tokio::spawn(async move {
+            while rep.recv().await.is_ok() {
+                if rep
+                    .send(ZmqMessage::from("-22 Invalid argument".to_string()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let err = switch_on(port).select(Input::Live).await.unwrap_err();
+        assert!(matches!(err, ControlError::Refused { .. }), "{err}");
+        server.abort();
+    }
+}

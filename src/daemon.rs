@@ -44,6 +44,7 @@ use crate::ffmpeg::RawFormat;
 use crate::ingest::{self, Expect};
 use crate::metrics;
 use crate::notify;
+use crate::offline::OfflineCopy;
 use crate::output::{self, Progress};
 use crate::preflight::OfflineInfo;
 use crate::pump::{self, Event as PumpEvent};
@@ -74,6 +75,9 @@ pub struct Options {
     /// A reloaded configuration that differs only in keys the daemon
     /// applies at once ([`Config::only_tuning_differs`]).
     pub reconfigure: Option<watch::Receiver<Arc<Config>>>,
+    /// Where to keep the private copy of the offline video the output
+    /// reads (`offline.rs`); `None`: the output reads the file in place.
+    pub offline_copy_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -83,6 +87,7 @@ impl Default for Options {
             timing: pump::Timing::default(),
             control_socket: None,
             reconfigure: None,
+            offline_copy_dir: None,
         }
     }
 }
@@ -103,9 +108,16 @@ enum State {
 /// What the output supervisor reports.
 #[derive(Debug)]
 enum OutputEvent {
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+    },
     Progress(Progress),
-    Exited { reason: String, uptime: Duration },
+    Exited {
+        reason: String,
+        uptime: Duration,
+        /// The backoff before the next start.
+        retry_in: Duration,
+    },
 }
 
 /// What an ingest task reports.
@@ -216,11 +228,27 @@ pub async fn run(
         .instrument(tracing::info_span!("pump")),
     );
 
+    // The output reads a private copy of the offline video, so that the
+    // file being replaced or corrupted while relay runs cannot break an
+    // output restart.
+    let offline_copy = match &options.offline_copy_dir {
+        Some(dir) => {
+            Some(OfflineCopy::make(&config.offline_video_path, dir, &config.instance).await)
+        }
+        None => None,
+    };
+    let output_config = match &offline_copy {
+        Some(copy) => Arc::new(Config {
+            offline_video_path: copy.path().to_owned(),
+            ..(*config).clone()
+        }),
+        None => config.clone(),
+    };
     let (out_ev_tx, out_ev_rx) = mpsc::channel(32);
     let (restart_tx, restart_rx) = mpsc::channel(1);
     let output_task = tokio::spawn(
         supervise_output(
-            config.clone(),
+            output_config,
             offline.clone(),
             options.ffmpeg.clone(),
             pump_tx.clone(),
@@ -365,6 +393,7 @@ pub async fn run(
     poller_task.abort();
     drop(daemon);
     pump_task.abort();
+    drop(offline_copy);
     info!("stopped");
     result
 }
@@ -455,7 +484,7 @@ impl Daemon {
                 Some(ev) = pump_events.recv() => self.on_pump(ev).await,
                 Some(ev) = output_events.recv() => self.on_output(ev).await,
                 Some(page) = stat_pages.recv() => self.on_stats(page).await,
-                Some(ev) = ingest_events.recv() => self.on_ingest_exit(ev),
+                Some(ev) = ingest_events.recv() => self.on_ingest_exit(ev).await,
                 Some((request, reply)) = api_calls.recv() => {
                     let answer = self.on_request(request).await;
                     let _ = reply.send(answer);
@@ -578,7 +607,19 @@ impl Daemon {
                     }
                 }
             }
-            OutputEvent::Exited { reason, uptime } => {
+            OutputEvent::Exited {
+                reason,
+                uptime,
+                retry_in,
+            } => {
+                // An output that streamed lost its connection (the platform
+                // ended the broadcast, the network dropped): a reconnect.
+                // One that never streamed is still trying to get through.
+                let again = if self.last_progress.is_some() {
+                    "reconnecting"
+                } else {
+                    "retrying"
+                };
                 self.output_pid = None;
                 self.output_since = None;
                 self.last_progress = None;
@@ -588,7 +629,8 @@ impl Daemon {
                 warn!(
                     uptime_s = uptime.as_secs(),
                     restarts = self.output_restarts,
-                    "output stopped: {reason}; restarting"
+                    "output stopped: {reason}; {again} in {:.1} s",
+                    retry_in.as_secs_f64()
                 );
             }
         }
@@ -607,9 +649,12 @@ impl Daemon {
             notify::ready();
         }
         // The output started with the selection current at its spawn; the
-        // state may have moved since.
+        // state may have moved since (switches while it was not streaming
+        // only changed the selection). Unconfirmed, the wrong source could
+        // stay on air: retry, then restart the output.
         if let Err(err) = self.switch.select(input).await {
             warn!(%err, "could not re-assert the selection after the output started");
+            self.switch_failed().await;
         }
     }
 
@@ -728,7 +773,7 @@ impl Daemon {
         }
     }
 
-    fn on_ingest_exit(&mut self, ev: IngestExit) {
+    async fn on_ingest_exit(&mut self, ev: IngestExit) {
         if self.current_session() != Some(ev.session) {
             return;
         }
@@ -748,9 +793,20 @@ impl Daemon {
             "ingest exited: {}",
             ev.reason
         );
-        // If it was on air, the pump notices the missing frames and fails
-        // over within its gap.
         self.ingest_retry_at = Some(Instant::now() + delay);
+        // The pump's "no live frame" for this session would be ignored now
+        // that it is no longer current: fail over here (the host nginx
+        // restarted, say), or live would stay on air with nothing behind it.
+        if self.flowing == Some(ev.session) {
+            self.flowing = None;
+        }
+        if self.ready == Some(ev.session) {
+            self.ready = None;
+        }
+        if matches!(self.state, State::Live { session, .. } if session == ev.session) {
+            self.go_offline("the ingest of the live feed exited", "frames_stopped")
+                .await;
+        }
     }
 
     async fn maybe_go_live(&mut self) {
@@ -913,7 +969,7 @@ impl Daemon {
         kind: &'static str,
     ) {
         let _ = self.selection.send(Input::Live);
-        match self.switch.select(Input::Live).await {
+        match self.select(Input::Live).await {
             Ok(()) => {
                 info!(
                     session,
@@ -953,7 +1009,7 @@ impl Daemon {
             }
             State::Offline => Duration::ZERO,
         };
-        match self.switch.select(Input::Offline).await {
+        match self.select(Input::Offline).await {
             Ok(()) => {
                 info!(
                     live_for_s = live_for.as_secs(),
@@ -968,11 +1024,23 @@ impl Daemon {
         }
     }
 
+    /// Puts `input` on air through the output's zmq filter. An output that
+    /// is not streaming (starting, or waiting to retry a destination that
+    /// refused it) has no filter to ask: it starts on the selection, which
+    /// is re-asserted once it streams, so there is nothing to confirm — and
+    /// nothing to restart, which would only cut its connection attempt.
+    async fn select(&self, input: Input) -> Result<(), crate::control::ControlError> {
+        if self.last_progress.is_none() {
+            return Ok(());
+        }
+        self.switch.select(input).await
+    }
+
     /// The zmq filter did not confirm a switch: one more try on a fresh
     /// socket, then restart the output, which starts on the selection.
     async fn switch_failed(&mut self) {
         let input = *self.selection.borrow();
-        if self.switch.select(input).await.is_ok() {
+        if self.select(input).await.is_ok() {
             info!(on_air = input.name(), "switch confirmed on retry");
             return;
         }
@@ -1375,8 +1443,14 @@ async fn supervise_output(
             }
         };
         let uptime = started_at.elapsed();
-        let _ = events.send(OutputEvent::Exited { reason, uptime }).await;
         let delay = backoff.next(uptime);
+        let _ = events
+            .send(OutputEvent::Exited {
+                reason,
+                uptime,
+                retry_in: delay,
+            })
+            .await;
         tokio::select! {
             _ = sleep(delay) => {}
             _ = stop.changed() => return,

@@ -35,9 +35,14 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     loop {
         let (tune_tx, tune_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
+        // The output reads a copy of the offline video made at start
+        // (`offline.rs`): a reload must notice a new file even when it
+        // probes the same.
+        let stamp = file_stamp(&config.offline_video_path);
         let options = daemon::Options {
             control_socket: Some(api::socket_path(&config.instance)),
             reconfigure: Some(tune_rx),
+            offline_copy_dir: Some(api::runtime_dir()),
             ..daemon::Options::default()
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -51,7 +56,7 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
                 result = &mut running => return exit_status(result),
                 _ = term.recv() => info!("SIGTERM received"),
                 _ = int.recv() => info!("SIGINT received"),
-                _ = hup.recv() => match reload(&source, &config, &offline).await {
+                _ = hup.recv() => match reload(&source, &config, &offline, stamp).await {
                     Reload::Rejected(why) => {
                         error!("reload rejected, the running configuration stays: {why}");
                         continue;
@@ -97,7 +102,12 @@ fn exit_status(result: anyhow::Result<()>) -> i32 {
 }
 
 /// Re-reads and checks the configuration as at start-up.
-async fn reload(source: &Source, running: &Config, offline: &OfflineInfo) -> Reload {
+async fn reload(
+    source: &Source,
+    running: &Config,
+    offline: &OfflineInfo,
+    stamp: Option<FileStamp>,
+) -> Reload {
     let source = source.clone();
     let checked = tokio::task::spawn_blocking(move || {
         let config = Config::load(&source).map_err(|e| e.to_string())?;
@@ -109,13 +119,17 @@ async fn reload(source: &Source, running: &Config, offline: &OfflineInfo) -> Rel
         Err(err) => Reload::Rejected(format!("the check did not finish: {err}")),
         Ok(Err(why)) => Reload::Rejected(why),
         Ok(Ok((config, new_offline))) => {
-            if config == *running && same_video(&new_offline, offline) {
+            let same_file = file_stamp(&config.offline_video_path) == stamp;
+            if config == *running && same_video(&new_offline, offline) && same_file {
                 Reload::Unchanged
-            } else if same_video(&new_offline, offline) && running.only_tuning_differs(&config) {
+            } else if same_video(&new_offline, offline)
+                && same_file
+                && running.only_tuning_differs(&config)
+            {
                 Reload::Tuned(Box::new(config))
             } else {
                 if config.offline_video_path == running.offline_video_path
-                    && !same_video(&new_offline, offline)
+                    && !(same_video(&new_offline, offline) && same_file)
                 {
                     warn!("reload: the offline video file changed");
                 }
@@ -127,4 +141,12 @@ async fn reload(source: &Source, running: &Config, offline: &OfflineInfo) -> Rel
 
 fn same_video(a: &OfflineInfo, b: &OfflineInfo) -> bool {
     (a.width, a.height, a.has_audio, a.duration) == (b.width, b.height, b.has_audio, b.duration)
+}
+
+/// Size and modification time: tells a replaced or rewritten file.
+type FileStamp = (u64, std::time::SystemTime);
+
+fn file_stamp(path: &std::path::Path) -> Option<FileStamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
 }

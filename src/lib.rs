@@ -28,6 +28,7 @@ pub mod logging;
 pub mod metrics;
 pub mod nginx;
 pub mod notify;
+pub mod offline;
 pub mod ops;
 pub mod output;
 pub mod preflight;

@@ -10,21 +10,27 @@
 //! Each test binary compiles this module and uses part of it.
 #![allow(dead_code)]
 
+mod faulty_http;
 mod media;
 mod netns;
 mod process;
 mod publisher;
 mod sink;
+mod stall_proxy;
 mod stat;
 
 use std::time::Duration;
 
+#[allow(unused_imports)]
+pub use faulty_http::*;
 pub use media::*;
 pub use netns::*;
 pub use process::*;
 pub use publisher::*;
 pub use relay::nginx::{NginxOptions, PrivateNginx};
 pub use sink::*;
+#[allow(unused_imports)]
+pub use stall_proxy::*;
 pub use stat::*;
 
 /// How often the `wait_*` helpers look at what was recorded.

@@ -1,0 +1,105 @@
+//! relay's private copy of the offline video.
+//!
+//! The output FFmpeg opens the offline video again at every start. Were
+//! that the operator's file, a file replaced or overwritten while relay
+//! runs (a half-copied upload, a truncated file) would be what the next
+//! output restart opens, and a broken one would keep the output down. So
+//! at start (and at each reload) relay copies the file, as it was checked,
+//! into its runtime directory, and the output reads that copy; the copy is
+//! removed when the daemon stops. A plain copy: start-up stays fast.
+
+use std::path::{Path, PathBuf};
+
+use tempfile::NamedTempFile;
+use tracing::warn;
+
+/// The offline video the output reads; removed on drop if it is a copy.
+pub struct OfflineCopy {
+    file: Option<NamedTempFile>,
+    source: PathBuf,
+}
+
+impl OfflineCopy {
+    /// Copies `source` into `dir` (created if missing). If that fails,
+    /// relay reads `source` itself and says so.
+    pub async fn make(source: &Path, dir: &Path, instance: &str) -> OfflineCopy {
+        let (src, dst, name) = (source.to_owned(), dir.to_owned(), instance.to_owned());
+        let copied = tokio::task::spawn_blocking(move || copy(&src, &dst, &name)).await;
+        let file = match copied {
+            Ok(Ok(file)) => Some(file),
+            Ok(Err(err)) => {
+                warn!(
+                    offline = %source.display(),
+                    dir = %dir.display(),
+                    "could not copy the offline video ({err}); reading it in place, so replacing it while relay runs affects the output"
+                );
+                None
+            }
+            Err(err) => {
+                warn!("could not copy the offline video ({err}); reading it in place");
+                None
+            }
+        };
+        OfflineCopy {
+            file,
+            source: source.to_owned(),
+        }
+    }
+
+    /// What the output FFmpeg opens.
+    pub fn path(&self) -> &Path {
+        self.file
+            .as_ref()
+            .map_or(self.source.as_path(), |f| f.path())
+    }
+}
+
+fn copy(source: &Path, dir: &Path, instance: &str) -> std::io::Result<NamedTempFile> {
+    std::fs::create_dir_all(dir)?;
+    let suffix = source
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    let mut file = tempfile::Builder::new()
+        .prefix(&format!("{instance}-offline-"))
+        .suffix(&suffix)
+        .tempfile_in(dir)?;
+    let mut input = std::fs::File::open(source)?;
+    std::io::copy(&mut input, file.as_file_mut())?;
+    file.as_file().sync_data()?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn copies_and_removes_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("offline.mp4");
+        std::fs::write(&source, b"video").unwrap();
+        let run = dir.path().join("run");
+        let copy = OfflineCopy::make(&source, &run, "main").await;
+        let path = copy.path().to_owned();
+        assert_ne!(path, source);
+        assert!(path.starts_with(&run));
+        assert_eq!(path.extension().unwrap(), "mp4");
+        std::fs::write(&source, b"garbage").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"video");
+        drop(copy);
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn falls_back_to_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("offline.mp4");
+        std::fs::write(&source, b"video").unwrap();
+        // A file where the directory should be.
+        let blocker = dir.path().join("run");
+        std::fs::write(&blocker, b"").unwrap();
+        let copy = OfflineCopy::make(&source, &blocker, "main").await;
+        assert_eq!(copy.path(), source);
+    }
+}

@@ -1,0 +1,295 @@
+//! The rig of the fault tests (`faults_output.rs`, `faults_inputs.rs`):
+//! relay between two nginx instances.
+//!
+//! The *host* nginx (app `live`, the stat page relay polls) is where the
+//! streamer publishes; the *destination* nginx (app `out`) stands in for the
+//! platform, and a [`Sink`] watches it. Either can then fail without
+//! touching the other. What is on air is read from the sink's colours
+//! (offline video green, publishers blue or red); the destination's stat
+//! page tells whether the output connection changed (its nginx client id).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _};
+
+use crate::common::*;
+
+pub const KEY: &str = "relaytest";
+/// How long a publisher may take from its start to being on air at the sink.
+pub const GO_LIVE: Duration = Duration::from_secs(30);
+/// How long a dead or stalled publisher may stay on air at the sink.
+pub const FAIL_OVER: Duration = Duration::from_secs(15);
+
+/// What a test needs around relay.
+pub struct Faults {
+    pub relay: Option<RelayProc>,
+    pub stats: Option<FaultyStatPage>,
+    pub proxy: Option<StallProxy>,
+    pub host: PrivateNginx,
+    pub dest: Option<PrivateNginx>,
+    pub dest_port: u16,
+    pub stream: String,
+    pub env_file: PathBuf,
+    pub offline: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+#[derive(Default)]
+pub struct FaultOpts {
+    /// Put a [`FaultyStatPage`] between relay and the host's stat page.
+    pub faulty_stats: bool,
+    /// Leave the destination down: nothing listens on its port.
+    pub dest_down: bool,
+    /// Send the output through a [`StallProxy`] to the destination.
+    pub stall_proxy: bool,
+    /// More configuration keys.
+    pub env: Vec<(&'static str, String)>,
+}
+
+impl Faults {
+    pub async fn new(tag: &str, opts: FaultOpts) -> anyhow::Result<Faults> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("relay-faults-{tag}-"))
+            .tempdir()?;
+        let host = start_nginx().await?;
+        let dest_port = relay::nginx::free_tcp_port()?;
+        let dest = if opts.dest_down {
+            None
+        } else {
+            Some(start_dest(dest_port).await?)
+        };
+        let stats = if opts.faulty_stats {
+            Some(FaultyStatPage::start(&host.stat_url()).await?)
+        } else {
+            None
+        };
+        let offline = make_offline_video(dir.path(), "green", true, 320, 180).await?;
+        let stream = format!("{tag}-{}", std::process::id());
+        let proxy = if opts.stall_proxy {
+            Some(StallProxy::start(dest_port)?)
+        } else {
+            None
+        };
+        let kick_port = proxy.as_ref().map_or(dest_port, StallProxy::port);
+        let kick_url = format!("rtmp://127.0.0.1:{kick_port}/out");
+        let stats_url = stats
+            .as_ref()
+            .map_or_else(|| host.stat_url(), FaultyStatPage::url);
+        let mut pairs: Vec<(&str, String)> = vec![
+            ("KICK_URL", kick_url),
+            ("KICK_KEY", KEY.to_string()),
+            ("RTMP_PORT", host.rtmp_port().to_string()),
+            ("RTMP_STREAM_NAME", stream.clone()),
+            ("STATS_URL", stats_url),
+            ("ZMQ_PORT", relay::nginx::free_tcp_port()?.to_string()),
+            (
+                "OFFLINE_VIDEO_PATH",
+                offline.to_str().context("temp path")?.to_string(),
+            ),
+            ("OUT_RES", "180".into()),
+            ("OUT_FPS", "30".into()),
+            ("VID_BITRATE", "300k".into()),
+            ("MAX_BITRATE", "300k".into()),
+            ("BUFFER_SIZE", "600k".into()),
+            ("POLL_INTERVAL", "0.5".into()),
+            ("ALLOWED_PUBLISHERS", "any".into()),
+            ("KILL_GRACE", "2".into()),
+            ("CRASH_BACKOFF", "1".into()),
+        ];
+        for (k, v) in opts.env {
+            pairs.retain(|(key, _)| *key != k);
+            pairs.push((k, v));
+        }
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let env_file = write_env_file(dir.path(), &pairs)?;
+        Ok(Faults {
+            relay: None,
+            stats,
+            proxy,
+            host,
+            dest,
+            dest_port,
+            stream,
+            env_file,
+            offline,
+            dir,
+        })
+    }
+
+    /// Starts relay; waits for its first output frame if the destination is up.
+    pub async fn start_relay(&mut self) -> anyhow::Result<()> {
+        let relay = RelayProc::run(&self.env_file, &[])?;
+        relay.wait_for_log("relay starting", secs(30)).await?;
+        if self.dest.is_some() {
+            relay.wait_for_log("output streaming", secs(60)).await?;
+        }
+        self.relay = Some(relay);
+        Ok(())
+    }
+
+    pub fn relay(&self) -> &RelayProc {
+        self.relay.as_ref().expect("relay started")
+    }
+
+    pub fn out_url(&self) -> String {
+        format!("rtmp://127.0.0.1:{}/out/{KEY}", self.dest_port)
+    }
+
+    pub fn dest(&self) -> &PrivateNginx {
+        self.dest.as_ref().expect("destination up")
+    }
+
+    pub async fn publish(&self, colour: &str) -> anyhow::Result<Publisher> {
+        Publisher::start(
+            &self.host.rtmp_url("live", &self.stream),
+            PublisherOpts::colour(colour),
+        )
+        .await
+    }
+
+    /// The output connection at the destination: (nginx pid, client id).
+    pub async fn output_connection(&self) -> anyhow::Result<Option<(u32, u64)>> {
+        let stat = fetch_stat(&self.dest().stat_url()).await?;
+        Ok(stat.publisher("out", KEY).map(|c| (stat.nginx_pid, c.id)))
+    }
+
+    /// Waits until the destination shows an output connection.
+    pub async fn wait_output_connection(&self, timeout: Duration) -> anyhow::Result<(u32, u64)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(c)) = self.output_connection().await {
+                return Ok(c);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no output connection at the destination after {timeout:?}\n{}",
+                self.context()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `relay status --json` of this instance, parsed.
+    pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let out = tokio::time::timeout(
+            secs(30),
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+                .args(["status", "relay", "--json"])
+                .env("RELAY_RUNTIME_DIR", self.dir.path())
+                .env("RELAY_CONFIG_DIR", self.dir.path())
+                .env_remove("RUNTIME_DIRECTORY")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .context("relay status did not finish")??;
+        ensure!(
+            out.status.success(),
+            "relay status: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Relay's log lines after `mark` containing `needle`.
+    pub fn lines_since(&self, mark: usize, needle: &str) -> Vec<String> {
+        self.relay()
+            .logs()
+            .into_iter()
+            .skip(mark)
+            .filter(|l| l.contains(needle))
+            .collect()
+    }
+
+    /// Relay's recent log, for failure messages.
+    pub fn context(&self) -> String {
+        let logs = self.relay.as_ref().map(RelayProc::logs).unwrap_or_default();
+        let recent = &logs[logs.len().saturating_sub(30)..];
+        format!("relay's last lines:\n{}", recent.join("\n"))
+    }
+
+    /// Relay still runs, then stops cleanly on SIGTERM.
+    pub async fn finish(mut self) -> anyhow::Result<()> {
+        self.stop_relay().await
+    }
+
+    pub async fn stop_relay(&mut self) -> anyhow::Result<()> {
+        let context = self.context();
+        let relay = self.relay.as_mut().expect("relay started");
+        ensure!(relay.is_running(), "relay exited\n{context}");
+        let status = relay.sigterm_and_wait(secs(20)).await?;
+        ensure!(status.success(), "relay exited with {status}\n{context}");
+        Ok(())
+    }
+}
+
+/// The platform stand-in: an nginx with app `out` on `port`.
+pub async fn start_dest(port: u16) -> anyhow::Result<PrivateNginx> {
+    PrivateNginx::start(NginxOptions {
+        rtmp_port: Some(port),
+        ..NginxOptions::default()
+    })
+    .await
+}
+
+/// Waits until the sink shows `colour` after `since`, then holds it for 2 s.
+pub async fn expect_on_air(
+    f: &Faults,
+    sink: &Sink,
+    colour: Colour,
+    since: Instant,
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
+    let at = sink
+        .wait_for_since(colour, since, timeout)
+        .await
+        .with_context(|| f.context())?;
+    sink.expect_steady(colour, secs(2))
+        .await
+        .with_context(|| f.context())?;
+    Ok(at)
+}
+
+/// The output FFmpeg among relay's children: the one with the switch graph.
+pub fn output_ffmpeg(f: &Faults) -> anyhow::Result<u32> {
+    let outputs: Vec<u32> = child_pids_of(f.relay().pid())
+        .into_iter()
+        .filter(|&pid| {
+            process_is_alive(pid)
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("streamselect"))
+        })
+        .collect();
+    match outputs[..] {
+        [pid] => Ok(pid),
+        _ => anyhow::bail!("expected one output ffmpeg, found {outputs:?}"),
+    }
+}
+
+/// Waits until the sink has shown `colour` for 2 s in a row, within
+/// `timeout`: for setting a test up. On a busy machine relay may briefly
+/// fail over to the offline video before the fault is even injected (a
+/// live frame late by more than the gap), which says nothing about the
+/// fault under test.
+pub async fn settle_on(
+    f: &Faults,
+    sink: &Sink,
+    colour: Colour,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        sink.wait_for_since(colour, Instant::now(), left)
+            .await
+            .with_context(|| f.context())?;
+        match sink.expect_steady(colour, secs(2)).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() < deadline => eprintln!("[test] not settled yet: {e:#}"),
+            Err(e) => return Err(e.context(f.context())),
+        }
+    }
+}
