@@ -186,17 +186,21 @@ pub type Call = (Request, oneshot::Sender<Reply>);
 /// `RuntimeDirectory=`, first entry), else `$RELAY_RUNTIME_DIR`, else
 /// `/run/relay`.
 pub fn runtime_dir() -> PathBuf {
-    let env = |name| std::env::var_os(name).filter(|v| !v.is_empty());
-    if let Some(dirs) = env("RUNTIME_DIRECTORY") {
-        // systemd joins several RuntimeDirectory= entries with ':'.
-        let first = dirs.to_string_lossy().split(':').next().map(PathBuf::from);
-        if let Some(dir) = first.filter(|d| !d.as_os_str().is_empty()) {
-            return dir;
-        }
-    }
-    env("RELAY_RUNTIME_DIR")
-        .map(PathBuf::from)
+    systemd_dir("RUNTIME_DIRECTORY")
+        .or_else(|| {
+            std::env::var_os("RELAY_RUNTIME_DIR")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
         .unwrap_or_else(|| PathBuf::from(DEFAULT_RUNTIME_DIR))
+}
+
+/// The first directory systemd passes in `var` (`RUNTIME_DIRECTORY`,
+/// `CACHE_DIRECTORY`, …: several entries are joined with ':').
+pub fn systemd_dir(var: &str) -> Option<PathBuf> {
+    let dirs = std::env::var_os(var)?;
+    let first = dirs.to_string_lossy().split(':').next().map(PathBuf::from);
+    first.filter(|d| !d.as_os_str().is_empty())
 }
 
 /// The control socket of instance `name` in the runtime directory.

@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, Source};
 use crate::preflight::OfflineInfo;
-use crate::{api, cli, daemon};
+use crate::{api, cli, daemon, offline};
 
 /// What a SIGHUP found.
 enum Reload {
@@ -42,7 +42,7 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
         let options = daemon::Options {
             control_socket: Some(api::socket_path(&config.instance)),
             reconfigure: Some(tune_rx),
-            offline_copy_dir: Some(api::runtime_dir()),
+            offline_copy_dir: Some(offline::copy_dir()),
             ..daemon::Options::default()
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -5,13 +5,21 @@
 //! runs (a half-copied upload, a truncated file) would be what the next
 //! output restart opens, and a broken one would keep the output down. So
 //! at start (and at each reload) relay copies the file, as it was checked,
-//! into its runtime directory, and the output reads that copy; the copy is
-//! removed when the daemon stops. A plain copy: start-up stays fast.
+//! into its cache directory (systemd's `CacheDirectory=`, on disk rather
+//! than in the RAM of `/run`), else its runtime directory, and the output
+//! reads that copy; the copy is removed when the daemon stops. A plain
+//! copy: start-up stays fast.
 
 use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
 use tracing::warn;
+
+/// Where relay keeps its copy: `$CACHE_DIRECTORY` under systemd, else the
+/// runtime directory.
+pub fn copy_dir() -> PathBuf {
+    crate::api::systemd_dir("CACHE_DIRECTORY").unwrap_or_else(crate::api::runtime_dir)
+}
 
 /// The offline video the output reads; removed on drop if it is a copy.
 pub struct OfflineCopy {

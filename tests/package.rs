@@ -271,6 +271,11 @@ fn start_and_stream(ct: &Container) {
     );
     // Logged to the journal as relay, with its own fields.
     ct.ok("journalctl -u relay@demo SYSLOG_IDENTIFIER=relay -o cat | grep -q 'relay starting'");
+    // The output reads relay's own copy of the offline video, on disk.
+    let main_pid = ct.prop("relay@demo", "MainPID");
+    ct.ok(&format!(
+        "ls /var/cache/relay/demo/demo-offline-* && pgrep -P {main_pid} -f -- '-progress pipe:1' | xargs -I{{}} cat /proc/{{}}/cmdline | tr '\\0' ' ' | grep -q /var/cache/relay/demo/demo-offline-"
+    ));
 }
 
 fn live_and_back(ct: &Container) {
@@ -420,6 +425,8 @@ fn stop_leaves_nothing(ct: &Container) {
     );
     let journal = ct.journal("relay@demo");
     assert!(journal.contains("stopped"), "journal:\n{journal}");
+    // relay's copy of the offline video goes with it.
+    ct.ok("test -d /var/cache/relay/demo && ! ls /var/cache/relay/demo | grep -q .");
 }
 
 fn bad_config(ct: &Container) {
@@ -441,7 +448,7 @@ fn bad_config(ct: &Container) {
 fn purge(ct: &Container) {
     let out = ct.sh("DEBIAN_FRONTEND=noninteractive apt-get purge -y relay");
     assert!(out.status.success(), "apt-get purge relay:\n{}", show(&out));
-    ct.ok("test ! -e /etc/relay");
+    ct.ok("test ! -e /etc/relay && test ! -e /var/cache/relay");
     ct.ok("! getent passwd relay && ! getent group relay");
     ct.ok("test ! -e /lib/systemd/system/relay@.service && test ! -e /usr/bin/relay");
     ct.ok(
