@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// Where relay keeps its copy: `$CACHE_DIRECTORY` under systemd, else the
 /// runtime directory.
@@ -64,6 +64,7 @@ impl OfflineCopy {
 
 fn copy(source: &Path, dir: &Path, instance: &str) -> std::io::Result<NamedTempFile> {
     std::fs::create_dir_all(dir)?;
+    remove_stale(dir, instance);
     let suffix = source
         .extension()
         .map(|e| format!(".{}", e.to_string_lossy()))
@@ -76,6 +77,26 @@ fn copy(source: &Path, dir: &Path, instance: &str) -> std::io::Result<NamedTempF
     std::io::copy(&mut input, file.as_file_mut())?;
     file.as_file().sync_data()?;
     Ok(file)
+}
+
+/// Removes copies left by an earlier run of this instance that could not
+/// clean up (killed by the watchdog or SIGKILL, say): only one relay runs
+/// per instance name, so none of them is in use.
+fn remove_stale(dir: &Path, instance: &str) {
+    let prefix = format!("{instance}-offline-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => debug!(path = %entry.path().display(), "removed a stale offline copy"),
+                Err(err) => {
+                    debug!(path = %entry.path().display(), %err, "could not remove a stale offline copy")
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -97,6 +118,27 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"video");
         drop(copy);
         assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn a_killed_run_leaves_no_copy_behind_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("offline.mp4");
+        std::fs::write(&source, b"video").unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::write(run.join("main-offline-old.mp4"), b"stale").unwrap();
+        std::fs::write(run.join("other-offline-x.mp4"), b"another instance").unwrap();
+        let copy = OfflineCopy::make(&source, &run, "main").await;
+        let mut left: Vec<_> = std::fs::read_dir(&run)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [copy.path().to_owned(), run.join("other-offline-x.mp4")]
+        );
     }
 
     #[tokio::test]

@@ -343,7 +343,16 @@ async fn relay_proc_captures_output_and_signals() -> anyhow::Result<()> {
     // env file and the environment reach the program.
     let dir = tempfile::tempdir()?;
     let env_file = write_env_file(dir.path(), &[("A", "1"), ("B", "two words")])?;
-    assert_eq!(std::fs::read_to_string(&env_file)?, "A=1\nB=two words\n");
+    // PUBLISH_AUTH_PORT=0 unless given: tests never take the fixed port.
+    assert_eq!(
+        std::fs::read_to_string(&env_file)?,
+        "A=1\nB=two words\nPUBLISH_AUTH_PORT=0\n"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&env_file)?.permissions().mode() & 0o777,
+        0o600
+    );
     let mut cat = RelayProc::spawn(
         "sh",
         ["-c", "cat \"$1\"; echo x=$RELAY_TEST_X", "sh"]
