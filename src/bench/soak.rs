@@ -60,6 +60,14 @@ pub const ENDINGS: [&str; 4] = [
 struct Rng(u64);
 
 impl Rng {
+    /// splitmix64 of the seed, so that small seeds start well mixed.
+    fn new(seed: u64) -> Rng {
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Rng((z ^ (z >> 31)).max(1))
+    }
+
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -67,7 +75,7 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        (self.next() >> 32) % n
     }
 }
 
@@ -80,7 +88,7 @@ pub async fn run(nginx: &PrivateNginx, opts: &Options, length: Duration) -> anyh
     let env = rig::write_config(nginx, nginx.dir(), stream, &offline, res, fps)?;
     let live_url = nginx.rtmp_url("live", stream);
     let stat = StatsClient::new(&nginx.stat_url(), Duration::from_secs(2))?;
-    let mut rng = Rng(opts.seed.max(1));
+    let mut rng = Rng::new(opts.seed);
     let period = length / opts.cycles as u32;
     eprintln!(
         "soak: {} sessions over {:?} at {res}p{fps} (seed {}), one every {:.1} s",
