@@ -23,6 +23,7 @@ fn bench_runs_and_prints_every_figure() {
     );
     for row in [
         "| start → first output frame at the sink (180p30) |",
+        "| … of which relay start → its output sends its first frame (180p30) |",
         "| go-live at the sink (what viewers see) |",
         "| go-live: output pipeline latency (switch done → sink) |",
         "| go-live, without the pipeline latency |",

@@ -70,6 +70,9 @@ impl Switch {
 pub struct Phase {
     pub res: u32,
     pub start_to_frame: Option<Duration>,
+    /// relay spawned → it logs that its output sent the first frame
+    /// (FFmpeg's first progress report).
+    pub start_to_streaming: Option<Duration>,
     pub relay: Usage,
     pub naive: Option<Usage>,
     pub steady: Smoothness,
@@ -101,7 +104,7 @@ pub async fn phase(
     let sink = Sink::start(&nginx.rtmp_url("out", &stream))?;
     let started = Instant::now();
     let relay = Relay::start(&env)?;
-    relay.wait_for("output streaming", started).await?;
+    out.start_to_streaming = Some(relay.wait_for("output streaming", started).await? - started);
     out.start_to_frame = Some(sink.wait_for_frame(started).await? - started);
     let first_output = rig::output_client(&stat, &stream).await;
 

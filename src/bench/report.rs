@@ -161,6 +161,16 @@ pub fn print_bench(opts: &Options, phases: &[Phase], load_before: &str, load_aft
             "≤ 2 s",
             d.map(|d| d <= Duration::from_secs(2)),
         );
+        t.row(
+            &format!(
+                "… of which relay start → its output sends its first frame ({}p{fps})",
+                p.res
+            ),
+            p.start_to_streaming.map_or("–".into(), s),
+            String::new(),
+            "",
+            None,
+        );
     }
     let gop = Duration::from_secs(PUBLISHER_GOP_SECONDS as u64);
     let go_live_target = gop + Duration::from_millis(500);
