@@ -15,6 +15,23 @@ pub struct Usage {
     pub tree_percent: f64,
     pub rss_kb: u64,
     pub hwm_kb: u64,
+    /// The descendants' share by role (% of one core): relay's ingest
+    /// FFmpeg (it reads RTMP) and its output FFmpeg (it reads raw pipes).
+    pub ingest_percent: f64,
+    pub output_percent: f64,
+}
+
+/// relay's name for one of its FFmpeg children, from its command line.
+fn role(pid: u32) -> Option<&'static str> {
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmd = String::from_utf8_lossy(&cmd);
+    if cmd.contains("-progress") {
+        Some("output")
+    } else if cmd.contains("rtmp://") {
+        Some("ingest")
+    } else {
+        None
+    }
 }
 
 fn ticks_per_second() -> f64 {
@@ -93,11 +110,20 @@ pub async fn measure(root: u32, window: Duration) -> Usage {
     let delta = |pid: &u32, t: &u64| t.saturating_sub(*t0.get(pid).unwrap_or(&0));
     let own = t1.get(&root).map_or(0, |t| delta(&root, t));
     let tree: u64 = t1.iter().map(|(p, t)| delta(p, t)).sum();
+    let of_role = |name: &str| -> u64 {
+        t1.iter()
+            .filter(|(p, _)| **p != root && role(**p) == Some(name))
+            .map(|(p, t)| delta(p, t))
+            .sum()
+    };
+    let percent = |ticks: u64| ticks as f64 / hz / secs * 100.0;
     let (rss_kb, hwm_kb) = memory_kb(root);
     Usage {
-        own_percent: own as f64 / hz / secs * 100.0,
-        tree_percent: tree as f64 / hz / secs * 100.0,
+        own_percent: percent(own),
+        tree_percent: percent(tree),
         rss_kb,
         hwm_kb,
+        ingest_percent: percent(of_role("ingest")),
+        output_percent: percent(of_role("output")),
     }
 }

@@ -218,7 +218,13 @@ pub fn print_bench(opts: &Options, phases: &[Phase], load_before: &str, load_aft
         );
         t.row(
             &format!("whole pipeline CPU while live ({at}: daemon + FFmpeg children)"),
-            format!("{:.0} %", p.relay.tree_percent),
+            format!(
+                "{:.0} % (daemon {:.1}, ingest {:.0}, output {:.0})",
+                p.relay.tree_percent,
+                p.relay.own_percent,
+                p.relay.ingest_percent,
+                p.relay.output_percent
+            ),
             String::new(),
             "",
             None,
