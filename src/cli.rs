@@ -90,20 +90,38 @@ enum Command {
         #[arg(long, default_value_t = 720)]
         res: u32,
     },
-    /// Measure start-up, go-live and failover times and the daemon's CPU
-    /// and memory on loopback, and print them as a markdown table.
+    /// Measure relay on loopback and print a markdown table: start-up,
+    /// go-live and failover at a sink, smoothness, the daemon's CPU and
+    /// memory, and the whole pipeline's CPU against the naive design.
+    /// With --soak: the long soak instead.
     Bench {
-        /// Publisher sessions to time (each ends by kill, clean stop or freeze in turn).
-        #[arg(long, default_value_t = 12)]
+        /// Publisher sessions (each ends by kill, clean stop or freeze in
+        /// turn; with --soak, at random).
+        #[arg(long, default_value_t = 20)]
         cycles: usize,
-        /// Output and publisher height (16:9).
-        #[arg(long, default_value_t = 720)]
-        res: u32,
+        /// Output and publisher heights (16:9), comma-separated: the cycles
+        /// run at the first, CPU and memory are measured at each.
+        #[arg(long, value_delimiter = ',', default_value = "720,1080")]
+        res: Vec<u32>,
         #[arg(long, default_value_t = 30)]
         fps: u32,
-        /// Seconds each publisher stays live.
-        #[arg(long, default_value_t = 3)]
+        /// Seconds each publisher stays live in a cycle.
+        #[arg(long, default_value_t = 2)]
         hold: u64,
+        /// Seconds over which CPU is sampled while live.
+        #[arg(long, default_value_t = 10)]
+        window: u64,
+        /// Run the soak: --cycles publisher sessions over --minutes.
+        #[arg(long)]
+        soak: bool,
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Seed of the soak's random endings.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Exit with status 2 if any target is missed.
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -132,12 +150,21 @@ pub fn main() -> i32 {
             res,
             fps,
             hold,
+            window,
+            soak,
+            minutes,
+            seed,
+            strict,
         } => {
             let opts = bench::Options {
                 cycles,
                 res,
                 fps,
                 hold: std::time::Duration::from_secs(hold),
+                window: std::time::Duration::from_secs(window),
+                soak: soak.then(|| std::time::Duration::from_secs(minutes * 60)),
+                seed,
+                strict,
             };
             runtime().block_on(bench::run(opts)).unwrap_or_else(|err| {
                 error!("bench failed: {err:#}");

@@ -63,13 +63,10 @@ pub fn args(config: &Config, expect: Expect) -> Vec<String> {
     push(&["-i", &config.live_url()]);
     push(&["-map", "0:v:0", "-vf"]);
     push(&[&ffmpeg::render(ffmpeg::INGEST_VIDEO_FILTER, &vars)]);
-    push(&[
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "yuv420p",
-        &child::fd_url(VIDEO_FD),
-    ]);
+    // Unbuffered: each frame goes to the pipe in one write, instead of
+    // being copied again into FFmpeg's 32 KB I/O buffer first.
+    push(&["-f", "rawvideo", "-pix_fmt", "yuv420p"]);
+    push(&["-avioflags", "direct", &child::fd_url(VIDEO_FD)]);
     if expect == Expect::AudioVideo {
         push(&["-map", "0:a:0", "-af"]);
         push(&[&ffmpeg::render(ffmpeg::INGEST_AUDIO_FILTER, &vars)]);
