@@ -49,7 +49,6 @@ pub fn args(config: &Config, expect: Expect) -> Vec<String> {
     let vars = [
         ("WIDTH", f.width.to_string()),
         ("HEIGHT", f.height.to_string()),
-        ("FPS", f.fps.to_string()),
         ("SAMPLERATE", f.sample_rate.to_string()),
     ];
     let mut a: Vec<String> = Vec::new();
@@ -60,9 +59,15 @@ pub fn args(config: &Config, expect: Expect) -> Vec<String> {
     if expect == Expect::VideoOnly {
         push(&["-probesize", "32", "-analyzeduration", "0"]);
     }
+    // Frame threads would hold decoded frames back (one per thread) while
+    // audio goes straight through: slice threads only.
+    push(&["-thread_type", "slice"]);
     push(&["-i", &config.live_url()]);
     push(&["-map", "0:v:0", "-vf"]);
     push(&[&ffmpeg::render(ffmpeg::INGEST_VIDEO_FILTER, &vars)]);
+    // At most OUT_FPS frames a second, by dropping, never by waiting for
+    // the next frame; the pump fills in for a slower publisher.
+    push(&["-fps_mode", "vfr", "-r", &f.fps.to_string()]);
     // Unbuffered: each frame goes to the pipe in one write, instead of
     // being copied again into FFmpeg's 32 KB I/O buffer first.
     push(&["-f", "rawvideo", "-pix_fmt", "yuv420p"]);
@@ -100,6 +105,18 @@ impl AudioQueue {
             let excess = q.len() - self.cap;
             let excess = excess.div_ceil(AUDIO_BYTES_PER_SAMPLE) * AUDIO_BYTES_PER_SAMPLE;
             let excess = excess.min(q.len());
+            let _ = q.split_to(excess);
+        }
+    }
+
+    /// Drops all but the newest `len` bytes: when a run of live frames
+    /// starts, the audio that arrived before its first frame would otherwise
+    /// play as that frame's sound, ahead of the picture.
+    pub fn keep_newest(&self, len: usize) {
+        let mut q = self.bytes.lock().unwrap();
+        let len = len.div_ceil(AUDIO_BYTES_PER_SAMPLE) * AUDIO_BYTES_PER_SAMPLE;
+        if q.len() > len {
+            let excess = q.len() - len;
             let _ = q.split_to(excess);
         }
     }

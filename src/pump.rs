@@ -246,6 +246,7 @@ pub async fn run(
                     }
                     if let Ok(frame) = l.feed.video.try_recv() {
                         if l.flowing_since.is_none() {
+                            l.feed.audio.keep_newest(audio_len);
                             l.flowing_since = Some(now);
                             l.ready_sent = false;
                             l.stopped_sent = false;
