@@ -23,13 +23,14 @@ use crate::ffmpeg::{self, RawFormat, AUDIO_BYTES_PER_SAMPLE};
 const VIDEO_FD: RawFd = 3;
 const AUDIO_FD: RawFd = 4;
 
-/// Live frames waiting for the pump. Small on purpose: a backlog here is
-/// latency on air; when it is full the ingest waits (backpressure).
-const VIDEO_QUEUE: usize = 2;
+/// Live frames waiting for the pump: enough to ride out frames that arrive
+/// unevenly, few because each one is latency on air. When it is full the
+/// pump skips to the newest, and meanwhile the ingest waits.
+const VIDEO_QUEUE: usize = 3;
 
-/// Live audio kept ahead of the pump, in frames' worth; older audio is
-/// dropped so sound stays level with the picture.
-const AUDIO_QUEUE_FRAMES: usize = 3;
+/// Live audio kept ahead of the pump, in frames' worth (the video queue and
+/// one more); older audio is dropped so sound stays level with the picture.
+const AUDIO_QUEUE_FRAMES: usize = VIDEO_QUEUE + 2;
 
 /// What the publisher sends, as far as we know: it decides how the ingest
 /// probes (DESIGN.md fact 5).
@@ -84,28 +85,62 @@ pub fn args(config: &Config, expect: Expect) -> Vec<String> {
 /// Live audio between the ingest and the pump.
 #[derive(Debug, Default)]
 pub struct AudioQueue {
-    bytes: Mutex<BytesMut>,
+    inner: Mutex<Audio>,
     cap: usize,
+}
+
+#[derive(Debug, Default)]
+struct Audio {
+    queue: BytesMut,
+    /// Bytes ever pushed, and ever removed from the front (taken or
+    /// dropped): positions in the live audio stream.
+    received: u64,
+    removed: u64,
+}
+
+impl Audio {
+    /// Removes `n` bytes, rounded down to whole samples, from the front.
+    fn drop_front(&mut self, n: usize) -> Bytes {
+        let n = (n.min(self.queue.len()) / AUDIO_BYTES_PER_SAMPLE) * AUDIO_BYTES_PER_SAMPLE;
+        self.removed += n as u64;
+        self.queue.split_to(n).freeze()
+    }
 }
 
 impl AudioQueue {
     pub fn new(format: &RawFormat) -> AudioQueue {
         let per_frame = (format.sample_rate / format.fps) as usize * AUDIO_BYTES_PER_SAMPLE;
         AudioQueue {
-            bytes: Mutex::new(BytesMut::new()),
+            inner: Mutex::new(Audio::default()),
             cap: per_frame * AUDIO_QUEUE_FRAMES,
         }
     }
 
     fn push(&self, data: &[u8]) {
-        let mut q = self.bytes.lock().unwrap();
-        q.extend_from_slice(data);
-        if q.len() > self.cap {
-            // Drop whole sample frames from the front.
-            let excess = q.len() - self.cap;
-            let excess = excess.div_ceil(AUDIO_BYTES_PER_SAMPLE) * AUDIO_BYTES_PER_SAMPLE;
-            let excess = excess.min(q.len());
-            let _ = q.split_to(excess);
+        let mut a = self.inner.lock().unwrap();
+        a.queue.extend_from_slice(data);
+        a.received += data.len() as u64;
+        if a.queue.len() > self.cap {
+            let excess = (a.queue.len() - self.cap).div_ceil(AUDIO_BYTES_PER_SAMPLE)
+                * AUDIO_BYTES_PER_SAMPLE;
+            a.drop_front(excess);
+        }
+    }
+
+    /// Where the live audio stream is now: a video frame read at this
+    /// moment goes with the audio before this mark.
+    pub fn mark(&self) -> u64 {
+        self.inner.lock().unwrap().received
+    }
+
+    /// Drops audio that arrived before the video frame marked `mark`,
+    /// beyond the `len` bytes that go out with that frame, so the frame's
+    /// sound is the audio that arrived with it.
+    pub fn align(&self, mark: u64, len: usize) {
+        let mut a = self.inner.lock().unwrap();
+        let before = mark.saturating_sub(a.removed) as usize;
+        if before > len {
+            a.drop_front(before - len);
         }
     }
 
@@ -113,26 +148,25 @@ impl AudioQueue {
     /// starts, the audio that arrived before its first frame would otherwise
     /// play as that frame's sound, ahead of the picture.
     pub fn keep_newest(&self, len: usize) {
-        let mut q = self.bytes.lock().unwrap();
+        let mut a = self.inner.lock().unwrap();
         let len = len.div_ceil(AUDIO_BYTES_PER_SAMPLE) * AUDIO_BYTES_PER_SAMPLE;
-        if q.len() > len {
-            let excess = q.len() - len;
-            let _ = q.split_to(excess);
+        if a.queue.len() > len {
+            let excess = a.queue.len() - len;
+            a.drop_front(excess);
         }
     }
 
     /// Up to `len` bytes of live audio (fewer if not enough has arrived).
     pub fn take(&self, len: usize) -> Bytes {
-        let mut q = self.bytes.lock().unwrap();
-        let n = len.min(q.len());
-        q.split_to(n).freeze()
+        self.inner.lock().unwrap().drop_front(len)
     }
 }
 
 /// What the pump reads from one ingest.
 pub struct LiveFeed {
     pub session: u64,
-    pub video: mpsc::Receiver<Bytes>,
+    /// Frames, each with the audio mark at the moment it was read.
+    pub video: mpsc::Receiver<(Bytes, u64)>,
     pub audio: Arc<AudioQueue>,
 }
 
@@ -167,8 +201,13 @@ pub fn spawn(
         secrets: Vec::new(),
     })?;
     let (tx, rx) = mpsc::channel(VIDEO_QUEUE);
-    tokio::spawn(read_video(video.ours, format.frame_bytes(), tx));
     let queue = Arc::new(AudioQueue::new(&format));
+    tokio::spawn(read_video(
+        video.ours,
+        format.frame_bytes(),
+        tx,
+        queue.clone(),
+    ));
     if let Some(audio) = audio {
         tokio::spawn(read_audio(audio, queue.clone()));
     }
@@ -185,7 +224,8 @@ pub fn spawn(
 async fn read_video(
     mut pipe: tokio::net::unix::pipe::Receiver,
     frame_bytes: usize,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<(Bytes, u64)>,
+    audio: Arc<AudioQueue>,
 ) {
     loop {
         // read_buf fills spare capacity: no zeroing of 1.4 MB (720p) per frame.
@@ -197,7 +237,7 @@ async fn read_video(
                 Ok(_) => {}
             }
         }
-        if tx.send(frame.freeze()).await.is_err() {
+        if tx.send((frame.freeze(), audio.mark())).await.is_err() {
             return;
         }
     }
@@ -236,5 +276,32 @@ mod tests {
         assert_eq!(got.len(), per_frame * AUDIO_QUEUE_FRAMES);
         assert_eq!(*got.last().unwrap(), 2);
         assert!(q.take(10).is_empty());
+    }
+
+    #[test]
+    fn a_frame_goes_with_the_audio_that_arrived_with_it() {
+        let q = AudioQueue::new(&format());
+        let tick = 1600 * 4;
+        q.push(&vec![1u8; tick * 2]);
+        let mark = q.mark();
+        q.push(&vec![2u8; tick]);
+        // Two ticks' worth arrived before the frame: the older one goes.
+        q.align(mark, tick);
+        let got = q.take(tick);
+        assert!(got.iter().all(|&b| b == 1) && got.len() == tick);
+        assert_eq!(q.take(tick)[0], 2);
+        // Already past the mark: nothing is dropped.
+        q.push(&vec![3u8; tick]);
+        q.align(mark, tick);
+        assert_eq!(q.take(tick).len(), tick);
+    }
+
+    #[test]
+    fn audio_is_taken_in_whole_samples() {
+        let q = AudioQueue::new(&format());
+        q.push(&[1, 2, 3, 4, 5, 6]);
+        assert_eq!(q.take(100).len(), 4);
+        q.push(&[7, 8]);
+        assert_eq!(&q.take(100)[..], &[5, 6, 7, 8]);
     }
 }

@@ -178,6 +178,7 @@ impl Default for Timing {
 
 struct LiveState {
     feed: LiveFeed,
+    backlog: Backlog,
     /// When the current run of frames started, and whether `Ready` was sent.
     flowing_since: Option<Instant>,
     ready_sent: bool,
@@ -222,6 +223,7 @@ pub async fn run(
                 Some(Command::Feed(feed)) => {
                     live = feed.map(|feed| LiveState {
                         feed,
+                        backlog: Backlog::new(format.fps),
                         flowing_since: None,
                         ready_sent: false,
                         last_frame_at: None,
@@ -238,13 +240,14 @@ pub async fn run(
                 let mut video = None;
                 let mut audio = None;
                 if let Some(l) = live.as_mut() {
-                    // One frame per tick; beyond one frame of slack a
-                    // backlog is latency on air, so skip to the newest.
-                    while l.feed.video.len() > 1 {
+                    // One frame per tick, oldest first, so frames that
+                    // arrive unevenly still go out one per tick.
+                    for _ in 0..l.backlog.frames_to_skip(l.feed.video.len(), l.feed.video.max_capacity()) {
                         let _ = l.feed.video.try_recv();
                         stats.skipped_live_frames.fetch_add(1, Ordering::Relaxed);
                     }
-                    if let Ok(frame) = l.feed.video.try_recv() {
+                    if let Ok((frame, mark)) = l.feed.video.try_recv() {
+                        l.feed.audio.align(mark, audio_len);
                         if l.flowing_since.is_none() {
                             l.feed.audio.keep_newest(audio_len);
                             l.flowing_since = Some(now);
@@ -277,6 +280,44 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// Keeps the live frames' queue a jitter buffer rather than latency: a
+/// full queue (a burst, or an ingest that got ahead) is cut to the newest
+/// frame at once; a queue that never ran empty for a whole second (the
+/// publisher's clock a little faster than ours) loses one frame.
+struct Backlog {
+    window: u32,
+    ticks: u32,
+    least: usize,
+}
+
+impl Backlog {
+    fn new(fps: u32) -> Backlog {
+        Backlog {
+            window: fps.max(1),
+            ticks: 0,
+            least: usize::MAX,
+        }
+    }
+
+    /// How many of the `queued` frames to drop before this tick's.
+    fn frames_to_skip(&mut self, queued: usize, capacity: usize) -> usize {
+        if queued >= capacity {
+            self.ticks = 0;
+            self.least = usize::MAX;
+            return queued - 1;
+        }
+        self.least = self.least.min(queued);
+        self.ticks += 1;
+        if self.ticks < self.window {
+            return 0;
+        }
+        let skip = usize::from(self.least >= 2);
+        self.ticks = 0;
+        self.least = usize::MAX;
+        skip
     }
 }
 
@@ -320,6 +361,20 @@ fn pad_audio(audio: Option<Bytes>, len: usize, silence: &Bytes) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backlog_rides_out_jitter_but_not_a_lasting_lead() {
+        let mut b = Backlog::new(30);
+        // Frames arriving two at a time, then none: nothing skipped.
+        for tick in 0..300 {
+            assert_eq!(b.frames_to_skip(if tick % 2 == 0 { 2 } else { 1 }, 3), 0);
+        }
+        // A full queue is cut to the newest frame at once.
+        assert_eq!(b.frames_to_skip(3, 3), 2);
+        // Two frames waiting at every tick for a second: one goes.
+        let skipped: usize = (0..30).map(|_| b.frames_to_skip(2, 3)).sum();
+        assert_eq!(skipped, 1);
+    }
 
     #[test]
     fn short_audio_is_padded_with_silence() {
