@@ -144,18 +144,6 @@ impl AudioQueue {
         }
     }
 
-    /// Drops all but the newest `len` bytes: when a run of live frames
-    /// starts, the audio that arrived before its first frame would otherwise
-    /// play as that frame's sound, ahead of the picture.
-    pub fn keep_newest(&self, len: usize) {
-        let mut a = self.inner.lock().unwrap();
-        let len = len.div_ceil(AUDIO_BYTES_PER_SAMPLE) * AUDIO_BYTES_PER_SAMPLE;
-        if a.queue.len() > len {
-            let excess = a.queue.len() - len;
-            a.drop_front(excess);
-        }
-    }
-
     /// Up to `len` bytes of live audio (fewer if not enough has arrived).
     pub fn take(&self, len: usize) -> Bytes {
         self.inner.lock().unwrap().drop_front(len)

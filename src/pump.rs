@@ -242,14 +242,15 @@ pub async fn run(
                 if let Some(l) = live.as_mut() {
                     // One frame per tick, oldest first, so frames that
                     // arrive unevenly still go out one per tick.
-                    for _ in 0..l.backlog.frames_to_skip(l.feed.video.len(), l.feed.video.max_capacity()) {
+                    let queued = l.feed.video.len();
+                    let skip = l.backlog.frames_to_skip(queued, l.feed.video.max_capacity());
+                    for _ in 0..skip {
                         let _ = l.feed.video.try_recv();
                         stats.skipped_live_frames.fetch_add(1, Ordering::Relaxed);
                     }
                     if let Ok((frame, mark)) = l.feed.video.try_recv() {
                         l.feed.audio.align(mark, audio_len);
                         if l.flowing_since.is_none() {
-                            l.feed.audio.keep_newest(audio_len);
                             l.flowing_since = Some(now);
                             l.ready_sent = false;
                             l.stopped_sent = false;
