@@ -31,6 +31,16 @@ pub struct RigOpts {
     pub allowed_publishers: Option<String>,
 }
 
+impl RigOpts {
+    /// `ALLOWED_PUBLISHERS=any`: loopback publishers go on air too.
+    pub fn any_publisher() -> RigOpts {
+        RigOpts {
+            allowed_publishers: Some("any".to_string()),
+            ..RigOpts::default()
+        }
+    }
+}
+
 /// Private nginx + offline video + env file for one relay.
 pub struct Rig {
     pub nginx: PrivateNginx,
