@@ -37,11 +37,7 @@ async fn broken_stat_page_keeps_live_on_air() -> anyhow::Result<()> {
         },
     )
     .await?;
-    f.start_relay().await?;
-    let sink = Sink::start(&f.out_url());
-    let connection = f.wait_output_connection(secs(10)).await?;
-    let mut blue = f.publish("blue").await?;
-    settle_on(&f, &sink, Colour::Blue, GO_LIVE).await?;
+    let (sink, connection, mut blue) = f.start_live(Colour::Blue).await?;
 
     let stats = f.stats.as_ref().expect("faulty stat page");
     let mark = f.relay().log_mark();
@@ -83,10 +79,8 @@ async fn broken_stat_page_keeps_live_on_air() -> anyhow::Result<()> {
 
     // Back: relay says so.
     stats.set(StatMode::Pass);
-    f.relay()
-        .wait_for_log_since(mark, "stat page answers again", secs(15))
-        .await
-        .with_context(|| f.context())?;
+    f.wait_for_log_since(mark, "stat page answers again", secs(15))
+        .await?;
 
     // Hanging page, dying publisher: the offline video goes on air anyway.
     stats.set(StatMode::Hang);
@@ -96,12 +90,7 @@ async fn broken_stat_page_keeps_live_on_air() -> anyhow::Result<()> {
     expect_on_air(&f, &sink, Colour::Green, killed, FAIL_OVER).await?;
     stats.set(StatMode::Pass);
 
-    ensure!(
-        f.output_connection().await? == Some(connection),
-        "the output reconnected\n{}",
-        f.context()
-    );
-    f.finish().await
+    f.finish_on(connection).await
 }
 
 // ---------------------------------------------------------------------------
@@ -115,11 +104,7 @@ async fn broken_stat_page_keeps_live_on_air() -> anyhow::Result<()> {
 #[tokio::test]
 async fn host_nginx_restart_fails_over_and_comes_back() -> anyhow::Result<()> {
     let mut f = Faults::new("hostrestart", FaultOpts::default()).await?;
-    f.start_relay().await?;
-    let sink = Sink::start(&f.out_url());
-    let connection = f.wait_output_connection(secs(10)).await?;
-    let _blue = f.publish("blue").await?;
-    settle_on(&f, &sink, Colour::Blue, GO_LIVE).await?;
+    let (sink, connection, _blue) = f.start_live(Colour::Blue).await?;
 
     let mark = f.relay().log_mark();
     let restarted = Instant::now();
@@ -132,12 +117,7 @@ async fn host_nginx_restart_fails_over_and_comes_back() -> anyhow::Result<()> {
     let t = Instant::now();
     let _red = f.publish("red").await?;
     expect_on_air(&f, &sink, Colour::Red, t, GO_LIVE).await?;
-    ensure!(
-        f.output_connection().await? == Some(connection),
-        "the output reconnected\n{}",
-        f.context()
-    );
-    f.finish().await
+    f.finish_on(connection).await
 }
 
 // ---------------------------------------------------------------------------
@@ -150,24 +130,10 @@ async fn host_nginx_restart_fails_over_and_comes_back() -> anyhow::Result<()> {
 #[tokio::test]
 async fn hung_ingest_is_replaced() -> anyhow::Result<()> {
     let mut f = Faults::new("hungingest", FaultOpts::default()).await?;
-    f.start_relay().await?;
-    let sink = Sink::start(&f.out_url());
-    let connection = f.wait_output_connection(secs(10)).await?;
-    let _blue = f.publish("blue").await?;
-    settle_on(&f, &sink, Colour::Blue, GO_LIVE).await?;
+    let (sink, connection, _blue) = f.start_live(Colour::Blue).await?;
 
     let live_path = format!(":{}/live/{}", f.host.rtmp_port(), f.stream);
-    let ingest: Vec<u32> = child_pids_of(f.relay().pid())
-        .into_iter()
-        .filter(|&p| {
-            process_is_alive(p)
-                && std::fs::read(format!("/proc/{p}/cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&live_path))
-        })
-        .collect();
-    let [ingest] = ingest[..] else {
-        anyhow::bail!("expected one ingest ffmpeg, found {ingest:?}");
-    };
+    let ingest = relay_ffmpeg(&f, &live_path, "ingest")?;
     let mark = f.relay().log_mark();
     let hung = Instant::now();
     kill(Pid::from_raw(ingest as i32), Signal::SIGSTOP)?;
@@ -196,12 +162,7 @@ async fn hung_ingest_is_replaced() -> anyhow::Result<()> {
         "[test] ingest hung -> live again after {:?}",
         hung.elapsed()
     );
-    ensure!(
-        f.output_connection().await? == Some(connection),
-        "the output reconnected\n{}",
-        f.context()
-    );
-    f.finish().await
+    f.finish_on(connection).await
 }
 
 // ---------------------------------------------------------------------------
@@ -245,10 +206,7 @@ async fn send_garbage(port: u16, handshake: bool, bytes: &[u8]) -> anyhow::Resul
 #[tokio::test]
 async fn garbage_publishers_leave_the_output_alone() -> anyhow::Result<()> {
     let mut f = Faults::new("garbage", FaultOpts::default()).await?;
-    f.start_relay().await?;
-    let sink = Sink::start(&f.out_url());
-    let connection = f.wait_output_connection(secs(10)).await?;
-    sink.wait_for(Colour::Green, secs(20)).await?;
+    let (sink, connection) = f.start_offline().await?;
     let start = Instant::now();
 
     let port = f.host.rtmp_port();
@@ -257,24 +215,10 @@ async fn garbage_publishers_leave_the_output_alone() -> anyhow::Result<()> {
         send_garbage(port, true, &noise(256 * 1024, seed + 10)).await?;
     }
     // A stream whose metadata lies.
-    let url = f.host.rtmp_url("live", &f.stream);
-    let mut liar = RelayProc::spawn(
-        "ffmpeg",
-        [
-            "-hide_banner",
-            "-loglevel",
-            "warning",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "color=c=red:s=320x180:r=30",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-g",
-            "30",
+    let mut liar = f.publish_lavfi(
+        "liar",
+        &["color=c=red:s=320x180:r=30"],
+        &[
             "-metadata",
             "width=1000000",
             "-metadata",
@@ -283,12 +227,7 @@ async fn garbage_publishers_leave_the_output_alone() -> anyhow::Result<()> {
             "framerate=0",
             "-metadata",
             "videodatarate=-5",
-            "-f",
-            "flv",
-            &url,
         ],
-        &[],
-        "liar",
     )?;
     tokio::time::sleep(secs(8)).await;
     liar.signal(Signal::SIGKILL)?;
@@ -314,10 +253,5 @@ async fn garbage_publishers_leave_the_output_alone() -> anyhow::Result<()> {
     let t = Instant::now();
     let _blue = f.publish("blue").await?;
     expect_on_air(&f, &sink, Colour::Blue, t, GO_LIVE).await?;
-    ensure!(
-        f.output_connection().await? == Some(connection),
-        "the output reconnected\n{}",
-        f.context()
-    );
-    f.finish().await
+    f.finish_on(connection).await
 }

@@ -78,12 +78,7 @@ async fn refused_destination_is_retried_with_backoff() -> anyhow::Result<()> {
     let connection = f.wait_output_connection(secs(40)).await?;
     expect_on_air(&f, &sink, Colour::Blue, up, secs(60)).await?;
     eprintln!("[test] destination up -> blue after {:?}", up.elapsed());
-    ensure!(
-        f.output_connection().await? == Some(connection),
-        "the output reconnected\n{}",
-        f.context()
-    );
-    f.finish().await
+    f.finish_on(connection).await
 }
 
 /// The destination drops the output while a publisher is live (its nginx
@@ -91,21 +86,14 @@ async fn refused_destination_is_retried_with_backoff() -> anyhow::Result<()> {
 #[tokio::test]
 async fn dropped_output_reconnects_on_the_live_feed() -> anyhow::Result<()> {
     let mut f = Faults::new("dropped", FaultOpts::default()).await?;
-    f.start_relay().await?;
-    let sink = Sink::start(&f.out_url());
-    let first = f.wait_output_connection(secs(10)).await?;
-    let _blue = f.publish("blue").await?;
-    settle_on(&f, &sink, Colour::Blue, GO_LIVE).await?;
+    let (sink, first, _blue) = f.start_live(Colour::Blue).await?;
 
     let mark = f.relay().log_mark();
     let dropped = Instant::now();
     f.dest.as_mut().expect("destination").restart().await?;
-    f.relay()
-        .wait_for_log_since(mark, "output stopped", secs(20))
-        .await
-        .with_context(|| f.context())?;
-    let second = f.wait_output_connection(secs(30)).await?;
-    ensure!(second != first, "same output connection after a restart");
+    f.wait_for_log_since(mark, "output stopped", secs(20))
+        .await?;
+    let second = f.wait_new_output_connection(first, "a restart").await?;
     expect_on_air(&f, &sink, Colour::Blue, Instant::now(), secs(40)).await?;
     let green = sink
         .history_frames()
@@ -122,11 +110,8 @@ async fn dropped_output_reconnects_on_the_live_feed() -> anyhow::Result<()> {
         restarted.iter().all(|l| l.contains("on_air=\"live\"")),
         "the output restarted on the wrong source: {restarted:#?}"
     );
-    ensure!(
-        f.output_connection().await? == Some(second),
-        "the output reconnected again\n{}",
-        f.context()
-    );
+    f.ensure_output_connection(second, "the output reconnected again")
+        .await?;
     f.finish().await
 }
 
@@ -136,10 +121,7 @@ async fn dropped_output_reconnects_on_the_live_feed() -> anyhow::Result<()> {
 #[tokio::test]
 async fn forced_disconnect_is_a_reconnect() -> anyhow::Result<()> {
     let mut f = Faults::new("forced", FaultOpts::default()).await?;
-    f.start_relay().await?;
-    let sink = Sink::start(&f.out_url());
-    let first = f.wait_output_connection(secs(10)).await?;
-    sink.wait_for(Colour::Green, secs(20)).await?;
+    let (sink, first) = f.start_offline().await?;
 
     let mark = f.relay().log_mark();
     let dropped = Instant::now();
@@ -150,17 +132,14 @@ async fn forced_disconnect_is_a_reconnect() -> anyhow::Result<()> {
     let answer = reqwest::get(&url).await?.text().await?;
     eprintln!("[test] {url} -> {answer:?}");
     let line = f
-        .relay()
         .wait_for_log_since(mark, "output stopped", secs(20))
-        .await
-        .with_context(|| f.context())?;
+        .await?;
     eprintln!("[test] relay: {line}");
     ensure!(
         line.contains("; reconnecting in "),
         "a dropped connection is a reconnect: {line}"
     );
-    let second = f.wait_output_connection(secs(30)).await?;
-    ensure!(second != first, "same output connection after the drop");
+    f.wait_new_output_connection(first, "the drop").await?;
     expect_on_air(&f, &sink, Colour::Green, Instant::now(), secs(40)).await?;
     eprintln!(
         "[test] dropped -> green again after {:?}",
@@ -179,11 +158,7 @@ async fn forced_disconnect_is_a_reconnect() -> anyhow::Result<()> {
 #[tokio::test]
 async fn unanswered_zmq_restarts_the_output_on_the_selection() -> anyhow::Result<()> {
     let mut f = Faults::new("zmq", FaultOpts::default()).await?;
-    f.start_relay().await?;
-    let sink = Sink::start(&f.out_url());
-    let first = f.wait_output_connection(secs(10)).await?;
-    let mut blue = f.publish("blue").await?;
-    settle_on(&f, &sink, Colour::Blue, GO_LIVE).await?;
+    let (sink, first, mut blue) = f.start_live(Colour::Blue).await?;
 
     let output = output_ffmpeg(&f)?;
     let mark = f.relay().log_mark();
@@ -218,8 +193,7 @@ async fn unanswered_zmq_restarts_the_output_on_the_selection() -> anyhow::Result
         !process_is_alive(output) || output_ffmpeg(&f)? != output,
         "the unresponsive output still runs"
     );
-    let second = f.wait_output_connection(secs(30)).await?;
-    ensure!(second != first, "same output connection after a restart");
+    f.wait_new_output_connection(first, "a restart").await?;
     expect_on_air(&f, &sink, Colour::Green, Instant::now(), secs(40)).await?;
     f.finish().await
 }
@@ -235,10 +209,7 @@ async fn unanswered_zmq_restarts_the_output_on_the_selection() -> anyhow::Result
 #[tokio::test]
 async fn corrupted_offline_video_does_not_break_output_restarts() -> anyhow::Result<()> {
     let mut f = Faults::new("offline", FaultOpts::default()).await?;
-    f.start_relay().await?;
-    let sink = Sink::start(&f.out_url());
-    let mut connection = f.wait_output_connection(secs(10)).await?;
-    sink.wait_for(Colour::Green, secs(20)).await?;
+    let (sink, mut connection) = f.start_offline().await?;
 
     let garbage: Vec<u8> = (0..200_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
@@ -256,11 +227,11 @@ async fn corrupted_offline_video_does_not_break_output_restarts() -> anyhow::Res
         }
         // What is running keeps running...
         tokio::time::sleep(secs(2)).await;
-        ensure!(
-            f.output_connection().await? == Some(connection),
-            "the output went down when the offline video was {how}\n{}",
-            f.context()
-        );
+        f.ensure_output_connection(
+            connection,
+            &format!("the output went down when the offline video was {how}"),
+        )
+        .await?;
         // ...and a restart still streams the video relay started with.
         let mark = f.relay().log_mark();
         kill(Pid::from_raw(output_ffmpeg(&f)? as i32), Signal::SIGKILL)?;
@@ -268,9 +239,9 @@ async fn corrupted_offline_video_does_not_break_output_restarts() -> anyhow::Res
             .wait_for_log_since(mark, "output streaming", secs(30))
             .await
             .with_context(|| format!("offline video {how}\n{}", f.context()))?;
-        let next = f.wait_output_connection(secs(30)).await?;
-        ensure!(next != connection, "same output connection after a restart");
-        connection = next;
+        connection = f
+            .wait_new_output_connection(connection, "a restart")
+            .await?;
         expect_on_air(&f, &sink, Colour::Green, Instant::now(), secs(40))
             .await
             .with_context(|| format!("offline video {how}"))?;
@@ -324,44 +295,16 @@ async fn stalled_destination_is_detected_and_recovered() -> anyhow::Result<()> {
         },
     )
     .await?;
-    f.start_relay().await?;
-    let sink = Sink::start(&f.out_url());
-    f.wait_output_connection(secs(10)).await?;
-    sink.wait_for(Colour::Green, secs(20)).await?;
+    let (sink, _) = f.start_offline().await?;
     // A test pattern (neither green nor a solid colour) that does not
     // compress to nothing.
-    let url = f.host.rtmp_url("live", &f.stream);
-    let _busy = RelayProc::spawn(
-        "ffmpeg",
-        [
-            "-hide_banner",
-            "-loglevel",
-            "warning",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=s=320x180:r=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=44100",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-g",
-            "30",
-            "-b:v",
-            "2000k",
-            "-c:a",
-            "aac",
-            "-f",
-            "flv",
-            &url,
-        ],
-        &[],
+    let _busy = f.publish_lavfi(
         "busy",
+        &[
+            "testsrc2=s=320x180:r=30",
+            "sine=frequency=440:sample_rate=44100",
+        ],
+        &["-b:v", "2000k", "-c:a", "aac"],
     )?;
     f.relay()
         .wait_for_log("on air: live", GO_LIVE)
@@ -374,10 +317,8 @@ async fn stalled_destination_is_detected_and_recovered() -> anyhow::Result<()> {
     let t0 = Instant::now();
     proxy.stall(true);
     let stalled = f
-        .relay()
         .wait_for_log_since(mark, "output stopped: no progress", secs(50))
-        .await
-        .with_context(|| f.context())?;
+        .await?;
     eprintln!("[test] after {:?}: {stalled}", t0.elapsed());
     let restarted = f
         .relay()
@@ -426,11 +367,8 @@ async fn stalled_destination_is_detected_and_recovered() -> anyhow::Result<()> {
         "[test] destination resumed -> new connection after {:?}",
         resumed.elapsed()
     );
-    ensure!(
-        f.output_connection().await? == Some(second),
-        "the output reconnected again\n{}",
-        f.context()
-    );
+    f.ensure_output_connection(second, "the output reconnected again")
+        .await?;
     f.finish().await
 }
 
@@ -455,10 +393,8 @@ async fn replaced_offline_video_goes_on_air_at_reload() -> anyhow::Result<()> {
 
     let mark = f.relay().log_mark();
     f.relay().signal(Signal::SIGHUP)?;
-    f.relay()
-        .wait_for_log_since(mark, "reload: applying the new configuration", secs(20))
-        .await
-        .with_context(|| f.context())?;
+    f.wait_for_log_since(mark, "reload: applying the new configuration", secs(20))
+        .await?;
     expect_on_air(&f, &sink, Colour::Red, Instant::now(), secs(40)).await?;
     f.finish().await
 }

@@ -39,14 +39,7 @@ struct Running {
 
 impl Running {
     async fn start(tag: &str) -> anyhow::Result<Running> {
-        let rig = Rig::start(
-            tag,
-            RigOpts {
-                allowed_publishers: Some("any".to_string()),
-                ..RigOpts::default()
-            },
-        )
-        .await?;
+        let rig = Rig::start(tag, RigOpts::any_publisher()).await?;
         // Not created: relay makes its runtime directory itself.
         let run_dir = rig.dir.path().join("run");
         let relay = RelayProc::run(

@@ -21,14 +21,7 @@ use relay_rig::*;
 /// A rig that lets loopback publishers on air, with `extra` lines added
 /// to its env file, and relay started on it.
 async fn start(tag: &str, extra: &[&str]) -> anyhow::Result<(Rig, RelayProc)> {
-    let rig = Rig::start(
-        tag,
-        RigOpts {
-            allowed_publishers: Some("any".to_string()),
-            ..RigOpts::default()
-        },
-    )
-    .await?;
+    let rig = Rig::start(tag, RigOpts::any_publisher()).await?;
     let mut text = std::fs::read_to_string(&rig.env_file)?;
     for line in extra {
         text.push_str(line);

@@ -34,46 +34,15 @@ impl Setup {
     /// nginx with on_publish pointing at a free port, and relay's env file
     /// with `PUBLISH_KEY` (if `key` is given) answering there.
     async fn new(tag: &str, key: Option<&str>) -> anyhow::Result<Setup> {
-        let auth_port = relay::nginx::free_tcp_port()?;
-        let nginx = PrivateNginx::start(NginxOptions {
-            on_publish: Some(format!("http://127.0.0.1:{auth_port}/on_publish")),
-            ..NginxOptions::default()
-        })
-        .await?;
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("relay-{tag}-"))
-            .tempdir()?;
-        let video = make_offline_video(dir.path(), "green", true, 320, 180).await?;
+        let (nginx, auth_port) = start_nginx_with_publish_auth().await?;
+        let (dir, video) = dir_with_offline(tag).await?;
         let stream = format!("{tag}-{}", std::process::id());
-        let kick_url = format!("rtmp://127.0.0.1:{}/out", nginx.rtmp_port());
-        let rtmp_port = nginx.rtmp_port().to_string();
-        let stats_url = nginx.stat_url();
-        let zmq_port = relay::nginx::free_tcp_port()?.to_string();
-        let auth = auth_port.to_string();
-        let video = video.to_str().context("temp path")?.to_string();
-        let mut pairs = vec![
-            ("KICK_URL", kick_url.as_str()),
-            ("KICK_KEY", OUT_KEY),
-            ("RTMP_PORT", &rtmp_port),
-            ("RTMP_STREAM_NAME", &stream),
-            ("STATS_URL", &stats_url),
-            ("ZMQ_PORT", &zmq_port),
-            ("OFFLINE_VIDEO_PATH", &video),
-            ("OUT_RES", "180"),
-            ("OUT_FPS", "30"),
-            ("VID_BITRATE", "300k"),
-            ("MAX_BITRATE", "300k"),
-            ("BUFFER_SIZE", "600k"),
-            ("POLL_INTERVAL", "0.5"),
-            ("ALLOWED_PUBLISHERS", "any"),
-            ("KILL_GRACE", "2"),
-            ("CRASH_BACKOFF", "1"),
-            ("PUBLISH_AUTH_PORT", &auth),
-        ];
+        let mut env = RelayEnv::new(&nginx, OUT_KEY, &stream, &video)?
+            .set("PUBLISH_AUTH_PORT", auth_port.to_string());
         if let Some(key) = key {
-            pairs.push(("PUBLISH_KEY", key));
+            env = env.set("PUBLISH_KEY", key);
         }
-        let env_file = write_env_file(dir.path(), &pairs)?;
+        let env_file = env.write(dir.path())?;
         Ok(Setup {
             nginx,
             dir,

@@ -137,46 +137,15 @@ async fn a_key_in_a_file_every_user_can_read_is_refused() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn keys_never_appear_in_logs_status_metrics_check_or_errors() -> anyhow::Result<()> {
-    let auth_port = relay::nginx::free_tcp_port()?;
-    let nginx = PrivateNginx::start(NginxOptions {
-        on_publish: Some(format!("http://127.0.0.1:{auth_port}/on_publish")),
-        ..NginxOptions::default()
-    })
-    .await?;
-    let dir = tempfile::Builder::new()
-        .prefix("relay-secrets-")
-        .tempdir()?;
-    let video = make_offline_video(dir.path(), "green", true, 320, 180).await?;
+    let (nginx, auth_port) = start_nginx_with_publish_auth().await?;
+    let (dir, video) = dir_with_offline("secrets").await?;
     let stream = format!("secrets-{}", std::process::id());
-    let kick_url = format!("rtmp://127.0.0.1:{}/out", nginx.rtmp_port());
-    let rtmp_port = nginx.rtmp_port().to_string();
-    let stats_url = nginx.stat_url();
-    let zmq_port = relay::nginx::free_tcp_port()?.to_string();
-    let auth = auth_port.to_string();
     let metrics_addr = format!("127.0.0.1:{}", relay::nginx::free_tcp_port()?);
-    let video = video.to_str().context("path")?.to_string();
-    let pairs = vec![
-        ("KICK_URL", kick_url.as_str()),
-        ("KICK_KEY", KICK_KEY),
-        ("PUBLISH_KEY", PUBLISH_KEY),
-        ("PUBLISH_AUTH_PORT", &auth),
-        ("METRICS_ADDR", &metrics_addr),
-        ("RTMP_PORT", &rtmp_port),
-        ("RTMP_STREAM_NAME", &stream),
-        ("STATS_URL", &stats_url),
-        ("ZMQ_PORT", &zmq_port),
-        ("OFFLINE_VIDEO_PATH", &video),
-        ("OUT_RES", "180"),
-        ("OUT_FPS", "30"),
-        ("VID_BITRATE", "300k"),
-        ("MAX_BITRATE", "300k"),
-        ("BUFFER_SIZE", "600k"),
-        ("POLL_INTERVAL", "0.5"),
-        ("ALLOWED_PUBLISHERS", "any"),
-        ("KILL_GRACE", "2"),
-        ("CRASH_BACKOFF", "1"),
-    ];
-    let env_file = write_env_file(dir.path(), &pairs)?;
+    let env_file = RelayEnv::new(&nginx, KICK_KEY, &stream, &video)?
+        .set("PUBLISH_KEY", PUBLISH_KEY)
+        .set("PUBLISH_AUTH_PORT", auth_port.to_string())
+        .set("METRICS_ADDR", &metrics_addr)
+        .write(dir.path())?;
     let file = env_file.to_str().context("path")?;
     let run_dir = dir.path();
 

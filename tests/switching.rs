@@ -12,7 +12,6 @@
 #[allow(unused_imports)]
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
@@ -53,12 +52,13 @@ impl Rig {
 
     /// [`Rig::start`] with some configuration keys overridden.
     async fn start_with(stream: &str, overrides: &[(&str, &str)]) -> anyhow::Result<Rig> {
-        let dir = tempfile::Builder::new()
-            .prefix("relay-switching-")
-            .tempdir()?;
+        let (dir, offline) = dir_with_offline("switching").await?;
         let nginx = start_nginx().await?;
-        let offline = make_offline_video(dir.path(), "green", true, 320, 180).await?;
-        let env_file = relay_env(dir.path(), &nginx, stream, &offline, overrides)?;
+        let mut env = RelayEnv::new(&nginx, OUT_KEY, stream, &offline)?;
+        for (key, value) in overrides {
+            env = env.set(key, *value);
+        }
+        let env_file = env.write(dir.path())?;
         let out_url = nginx.rtmp_url(OUT_APP, OUT_KEY);
         let out_sessions = SessionCounter::start(&nginx.stat_url(), OUT_APP, OUT_KEY);
         let started = Instant::now();
@@ -202,44 +202,6 @@ impl Rig {
         }
         Ok(())
     }
-}
-
-/// Writes relay's configuration for a test on `nginx`.
-fn relay_env(
-    dir: &Path,
-    nginx: &PrivateNginx,
-    stream: &str,
-    offline: &Path,
-    overrides: &[(&str, &str)],
-) -> anyhow::Result<std::path::PathBuf> {
-    let kick_url = format!("rtmp://127.0.0.1:{}/{OUT_APP}", nginx.rtmp_port());
-    let rtmp_port = nginx.rtmp_port().to_string();
-    let stats_url = nginx.stat_url();
-    let zmq_port = relay::nginx::free_tcp_port()?.to_string();
-    let offline = offline.to_str().context("offline path")?;
-    let mut pairs = vec![
-        ("KICK_URL", kick_url.as_str()),
-        ("KICK_KEY", OUT_KEY),
-        ("RTMP_PORT", &rtmp_port),
-        ("RTMP_STREAM_NAME", stream),
-        ("STATS_URL", &stats_url),
-        ("ZMQ_PORT", &zmq_port),
-        ("OFFLINE_VIDEO_PATH", offline),
-        ("OUT_RES", "180"),
-        ("OUT_FPS", "30"),
-        ("VID_BITRATE", "300k"),
-        ("MAX_BITRATE", "300k"),
-        ("BUFFER_SIZE", "600k"),
-        ("POLL_INTERVAL", "0.5"),
-        ("ALLOWED_PUBLISHERS", "any"),
-        ("KILL_GRACE", "2"),
-        ("CRASH_BACKOFF", "1"),
-    ];
-    for (key, value) in overrides {
-        pairs.retain(|(k, _)| k != key);
-        pairs.push((key, value));
-    }
-    write_env_file(dir, &pairs)
 }
 
 /// How long a publisher may take from its start to being on air at the sink.

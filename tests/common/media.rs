@@ -7,6 +7,10 @@ use tokio::process::Command;
 
 use super::sink::{mean_rgb, FRAME_BYTES};
 
+/// FFmpeg's output options for H.264 as the tests encode it: ultrafast,
+/// a keyframe every 30 frames.
+pub const X264_ULTRAFAST: [&str; 6] = ["-c:v", "libx264", "-preset", "ultrafast", "-g", "30"];
+
 /// Makes a 4-second mp4 of a solid colour (lavfi colour name, e.g. `red`),
 /// with a 440 Hz tone if `with_audio`, in `dir`; returns its path. H.264
 /// ultrafast with a keyframe every second, AAC; a few tens of kB.
@@ -31,16 +35,7 @@ pub async fn make_offline_video(
             "sine=frequency=440:sample_rate=44100:duration=4",
         ]);
     }
-    cmd.args([
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-g",
-        "30",
-        "-pix_fmt",
-        "yuv420p",
-    ]);
+    cmd.args(X264_ULTRAFAST).args(["-pix_fmt", "yuv420p"]);
     if with_audio {
         cmd.args(["-c:a", "aac", "-b:a", "64k"]);
     }

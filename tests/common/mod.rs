@@ -15,6 +15,7 @@ mod media;
 mod netns;
 mod process;
 mod publisher;
+mod relay_env;
 mod sink;
 mod stall_proxy;
 mod stat;
@@ -28,6 +29,8 @@ pub use netns::*;
 pub use process::*;
 pub use publisher::*;
 pub use relay::nginx::{NginxOptions, PrivateNginx};
+#[allow(unused_imports)]
+pub use relay_env::*;
 pub use sink::*;
 #[allow(unused_imports)]
 pub use stall_proxy::*;

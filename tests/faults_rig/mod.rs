@@ -15,12 +15,16 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context as _};
 
 use crate::common::*;
+use crate::relay_rig::ffmpeg_children_with;
 
 pub const KEY: &str = "relaytest";
 /// How long a publisher may take from its start to being on air at the sink.
 pub const GO_LIVE: Duration = Duration::from_secs(30);
 /// How long a dead or stalled publisher may stay on air at the sink.
 pub const FAIL_OVER: Duration = Duration::from_secs(15);
+
+/// An output connection at the destination: (nginx pid, client id).
+pub type Connection = (u32, u64);
 
 /// What a test needs around relay.
 pub struct Faults {
@@ -50,9 +54,7 @@ pub struct FaultOpts {
 
 impl Faults {
     pub async fn new(tag: &str, opts: FaultOpts) -> anyhow::Result<Faults> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("relay-faults-{tag}-"))
-            .tempdir()?;
+        let (dir, offline) = dir_with_offline(&format!("faults-{tag}")).await?;
         let host = start_nginx().await?;
         let dest_port = relay::nginx::free_tcp_port()?;
         let dest = if opts.dest_down {
@@ -65,7 +67,6 @@ impl Faults {
         } else {
             None
         };
-        let offline = make_offline_video(dir.path(), "green", true, 320, 180).await?;
         let stream = format!("{tag}-{}", std::process::id());
         let proxy = if opts.stall_proxy {
             Some(StallProxy::start(dest_port)?)
@@ -77,33 +78,13 @@ impl Faults {
         let stats_url = stats
             .as_ref()
             .map_or_else(|| host.stat_url(), FaultyStatPage::url);
-        let mut pairs: Vec<(&str, String)> = vec![
-            ("KICK_URL", kick_url),
-            ("KICK_KEY", KEY.to_string()),
-            ("RTMP_PORT", host.rtmp_port().to_string()),
-            ("RTMP_STREAM_NAME", stream.clone()),
-            ("STATS_URL", stats_url),
-            ("ZMQ_PORT", relay::nginx::free_tcp_port()?.to_string()),
-            (
-                "OFFLINE_VIDEO_PATH",
-                offline.to_str().context("temp path")?.to_string(),
-            ),
-            ("OUT_RES", "180".into()),
-            ("OUT_FPS", "30".into()),
-            ("VID_BITRATE", "300k".into()),
-            ("MAX_BITRATE", "300k".into()),
-            ("BUFFER_SIZE", "600k".into()),
-            ("POLL_INTERVAL", "0.5".into()),
-            ("ALLOWED_PUBLISHERS", "any".into()),
-            ("KILL_GRACE", "2".into()),
-            ("CRASH_BACKOFF", "1".into()),
-        ];
-        for (k, v) in opts.env {
-            pairs.retain(|(key, _)| *key != k);
-            pairs.push((k, v));
+        let mut env = RelayEnv::new(&host, KEY, &stream, &offline)?
+            .set("KICK_URL", kick_url)
+            .set("STATS_URL", stats_url);
+        for (key, value) in opts.env {
+            env = env.set(key, value);
         }
-        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let env_file = write_env_file(dir.path(), &pairs)?;
+        let env_file = env.write(dir.path())?;
         Ok(Faults {
             relay: None,
             stats,
@@ -129,6 +110,35 @@ impl Faults {
         Ok(())
     }
 
+    /// Starts relay and a sink on its output; waits for the output
+    /// connection at the destination, which it returns.
+    pub async fn start_watched(&mut self) -> anyhow::Result<(Sink, Connection)> {
+        self.start_relay().await?;
+        let sink = Sink::start(&self.out_url());
+        let connection = self.wait_output_connection(secs(10)).await?;
+        Ok((sink, connection))
+    }
+
+    /// [`start_watched`](Self::start_watched), then waits until the sink
+    /// shows the offline video.
+    pub async fn start_offline(&mut self) -> anyhow::Result<(Sink, Connection)> {
+        let (sink, connection) = self.start_watched().await?;
+        sink.wait_for(Colour::Green, secs(20)).await?;
+        Ok((sink, connection))
+    }
+
+    /// [`start_watched`](Self::start_watched), then publishes `colour`
+    /// and waits until it has settled on air.
+    pub async fn start_live(
+        &mut self,
+        colour: Colour,
+    ) -> anyhow::Result<(Sink, Connection, Publisher)> {
+        let (sink, connection) = self.start_watched().await?;
+        let publisher = self.publish(colour_name(colour)).await?;
+        settle_on(self, &sink, colour, GO_LIVE).await?;
+        Ok((sink, connection, publisher))
+    }
+
     pub fn relay(&self) -> &RelayProc {
         self.relay.as_ref().expect("relay started")
     }
@@ -150,13 +160,13 @@ impl Faults {
     }
 
     /// The output connection at the destination: (nginx pid, client id).
-    pub async fn output_connection(&self) -> anyhow::Result<Option<(u32, u64)>> {
+    pub async fn output_connection(&self) -> anyhow::Result<Option<Connection>> {
         let stat = fetch_stat(&self.dest().stat_url()).await?;
         Ok(stat.publisher("out", KEY).map(|c| (stat.nginx_pid, c.id)))
     }
 
     /// Waits until the destination shows an output connection.
-    pub async fn wait_output_connection(&self, timeout: Duration) -> anyhow::Result<(u32, u64)> {
+    pub async fn wait_output_connection(&self, timeout: Duration) -> anyhow::Result<Connection> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(c)) = self.output_connection().await {
@@ -169,6 +179,74 @@ impl Faults {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Waits for the output connection after the old one, `first`, went
+    /// away; fails if it is still `first` (`after` says after what).
+    pub async fn wait_new_output_connection(
+        &self,
+        first: Connection,
+        after: &str,
+    ) -> anyhow::Result<Connection> {
+        let second = self.wait_output_connection(secs(30)).await?;
+        ensure!(second != first, "same output connection after {after}");
+        Ok(second)
+    }
+
+    /// Fails (`what`, with relay's recent log) unless the output
+    /// connection is still `connection`.
+    pub async fn ensure_output_connection(
+        &self,
+        connection: Connection,
+        what: &str,
+    ) -> anyhow::Result<()> {
+        ensure!(
+            self.output_connection().await? == Some(connection),
+            "{what}\n{}",
+            self.context()
+        );
+        Ok(())
+    }
+
+    /// The output never reconnected (it is still on `connection`); then
+    /// [`finish`](Self::finish).
+    pub async fn finish_on(self, connection: Connection) -> anyhow::Result<()> {
+        self.ensure_output_connection(connection, "the output reconnected")
+            .await?;
+        self.finish().await
+    }
+
+    /// Waits for `needle` in relay's log after `mark`; a failure carries
+    /// relay's recent log.
+    pub async fn wait_for_log_since(
+        &self,
+        mark: usize,
+        needle: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        self.relay()
+            .wait_for_log_since(mark, needle, timeout)
+            .await
+            .with_context(|| self.context())
+    }
+
+    /// Publishes with FFmpeg from a lavfi source (`lavfi`: the `-f lavfi`
+    /// inputs; `encode`: further output options) instead of a [`Publisher`].
+    pub fn publish_lavfi(
+        &self,
+        label: &str,
+        lavfi: &[&str],
+        encode: &[&str],
+    ) -> anyhow::Result<RelayProc> {
+        let url = self.host.rtmp_url("live", &self.stream);
+        let mut args = vec!["-hide_banner", "-loglevel", "warning", "-re"];
+        for input in lavfi {
+            args.extend(["-f", "lavfi", "-i", input]);
+        }
+        args.extend(X264_ULTRAFAST);
+        args.extend(encode);
+        args.extend(["-f", "flv", &url]);
+        RelayProc::spawn("ffmpeg", args, &[], label)
     }
 
     /// `relay status --json` of this instance, parsed.
@@ -253,19 +331,29 @@ pub async fn expect_on_air(
     Ok(at)
 }
 
+/// The one FFmpeg among relay's children with `needle` in its arguments
+/// (`what` names it in the error).
+pub fn relay_ffmpeg(f: &Faults, needle: &str, what: &str) -> anyhow::Result<u32> {
+    let found = ffmpeg_children_with(f.relay().pid(), needle);
+    match found[..] {
+        [pid] => Ok(pid),
+        _ => anyhow::bail!("expected one {what} ffmpeg, found {found:?}"),
+    }
+}
+
 /// The output FFmpeg among relay's children: the one with the switch graph.
 pub fn output_ffmpeg(f: &Faults) -> anyhow::Result<u32> {
-    let outputs: Vec<u32> = child_pids_of(f.relay().pid())
-        .into_iter()
-        .filter(|&pid| {
-            process_is_alive(pid)
-                && std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("streamselect"))
-        })
-        .collect();
-    match outputs[..] {
-        [pid] => Ok(pid),
-        _ => anyhow::bail!("expected one output ffmpeg, found {outputs:?}"),
+    relay_ffmpeg(f, "streamselect", "output")
+}
+
+/// The lavfi colour name of a publisher's `colour`.
+pub fn colour_name(colour: Colour) -> &'static str {
+    match colour {
+        Colour::Red => "red",
+        Colour::Green => "green",
+        Colour::Blue => "blue",
+        Colour::Black => "black",
+        Colour::Other => panic!("no lavfi colour for Colour::Other"),
     }
 }
 

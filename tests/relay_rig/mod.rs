@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 
 use crate::common::*;
 
@@ -29,6 +29,16 @@ pub struct RigOpts {
     pub extra_listen: Vec<IpAddr>,
     /// `ALLOWED_PUBLISHERS`; `None` leaves it out (the default, `external`).
     pub allowed_publishers: Option<String>,
+}
+
+impl RigOpts {
+    /// `ALLOWED_PUBLISHERS=any`: loopback publishers go on air too.
+    pub fn any_publisher() -> RigOpts {
+        RigOpts {
+            allowed_publishers: Some("any".to_string()),
+            ..RigOpts::default()
+        }
+    }
 }
 
 /// Private nginx + offline video + env file for one relay.
@@ -50,42 +60,16 @@ impl Rig {
             ..NginxOptions::default()
         })
         .await?;
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("relay-{tag}-"))
-            .tempdir()?;
-        let video = make_offline_video(dir.path(), "green", true, 320, 180).await?;
+        let (dir, video) = dir_with_offline(tag).await?;
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let stream = format!("{tag}-{}-{n}", std::process::id());
-        let kick_url = format!("rtmp://127.0.0.1:{}/out", nginx.rtmp_port());
-        let rtmp_port = nginx.rtmp_port().to_string();
-        let stats_url = nginx.stat_url();
-        let zmq_port = relay::nginx::free_tcp_port()?.to_string();
-        let video = video
-            .to_str()
-            .context("temp path is not UTF-8")?
-            .to_string();
-        let grace = KILL_GRACE_S.to_string();
-        let mut pairs: Vec<(&str, &str)> = vec![
-            ("KICK_URL", &kick_url),
-            ("KICK_KEY", KEY),
-            ("RTMP_PORT", &rtmp_port),
-            ("RTMP_STREAM_NAME", &stream),
-            ("STATS_URL", &stats_url),
-            ("ZMQ_PORT", &zmq_port),
-            ("OFFLINE_VIDEO_PATH", &video),
-            ("OUT_RES", "180"),
-            ("OUT_FPS", "30"),
-            ("VID_BITRATE", "300k"),
-            ("MAX_BITRATE", "300k"),
-            ("BUFFER_SIZE", "600k"),
-            ("POLL_INTERVAL", "0.5"),
-            ("KILL_GRACE", &grace),
-            ("CRASH_BACKOFF", "1"),
-        ];
-        if let Some(rule) = &opts.allowed_publishers {
-            pairs.push(("ALLOWED_PUBLISHERS", rule));
-        }
-        let env_file = write_env_file(dir.path(), &pairs)?;
+        let env = RelayEnv::new(&nginx, KEY, &stream, &video)?
+            .set("KILL_GRACE", KILL_GRACE_S.to_string());
+        let env = match opts.allowed_publishers {
+            Some(rule) => env.set("ALLOWED_PUBLISHERS", rule),
+            None => env.unset("ALLOWED_PUBLISHERS"),
+        };
+        let env_file = env.write(dir.path())?;
         Ok(Rig {
             nginx,
             dir,
