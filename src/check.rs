@@ -11,9 +11,10 @@
 //! KICK_KEY is never printed: the destination is shown masked.
 //!
 //! `warn` lines do not change the exit status. One says when no
-//! PUBLISH_KEY protects the stream; another says when other
-//! users could read the stream key on the output FFmpeg's command line:
-//! FFmpeg 5.1 takes its output URL only as an argument, and
+//! PUBLISH_KEY protects the stream; another says when other users could
+//! read credentials on the output FFmpeg's command line. The stream key
+//! reaches FFmpeg through a pipe, but FFmpeg 5.1 takes a user name,
+//! password or query of KICK_URL only in the URL argument, and
 //! `/proc/PID/cmdline` is readable by every user unless `/proc` is mounted
 //! with `hidepid=` (systemd's `ProtectProc=` only changes the unit's own
 //! view of `/proc`).
@@ -153,11 +154,12 @@ fn publish_key_report(config: &Config) -> Result<String, String> {
     })
 }
 
-/// Why other users could read the stream key on FFmpeg's command line, if
-/// they can: the key is there (KICK_KEY, or a key in KICK_URL) and this
-/// host's `/proc` does not hide other users' processes.
+/// Why other users could read a secret on FFmpeg's command line, if they
+/// can: the stream key never goes there, but credentials or a query in
+/// KICK_URL do, and this host's `/proc` does not hide other users'
+/// processes.
 fn argv_warning(config: &Config) -> Option<String> {
-    if config.output_url() == config.output_url_masked() {
+    if !config.output_target().url_has_secret() {
         return None;
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -165,8 +167,9 @@ fn argv_warning(config: &Config) -> Option<String> {
         return None;
     }
     Some(
-        "stream key: every local user can read it on the output FFmpeg's command line; \
-         mount /proc with hidepid=invisible (see the README, \"Secrets\")"
+        "KICK_URL: every local user can read its user name, password or query on the \
+         output FFmpeg's command line; put the key in KICK_KEY or mount /proc with \
+         hidepid=invisible (see the README, \"Secrets\")"
             .to_string(),
     )
 }
@@ -225,5 +228,32 @@ mod tests {
         )
         .unwrap();
         assert_eq!(argv_warning(&c), None);
+        // The stream key travels through a pipe, not the command line.
+        let c = Config::from_pairs(
+            "t",
+            &[
+                ("KICK_URL", "rtmp://h/app/SECRETVALUE"),
+                ("OFFLINE_VIDEO_PATH", "/o.mp4"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(argv_warning(&c), None);
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_warned_about_on_a_plain_proc() {
+        let c = Config::from_pairs(
+            "t",
+            &[
+                ("KICK_URL", "rtmp://user:SECRETVALUE@h/app"),
+                ("OFFLINE_VIDEO_PATH", "/o.mp4"),
+            ],
+        )
+        .unwrap();
+        let hidden =
+            std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| proc_hides_processes(&m));
+        let warning = argv_warning(&c);
+        assert_eq!(warning.is_some(), !hidden, "{warning:?}");
+        assert!(!warning.unwrap_or_default().contains("SECRETVALUE"));
     }
 }

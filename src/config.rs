@@ -107,6 +107,25 @@ pub enum Source {
     File(PathBuf),
 }
 
+/// The destination as FFmpeg gets it: `url` goes on its command line,
+/// `stream_name` (the stream key) reaches it through a preset file
+/// (`-fpre`) read from a pipe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputTarget {
+    pub url: String,
+    pub stream_name: Option<Secret>,
+}
+
+impl OutputTarget {
+    /// Whether `url` still holds something secret: a user name and password
+    /// (`rtmp://user:pass@host/...`) or a query after the application name,
+    /// which FFmpeg can only take on its command line.
+    pub fn url_has_secret(&self) -> bool {
+        let (scheme_authority, path) = split_path(&self.url);
+        scheme_authority.contains('@') || path.contains('?')
+    }
+}
+
 /// A value that must not end up in logs: `Debug` and `Display` print `****`
 /// (or `<empty>`, which is worth knowing and reveals nothing).
 #[derive(Clone, Default, PartialEq)]
@@ -546,16 +565,33 @@ impl Config {
         assemble(instance, vec![layer])
     }
 
-    /// Where FFmpeg publishes to, stream key included: for FFmpeg's argv only.
-    pub fn output_url(&self) -> String {
-        if self.kick_key.is_empty() {
-            self.kick_url.clone()
-        } else {
-            format!("{}/{}", self.kick_url, self.kick_key.expose())
+    /// Where FFmpeg publishes to, split so that the stream key stays off
+    /// FFmpeg's command line, which every local user may read.
+    pub fn output_target(&self) -> OutputTarget {
+        if !self.kick_key.is_empty() {
+            // The trailing slash makes FFmpeg parse the application name as
+            // it would from `KICK_URL/KEY`.
+            return OutputTarget {
+                url: format!("{}/", self.kick_url),
+                stream_name: Some(self.kick_key.clone()),
+            };
+        }
+        let (scheme_authority, path) = split_path(&self.kick_url);
+        let before_query = path.split('?').next().unwrap_or("");
+        match before_query.rfind('/') {
+            // "/app/KEY": the last segment is the stream name.
+            Some(i) if i > 0 => OutputTarget {
+                url: format!("{scheme_authority}{}", &path[..=i]),
+                stream_name: Some(Secret::new(&path[i + 1..])),
+            },
+            _ => OutputTarget {
+                url: self.kick_url.clone(),
+                stream_name: None,
+            },
         }
     }
 
-    /// [`Config::output_url`] with the secret parts replaced by `****`, for logs.
+    /// The destination with its secret parts replaced by `****`, for logs.
     pub fn output_url_masked(&self) -> String {
         if self.kick_key.is_empty() {
             mask_url(&self.kick_url, true)
@@ -602,6 +638,16 @@ impl Config {
 /// Hides what may be secret in an RTMP URL: a password in the user-info part
 /// and, when `key_in_path` (no separate KICK_KEY, so the URL is used as is),
 /// everything after the application name, where platforms put the key.
+/// Splits `scheme://authority/path?query` into `scheme://authority` and
+/// `/path?query` (empty when there is no path).
+fn split_path(url: &str) -> (&str, &str) {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    match url[start..].find('/') {
+        Some(i) => url.split_at(start + i),
+        None => (url, ""),
+    }
+}
+
 fn mask_url(url: &str, key_in_path: bool) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "****".to_owned();
@@ -1111,9 +1157,18 @@ fn parse_kick_url(value: &str) -> Result<String, String> {
     Ok(value.trim_end_matches('/').to_owned())
 }
 
+/// FFmpeg reads preset lines of up to 999 bytes; platform keys are far
+/// shorter.
+const MAX_KEY_LEN: usize = 512;
+
 fn parse_kick_key(value: &str) -> Result<Secret, String> {
     if has_space_or_control(value) {
         return Err("must not contain spaces or control characters (value not shown)".to_owned());
+    }
+    if value.len() > MAX_KEY_LEN {
+        return Err(format!(
+            "is longer than {MAX_KEY_LEN} characters (value not shown)"
+        ));
     }
     Ok(Secret::new(value))
 }
@@ -1415,7 +1470,13 @@ mod tests {
         assert_eq!(c.low_bitrate, None);
         assert_eq!(c.metrics_addr, None);
         assert_eq!(c.live_url(), "rtmp://127.0.0.1:1936/live/mystream");
-        assert_eq!(c.output_url(), "rtmps://ingest.example.com/app");
+        assert_eq!(
+            c.output_target(),
+            OutputTarget {
+                url: "rtmps://ingest.example.com/app".into(),
+                stream_name: None
+            }
+        );
     }
 
     #[test]
@@ -1468,7 +1529,8 @@ mod tests {
         assert_eq!(c.publish_auth_port, 0);
         assert_eq!(c.kick_url, "rtmp://a.example/app");
         assert_eq!(c.kick_key.expose(), "sk_1");
-        assert_eq!(c.output_url(), "rtmp://a.example/app/sk_1");
+        assert_eq!(c.output_target().url, "rtmp://a.example/app/");
+        assert_eq!(c.output_target().stream_name, Some(Secret::new("sk_1")));
         assert_eq!(c.rtmp_host, "::1");
         assert_eq!(c.live_url(), "rtmp://[::1]:1935/in/cam");
         assert_eq!(c.offline_video_path, PathBuf::from("/o.mp4"));
@@ -1764,24 +1826,40 @@ mod tests {
         assert_eq!(format!("{:?}", Secret::default()), "<empty>");
         assert!(!format!("{c:?}").contains("SECRETVALUE"));
         assert_eq!(c.output_url_masked(), "rtmps://ingest.example.com/app/****");
-        assert_eq!(
-            c.output_url(),
-            "rtmps://ingest.example.com/app/sk_us_SECRETVALUE"
-        );
+        let target = c.output_target();
+        assert_eq!(target.url, "rtmps://ingest.example.com/app/");
+        assert_eq!(target.stream_name, Some(Secret::new("sk_us_SECRETVALUE")));
+        assert!(!target.url_has_secret());
     }
 
     #[test]
     fn key_inside_url_is_masked_when_kick_key_is_empty() {
         let c = with(&[("KICK_URL", "rtmps://h.example/app/sk_SECRETVALUE")]).unwrap();
-        assert_eq!(c.output_url(), "rtmps://h.example/app/sk_SECRETVALUE");
         assert_eq!(c.output_url_masked(), "rtmps://h.example/app/****");
+        let target = c.output_target();
+        assert_eq!(target.url, "rtmps://h.example/app/");
+        assert_eq!(target.stream_name, Some(Secret::new("sk_SECRETVALUE")));
+        assert!(!target.url_has_secret());
+
+        // An application with an instance: FFmpeg takes the last segment
+        // as the stream name, and so does relay.
+        let c = with(&[("KICK_URL", "rtmp://h.example/app/inst/SECRETVALUE?a=b/c")]).unwrap();
+        let target = c.output_target();
+        assert_eq!(target.url, "rtmp://h.example/app/inst/");
+        assert_eq!(target.stream_name, Some(Secret::new("SECRETVALUE?a=b/c")));
         assert!(!format!("{c:?}").contains("SECRETVALUE"));
 
         let c = with(&[("KICK_URL", "rtmp://u:SECRETVALUE@h.example/app?k=1")]).unwrap();
         assert_eq!(c.output_url_masked(), "rtmp://****@h.example/app?****");
+        // FFmpeg takes credentials and an application's query only in the
+        // URL; `relay check` warns about them.
+        assert!(c.output_target().url_has_secret());
+        assert_eq!(c.output_target().stream_name, None);
 
         let c = with(&[("KICK_URL", "rtmp://h.example:1935/app")]).unwrap();
         assert_eq!(c.output_url_masked(), "rtmp://h.example:1935/app");
+        assert!(!c.output_target().url_has_secret());
+        assert_eq!(c.output_target().stream_name, None);
     }
 
     #[test]
@@ -1790,6 +1868,10 @@ mod tests {
         assert!(e.starts_with("KICK_KEY: "), "{e}");
         assert!(!e.contains("SECRETVALUE"), "{e}");
         let e = error_for(&[("KICK_URL", "rtsp://h/app/SECRETVALUE")]);
+        assert!(!e.contains("SECRETVALUE"), "{e}");
+        let long = format!("SECRETVALUE{}", "x".repeat(MAX_KEY_LEN));
+        let e = error_for(&[("KICK_KEY", &long)]);
+        assert!(e.starts_with("KICK_KEY: is longer than"), "{e}");
         assert!(!e.contains("SECRETVALUE"), "{e}");
         let e = error_for(&[("PUBLISH_KEY", "SECRET&VALUE")]);
         assert!(e.starts_with("PUBLISH_KEY: "), "{e}");

@@ -7,7 +7,8 @@
 //! That is what keeps the platform connection up while publishers come and
 //! go. Its health is read from `-progress` on stdout.
 
-use std::os::fd::RawFd;
+use std::io::Write;
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ use crate::pump::OutputPipes;
 /// fd numbers the output reads its raw inputs from.
 const VIDEO_FD: RawFd = 3;
 const AUDIO_FD: RawFd = 4;
+/// The preset pipe carrying the stream key (see [`key_preset`]).
+const PRESET_FD: RawFd = 5;
 
 /// The raw audio pipe: a few frames' worth (6.4 KB a frame at 48 kHz/30 fps).
 const AUDIO_PIPE_SIZE: usize = 64 * 1024;
@@ -115,8 +118,28 @@ pub fn args(config: &Config, offline: &OfflineInfo, select: Input) -> Vec<String
     push(&["-c:a", "aac", "-b:a", &config.audio_bitrate.text]);
     push(&["-ar", &f.sample_rate.to_string(), "-ac", "2"]);
     push(&["-f", "flv", "-flvflags", "no_duration_filesize"]);
-    a.push(config.output_url());
+    let target = config.output_target();
+    if target.stream_name.is_some() {
+        push(&["-fpre", &format!("/dev/fd/{PRESET_FD}")]);
+    }
+    a.push(target.url);
     a
+}
+
+/// The stream key as an FFmpeg preset (`-fpre`): a `key=value` line that
+/// sets the RTMP protocol's `rtmp_playpath` option, read by FFmpeg from a
+/// pipe at start. This keeps the key off FFmpeg's command line, which every
+/// local user can read in `/proc/PID/cmdline`, and off the disk.
+fn key_preset(config: &Config) -> std::io::Result<Option<OwnedFd>> {
+    let Some(name) = config.output_target().stream_name else {
+        return Ok(None);
+    };
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // Far below a pipe's capacity (the key is at most 512 bytes), so this
+    // never blocks.
+    let mut write = std::fs::File::from(write);
+    write.write_all(format!("rtmp_playpath={}\n", name.expose()).as_bytes())?;
+    Ok(Some(read))
 }
 
 fn offline_path(config: &Config) -> &Path {
@@ -142,11 +165,15 @@ pub fn spawn(
     // filler when a switch to live takes effect (a black flash).
     let video = child::write_pipe(format.frame_bytes())?;
     let audio = child::write_pipe(AUDIO_PIPE_SIZE)?;
+    let mut fds = vec![(video.theirs, VIDEO_FD), (audio.theirs, AUDIO_FD)];
+    if let Some(preset) = key_preset(config)? {
+        fds.push((preset, PRESET_FD));
+    }
     let mut running = child::spawn(Spec {
         role: "output",
         program: ffmpeg_bin.to_path_buf(),
         args: args(config, offline, select),
-        fds: vec![(video.theirs, VIDEO_FD), (audio.theirs, AUDIO_FD)],
+        fds,
         stdout: true,
         secrets: secrets(config),
     })?;
@@ -163,7 +190,9 @@ pub fn spawn(
 
 /// What must never reach a log line.
 pub fn secrets(config: &Config) -> Vec<String> {
-    vec![config.kick_key.expose().to_string()]
+    // KICK_KEY, or the stream key at the end of KICK_URL.
+    let name = config.output_target().stream_name;
+    name.map(|n| n.expose().to_string()).into_iter().collect()
 }
 
 /// One `-progress` report.

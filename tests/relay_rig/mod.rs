@@ -89,9 +89,10 @@ impl Rig {
     }
 
     /// The part of the output URL (and of no other ffmpeg's arguments) that
-    /// names this test's platform stand-in.
+    /// names this test's platform stand-in. The stream key is not on the
+    /// command line: it reaches FFmpeg through a pipe.
     pub fn out_path(&self) -> String {
-        format!(":{}/out/{KEY}", self.nginx.rtmp_port())
+        format!(":{}/out/", self.nginx.rtmp_port())
     }
 
     /// Where the sink plays the relay's output.
