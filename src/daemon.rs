@@ -629,8 +629,9 @@ impl Daemon {
                 warn!(
                     uptime_s = uptime.as_secs(),
                     restarts = self.output_restarts,
-                    "output stopped: {reason}; {again} in {:.1} s",
-                    retry_in.as_secs_f64()
+                    "output stopped: {reason}; {again} in {:.1} s{}",
+                    retry_in.as_secs_f64(),
+                    refusal_hint(&reason, uptime)
                 );
             }
         }
@@ -1492,9 +1493,37 @@ async fn poll_stats(
     }
 }
 
+/// A platform that refuses a stream key closes the connection as soon as
+/// the output publishes; FFmpeg then only reports a broken pipe. Says what
+/// that usually means when it happens within seconds of the start.
+fn refusal_hint(reason: &str, uptime: Duration) -> &'static str {
+    let closed = ["Broken pipe", "Connection reset by peer", "End of file"]
+        .iter()
+        .any(|sign| reason.contains(sign));
+    if closed && uptime < Duration::from_secs(10) {
+        " (the destination closed the connection right after it opened: \
+         check KICK_URL and the stream key)"
+    } else {
+        ""
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quick_close_hints_at_the_stream_key() {
+        let closed =
+            "ffmpeg exited (exit status: 1) [error] av_interleaved_write_frame(): Broken pipe";
+        assert!(refusal_hint(closed, Duration::from_secs(1)).contains("stream key"));
+        // A long broadcast that ends is a forced disconnect, not a refusal.
+        assert_eq!(refusal_hint(closed, Duration::from_secs(3600)), "");
+        assert_eq!(
+            refusal_hint("ffmpeg exited (signal: 9)", Duration::ZERO),
+            ""
+        );
+    }
 
     #[test]
     fn backoff_doubles_to_a_cap_and_resets_after_a_healthy_run() {

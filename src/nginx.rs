@@ -71,6 +71,9 @@ pub struct NginxOptions {
     /// check, `http://127.0.0.1:PORT/on_publish`). Default: none, every
     /// publisher is accepted.
     pub on_publish: Option<String>,
+    /// The `out` application refuses every publisher (`deny publish all`),
+    /// as a platform refuses a revoked stream key. Default: false.
+    pub deny_publish_out: bool,
 }
 
 impl Default for NginxOptions {
@@ -82,6 +85,7 @@ impl Default for NginxOptions {
             nginx_bin: PathBuf::from("nginx"),
             rtmp_module: PathBuf::from(RTMP_MODULE_PATH),
             on_publish: None,
+            deny_publish_out: false,
         }
     }
 }
@@ -385,7 +389,7 @@ rtmp {{
         application out {{
             live on;
             record off;
-        }}
+{deny_publish_out}        }}
     }}
 }}
 
@@ -415,6 +419,11 @@ http {{
                 .as_ref()
                 .map(|url| format!("            on_publish {url};\n"))
                 .unwrap_or_default(),
+            deny_publish_out = if self.opts.deny_publish_out {
+                "            deny publish all;\n"
+            } else {
+                ""
+            },
         )
     }
 
@@ -569,6 +578,7 @@ mod tests {
         assert!(text.contains("listen [::1]:1935;"));
         assert!(text.contains("listen 127.0.0.1:8080;"));
         assert!(!text.contains("on_publish"));
+        assert!(!text.contains("deny publish"));
         let dir = nginx.dir().display().to_string();
         for line in text
             .lines()

@@ -81,6 +81,65 @@ async fn refused_destination_is_retried_with_backoff() -> anyhow::Result<()> {
     f.finish_on(connection).await
 }
 
+/// The destination takes the connection but refuses to let the output
+/// publish, as a platform refuses a revoked or mistyped stream key: relay
+/// retries with a growing backoff (not a tight loop) and keeps running, and
+/// once the platform accepts again the output comes up on the live feed.
+#[tokio::test]
+async fn refused_publish_is_retried_with_backoff() -> anyhow::Result<()> {
+    let mut f = Faults::new(
+        "denied",
+        FaultOpts {
+            dest_denies: true,
+            ..FaultOpts::default()
+        },
+    )
+    .await?;
+    // start_relay waits for the output to stream only while `f.dest` is set.
+    let denying = f.dest.take().context("destination")?;
+    f.start_relay().await?;
+    let _blue = f.publish("blue").await?;
+    let window = secs(15);
+    tokio::time::sleep(window).await;
+    let attempts = output_attempts(&f, 0);
+    let stopped = f.lines_since(0, "output stopped");
+    eprintln!("[test] {attempts} output attempts in {window:?}: {stopped:#?}");
+    let denials = denying.error_log().matches("publish forbidden").count()
+        + denying.error_log().matches("access forbidden").count();
+    ensure!(
+        denials >= 2,
+        "the destination did not refuse the publish ({denials} refusals):\n{}",
+        denying.error_log()
+    );
+    // CRASH_BACKOFF=1: 1, 2, 4, 8 s between attempts -> about 5 in 15 s.
+    ensure!(
+        (2..=8).contains(&attempts),
+        "{attempts} output attempts in {window:?}: no retry, or a tight loop\n{}",
+        f.context()
+    );
+    ensure!(f.relay().is_running(), "relay gave up\n{}", f.context());
+    ensure!(
+        stopped.iter().all(|l| !l.contains(KEY)),
+        "the stream key leaked: {stopped:#?}"
+    );
+    ensure!(
+        stopped
+            .iter()
+            .all(|l| l.contains("check KICK_URL and the stream key")),
+        "the log does not say what a refusal usually means: {stopped:#?}"
+    );
+
+    // The platform accepts the key again.
+    denying.stop().await;
+    let up = Instant::now();
+    f.dest = Some(start_dest(f.dest_port).await?);
+    let sink = Sink::start(&f.out_url());
+    let connection = f.wait_output_connection(secs(40)).await?;
+    expect_on_air(&f, &sink, Colour::Blue, up, secs(60)).await?;
+    eprintln!("[test] publish accepted -> blue after {:?}", up.elapsed());
+    f.finish_on(connection).await
+}
+
 /// The destination drops the output while a publisher is live (its nginx
 /// restarts): relay reconnects, and the live feed is what comes back.
 #[tokio::test]

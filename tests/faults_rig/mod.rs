@@ -46,6 +46,9 @@ pub struct FaultOpts {
     pub faulty_stats: bool,
     /// Leave the destination down: nothing listens on its port.
     pub dest_down: bool,
+    /// The destination accepts connections but refuses to let the output
+    /// publish (`deny publish all`).
+    pub dest_denies: bool,
     /// Send the output through a [`StallProxy`] to the destination.
     pub stall_proxy: bool,
     /// More configuration keys.
@@ -59,6 +62,8 @@ impl Faults {
         let dest_port = relay::nginx::free_tcp_port()?;
         let dest = if opts.dest_down {
             None
+        } else if opts.dest_denies {
+            Some(start_denying_dest(dest_port).await?)
         } else {
             Some(start_dest(dest_port).await?)
         };
@@ -308,6 +313,16 @@ impl Faults {
 pub async fn start_dest(port: u16) -> anyhow::Result<PrivateNginx> {
     PrivateNginx::start(NginxOptions {
         rtmp_port: Some(port),
+        ..NginxOptions::default()
+    })
+    .await
+}
+
+/// A destination whose `out` application refuses every publisher.
+pub async fn start_denying_dest(port: u16) -> anyhow::Result<PrivateNginx> {
+    PrivateNginx::start(NginxOptions {
+        rtmp_port: Some(port),
+        deny_publish_out: true,
         ..NginxOptions::default()
     })
     .await
