@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::{kill, Signal};
@@ -234,6 +234,61 @@ fn classify(line: &str) -> Option<tracing::Level> {
     }
 }
 
+/// How many FFmpeg lines each child may log per [`LOG_WINDOW`] at their own
+/// level. A broken or hostile stream makes FFmpeg complain about every
+/// frame, which would flood the journal, and journald's rate limit would
+/// then drop relay's own lines too. The rest go to debug, counted.
+const LOG_BURST: u32 = 20;
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// The per-child budget of forwarded lines.
+struct LogBudget {
+    window_start: Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    fn new(now: Instant) -> LogBudget {
+        LogBudget {
+            window_start: now,
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether a line at `now` may be logged at its level, and how many
+    /// lines the window that just ended held back (to be said once).
+    fn admit(&mut self, now: Instant) -> (bool, Option<u64>) {
+        let mut ended = None;
+        if now.duration_since(self.window_start) >= LOG_WINDOW {
+            ended = (self.suppressed > 0).then_some(self.suppressed);
+            *self = LogBudget::new(now);
+        }
+        if self.used < LOG_BURST {
+            self.used += 1;
+            (true, ended)
+        } else {
+            self.suppressed += 1;
+            (false, ended)
+        }
+    }
+
+    /// What is still held back when the log ends.
+    fn finish(&self) -> Option<u64> {
+        (self.suppressed > 0).then_some(self.suppressed)
+    }
+}
+
+fn report_suppressed(role: Role, pid: u32, count: u64) {
+    warn!(
+        role,
+        pid,
+        "ffmpeg: {count} more lines within {} s not logged (RUST_LOG=debug shows them)",
+        LOG_WINDOW.as_secs()
+    );
+}
+
 /// Replaces every secret in `line` by `****`.
 pub fn mask(line: &str, secrets: &[String]) -> String {
     let mut out = line.to_string();
@@ -252,6 +307,7 @@ async fn forward_log(
     stopping: Arc<AtomicBool>,
 ) {
     let mut lines = BufReader::new(stderr).lines();
+    let mut budget = LogBudget::new(Instant::now());
     while let Ok(Some(line)) = lines.next_line().await {
         let line = line.trim();
         if line.is_empty() {
@@ -262,6 +318,15 @@ async fn forward_log(
         };
         if stopping.load(Ordering::Relaxed) {
             level = tracing::Level::DEBUG;
+        }
+        if level < tracing::Level::DEBUG {
+            let (admitted, ended) = budget.admit(Instant::now());
+            if let Some(count) = ended {
+                report_suppressed(role, pid, count);
+            }
+            if !admitted {
+                level = tracing::Level::DEBUG;
+            }
         }
         let text = mask(line, &secrets);
         if level <= tracing::Level::WARN {
@@ -278,6 +343,9 @@ async fn forward_log(
             _ => debug!(role, pid, "ffmpeg: {text}"),
         }
     }
+    if let Some(count) = budget.finish() {
+        report_suppressed(role, pid, count);
+    }
 }
 
 /// The raw fd number a mapping gives the child, for building `pipe:N` URLs.
@@ -288,6 +356,20 @@ pub fn fd_url(fd: RawFd) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_of_lines_is_cut_to_a_burst_per_window_and_counted() {
+        let t0 = Instant::now();
+        let mut b = LogBudget::new(t0);
+        let admitted = (0..100).filter(|_| b.admit(t0).0).count();
+        assert_eq!(admitted, LOG_BURST as usize);
+        assert_eq!(b.finish(), Some(100 - u64::from(LOG_BURST)));
+        // The next window starts afresh and reports the last one's count once.
+        let t1 = t0 + LOG_WINDOW;
+        assert_eq!(b.admit(t1), (true, Some(100 - u64::from(LOG_BURST))));
+        assert_eq!(b.admit(t1), (true, None));
+        assert_eq!(b.finish(), None);
+    }
 
     #[test]
     fn stats_lines_are_not_forwarded() {

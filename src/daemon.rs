@@ -52,6 +52,11 @@ use crate::stats::{BitrateMeter, StatPage, StatsClient};
 
 /// An output that has made no progress for this long is restarted.
 const OUTPUT_STALL: Duration = Duration::from_secs(15);
+/// A publisher whose stream gave no picture for this long gets a fresh
+/// ingest: the running one may be stuck on what an earlier publisher sent
+/// (a broken stream's codec configuration, timestamps hours ahead). Longer
+/// than any sane keyframe interval.
+const NO_PICTURE: Duration = Duration::from_secs(20);
 /// A child that ran this long without trouble resets its crash backoff.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// The crash backoff doubles up to CRASH_BACKOFF times this.
@@ -346,6 +351,8 @@ pub async fn run(
         metrics: metrics_tx,
         output_rates: None,
         ingest_retry_at: Some(Instant::now()),
+        publisher_since: None,
+        no_picture: None,
         publisher: None,
         refused: None,
         flowing: None,
@@ -443,8 +450,11 @@ struct Daemon {
     output_rates: Option<(f64, f64)>,
     /// When to (re)start a standby ingest; None while one runs or none is wanted.
     ingest_retry_at: Option<Instant>,
-    /// The publisher on the last good stat page.
+    /// The publisher on the last good stat page, and when it connected.
     publisher: Option<Publisher>,
+    publisher_since: Option<Instant>,
+    /// The publisher whose stream gave no picture (warned once).
+    no_picture: Option<u64>,
     /// A publisher id we refused (logged once, no ingest while it stays).
     refused: Option<u64>,
     /// The ingest session whose frames are flowing, and whether it is ready.
@@ -718,8 +728,17 @@ impl Daemon {
                     if let Some(old) = &self.publisher {
                         info!(publisher = %show_addr(old.address), "publisher left");
                     }
+                    // nginx hands its players on to the next publisher. An
+                    // ingest that got no picture out of this one may be
+                    // stuck on its stream: start the next one afresh. (One
+                    // with frames flowing is replaced when they stop.)
+                    if self.ingest.is_some() && self.flowing.is_none() {
+                        self.stop_ingest();
+                        self.ingest_retry_at = Some(Instant::now());
+                    }
                 }
             }
+            self.publisher_since = Some(Instant::now());
         }
         self.publisher = publisher.clone();
 
@@ -760,6 +779,19 @@ impl Daemon {
                     );
                     self.stop_ingest();
                     self.start_ingest();
+                } else if self.no_picture_for(NO_PICTURE) {
+                    let message = format!(
+                        "the publisher's stream gave no picture in {} s; restarting the ingest",
+                        NO_PICTURE.as_secs()
+                    );
+                    if self.no_picture != Some(p.id) {
+                        self.no_picture = Some(p.id);
+                        warn!(publisher = %show_addr(p.address), "{message}");
+                    } else {
+                        info!(publisher = %show_addr(p.address), "{message}");
+                    }
+                    self.stop_ingest();
+                    self.start_ingest();
                 } else if self.ingest.is_none() && self.ingest_retry_at.is_none() {
                     self.ingest_retry_at = Some(Instant::now());
                 }
@@ -772,6 +804,17 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Whether the publisher and the ingest have both been there for `limit`
+    /// without a live frame.
+    fn no_picture_for(&self, limit: Duration) -> bool {
+        self.flowing.is_none()
+            && self.publisher_since.is_some_and(|t| t.elapsed() >= limit)
+            && self
+                .ingest
+                .as_ref()
+                .is_some_and(|i| i.started.elapsed() >= limit)
     }
 
     async fn on_ingest_exit(&mut self, ev: IngestExit) {
