@@ -1,9 +1,8 @@
 //! Faults on the output side, each against the real relay binary, private
 //! nginx-rtmp instances and real FFmpeg (rig: `faults_rig/mod.rs`): the
 //! destination refuses the connection or the publish, drops or stalls the
-//! output, the platform's forced
-//! disconnect, the output's zmq filter stops answering, the offline video
-//! is corrupted or replaced.
+//! output, the platform's forced disconnect, the output's zmq filter stops
+//! answering, the offline video is corrupted or replaced.
 
 #[allow(unused_imports)]
 mod common;
