@@ -47,6 +47,7 @@ use crate::notify;
 use crate::offline::OfflineCopy;
 use crate::output::{self, Progress};
 use crate::preflight::OfflineInfo;
+use crate::publish_auth::{Approvals, Vouch};
 use crate::pump::{self, Event as PumpEvent};
 use crate::stats::{BitrateMeter, StatPage, StatsClient};
 
@@ -177,6 +178,9 @@ struct Publisher {
     id: u64,
     address: Option<IpAddr>,
     allowed: bool,
+    /// With PUBLISH_KEY set: nginx never asked relay's on_publish endpoint
+    /// about it (so it is not allowed either).
+    unchecked: bool,
     has_audio: Option<bool>,
 }
 
@@ -213,7 +217,12 @@ pub async fn run(
         }
     };
     // Answers nginx's on_publish while this pipeline runs.
-    let _publish_auth = crate::publish_auth::start(&config, updates.clone()).await?;
+    let publish_auth = crate::publish_auth::start(&config, updates.clone()).await?;
+    // With a key, only publishers the endpoint accepted go on air.
+    let approvals = publish_auth
+        .as_ref()
+        .filter(|_| !config.publish_key.is_empty())
+        .map(crate::publish_auth::Endpoint::approvals);
     let (selection_tx, selection_rx) = watch::channel(Input::Offline);
     let pump_stats = Arc::new(pump::Stats::default());
 
@@ -353,6 +362,7 @@ pub async fn run(
         ingest_retry_at: Some(Instant::now()),
         publisher_since: None,
         no_picture: None,
+        approvals,
         publisher: None,
         refused: None,
         flowing: None,
@@ -450,6 +460,8 @@ struct Daemon {
     output_rates: Option<(f64, f64)>,
     /// When to (re)start a standby ingest; None while one runs or none is wanted.
     ingest_retry_at: Option<Instant>,
+    /// What nginx's on_publish endpoint accepted, with PUBLISH_KEY set.
+    approvals: Option<Approvals>,
     /// The publisher on the last good stat page, and when it connected.
     publisher: Option<Publisher>,
     publisher_since: Option<Instant>,
@@ -690,13 +702,20 @@ impl Daemon {
         };
         let stream = page.stream(&self.config.rtmp_app, &self.config.rtmp_stream_name);
         let publisher = stream.and_then(|s| {
-            s.publisher().map(|p| Publisher {
-                id: p.id,
-                address: p.address,
-                allowed: p
-                    .address
-                    .is_some_and(|a| self.config.allowed_publishers.allows(a)),
-                has_audio: s.has_audio(),
+            s.publisher().map(|p| {
+                let unchecked = self
+                    .approvals
+                    .as_ref()
+                    .is_some_and(|a| a.vouch(p.id, p.time) == Vouch::NeverAsked);
+                Publisher {
+                    id: p.id,
+                    address: p.address,
+                    allowed: !unchecked
+                        && p.address
+                            .is_some_and(|a| self.config.allowed_publishers.allows(a)),
+                    unchecked,
+                    has_audio: s.has_audio(),
+                }
             })
         });
         let bytes_in = stream.map_or(0, |s| s.bytes_in);
@@ -746,11 +765,20 @@ impl Daemon {
             Some(p) if !p.allowed => {
                 if self.refused != Some(p.id) {
                     self.refused = Some(p.id);
-                    warn!(
-                        publisher = %show_addr(p.address),
-                        rule = %self.config.allowed_publishers,
-                        "publisher refused by ALLOWED_PUBLISHERS; it stays off air"
-                    );
+                    if p.unchecked {
+                        warn!(
+                            publisher = %show_addr(p.address),
+                            "publisher refused: nginx did not ask relay for its PUBLISH_KEY; add `on_publish http://127.0.0.1:{}{};` to the RTMP application; it stays off air",
+                            self.config.publish_auth_port,
+                            crate::publish_auth::PATH
+                        );
+                    } else {
+                        warn!(
+                            publisher = %show_addr(p.address),
+                            rule = %self.config.allowed_publishers,
+                            "publisher refused by ALLOWED_PUBLISHERS; it stays off air"
+                        );
+                    }
                 }
                 if matches!(self.state, State::Live { .. }) {
                     self.go_offline("publisher not allowed", "publisher_refused")

@@ -18,13 +18,21 @@
 //! Keys are compared in constant time. Without `PUBLISH_KEY` everything is
 //! accepted, as without the endpoint.
 //!
+//! An nginx whose application lacks the `on_publish` line never asks, and
+//! would let anyone publish whatever PUBLISH_KEY says. So the endpoint also
+//! remembers the nginx client ids it accepted ([`Approvals`]), and the
+//! daemon puts on air only a publisher it accepted — or one that was
+//! already connected before the endpoint listened (relay restarted while
+//! the streamer stayed), which it cannot tell about.
+//!
 //! The endpoint listens on 127.0.0.1 only (`PUBLISH_AUTH_PORT`, 0: none) and
 //! is built to shrug off whatever else reaches it: at most 32 connections at
 //! once, 5 s to send the headers, 10 s per connection, 8 KiB of body.
 
+use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -50,6 +58,13 @@ const LIMITS: http::Limits = http::Limits {
 };
 /// Longest accepted request body (nginx sends a few hundred bytes).
 const MAX_BODY: usize = 8 * 1024;
+/// How many accepted client ids are remembered (one publisher at a time is
+/// on the stream; a few reconnects are plenty).
+const REMEMBERED: usize = 16;
+/// Allowance for the stat page's view of a connection's age: a publisher
+/// that connected this little before the endpoint listened still counts
+/// as connected after it.
+const AGE_SLACK: Duration = Duration::from_secs(2);
 /// Longest stream name or address quoted in the log.
 const LOG_LIMIT: usize = 64;
 
@@ -95,6 +110,55 @@ impl Verdict {
     }
 }
 
+/// Whether the endpoint vouches for a publisher on the stat page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vouch {
+    /// It accepted this client id.
+    Accepted,
+    /// The publisher connected before the endpoint listened: it was checked,
+    /// or not, by whatever answered then.
+    Earlier,
+    /// It connected since, and nginx never asked: its application has no
+    /// `on_publish` pointing here.
+    NeverAsked,
+}
+
+/// The nginx client ids the endpoint accepted, shared with the daemon.
+#[derive(Debug, Clone)]
+pub struct Approvals {
+    since: Instant,
+    ids: Arc<Mutex<VecDeque<u64>>>,
+}
+
+impl Approvals {
+    fn new() -> Approvals {
+        Approvals {
+            since: Instant::now(),
+            ids: Arc::default(),
+        }
+    }
+
+    fn accepted(&self, id: u64) {
+        let mut ids = self.ids.lock().unwrap();
+        if ids.len() == REMEMBERED {
+            ids.pop_front();
+        }
+        ids.push_back(id);
+    }
+
+    /// The verdict on client `id`, connected for `connected_for` (the stat
+    /// page's `time`).
+    pub fn vouch(&self, id: u64, connected_for: Duration) -> Vouch {
+        if self.ids.lock().unwrap().contains(&id) {
+            Vouch::Accepted
+        } else if connected_for > self.since.elapsed() + AGE_SLACK {
+            Vouch::Earlier
+        } else {
+            Vouch::NeverAsked
+        }
+    }
+}
+
 /// The fields of nginx's form that matter here.
 #[derive(Debug, Default)]
 struct Form {
@@ -102,6 +166,7 @@ struct Form {
     app: Option<String>,
     name: Option<String>,
     addr: Option<String>,
+    clientid: Option<u64>,
     key: Option<Secret>,
 }
 
@@ -114,6 +179,7 @@ fn parse_form(body: &[u8]) -> Form {
             "app" => form.app = Some(v),
             "name" => form.name = Some(v),
             "addr" => form.addr = Some(v),
+            "clientid" => form.clientid = v.parse().ok(),
             // A second `key` must not smuggle a guess past the first.
             "key" if form.key.is_none() => form.key = Some(Secret::new(v)),
             _ => {}
@@ -155,12 +221,18 @@ fn decide(policy: &Policy, form: &Form) -> Verdict {
 #[derive(Debug)]
 pub struct Endpoint {
     addr: SocketAddr,
+    approvals: Approvals,
     task: JoinHandle<()>,
 }
 
 impl Endpoint {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The publishers it accepted.
+    pub fn approvals(&self) -> Approvals {
+        self.approvals.clone()
     }
 }
 
@@ -220,11 +292,18 @@ pub async fn start(
         key = if policy.key.is_empty() { "none: every publisher is accepted" } else { "required" },
         "answering nginx's on_publish"
     );
+    let approvals = Approvals::new();
+    let recorder = approvals.clone();
     let task = tokio::spawn(http::serve_with(listener, LIMITS, move |req| {
         let policy = Policy::of(&updates.borrow());
-        async move { handle(req, &policy).await }
+        let recorder = recorder.clone();
+        async move { handle(req, &policy, &recorder).await }
     }));
-    Ok(Some(Endpoint { addr, task }))
+    Ok(Some(Endpoint {
+        addr,
+        approvals,
+        task,
+    }))
 }
 
 /// Binds `addr`, retrying for a moment while it is in use: after a reload
@@ -244,7 +323,11 @@ async fn bind_soon(addr: SocketAddr) -> std::io::Result<TcpListener> {
     }
 }
 
-async fn handle(req: Request<Incoming>, policy: &Policy) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<Incoming>,
+    policy: &Policy,
+    approvals: &Approvals,
+) -> Response<Full<Bytes>> {
     if req.uri().path() != PATH {
         return answer(StatusCode::NOT_FOUND);
     }
@@ -268,6 +351,9 @@ async fn handle(req: Request<Incoming>, policy: &Policy) -> Response<Full<Bytes>
     );
     match verdict {
         Verdict::Accept => {
+            if let Some(id) = form.clientid {
+                approvals.accepted(id);
+            }
             info!(publisher = %addr, %stream, "publish accepted");
             answer(StatusCode::OK)
         }
@@ -322,6 +408,24 @@ mod tests {
             &policy(key),
             &parse_form(format!("{NGINX_FORM}{extra}").as_bytes()),
         )
+    }
+
+    #[test]
+    fn approvals_vouch_for_accepted_and_earlier_publishers_only() {
+        let a = Approvals::new();
+        for id in 1..=20 {
+            a.accepted(id);
+        }
+        assert_eq!(a.vouch(20, Duration::ZERO), Vouch::Accepted);
+        // Only the last REMEMBERED ids are kept.
+        assert_eq!(a.vouch(1, Duration::ZERO), Vouch::NeverAsked);
+        assert_eq!(a.vouch(99, Duration::from_secs(1)), Vouch::NeverAsked);
+        assert_eq!(a.vouch(99, Duration::from_secs(3600)), Vouch::Earlier);
+        assert_eq!(
+            parse_form(NGINX_FORM.as_bytes()).clientid,
+            Some(1),
+            "nginx's form carries the client id"
+        );
     }
 
     #[test]

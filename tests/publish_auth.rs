@@ -296,3 +296,77 @@ async fn a_reload_applies_a_new_publish_key() -> anyhow::Result<()> {
     ensure!(relay.is_running(), "relay stopped on reload");
     Ok(())
 }
+
+/// nginx's application lacks the `on_publish` line, so nginx never asks
+/// relay: with PUBLISH_KEY set, relay keeps whoever publishes off air and
+/// says what is missing, instead of trusting a key nobody checks.
+#[tokio::test]
+async fn a_publisher_nginx_never_asked_about_stays_off_air() -> anyhow::Result<()> {
+    let nginx = PrivateNginx::start(NginxOptions::default()).await?;
+    let (dir, video) = dir_with_offline("unasked").await?;
+    let stream = format!("unasked-{}", std::process::id());
+    let auth_port = relay::nginx::free_tcp_port()?;
+    let env_file = RelayEnv::new(&nginx, OUT_KEY, &stream, &video)?
+        .set("PUBLISH_AUTH_PORT", auth_port.to_string())
+        .set("PUBLISH_KEY", PUBLISH_KEY)
+        .write(dir.path())?;
+    let mut relay = RelayProc::run(&env_file, &[])?;
+    relay.wait_for_log("output streaming", secs(60)).await?;
+    let sink = Sink::start(&nginx.rtmp_url("out", OUT_KEY));
+    sink.wait_for(Colour::Green, secs(30)).await?;
+
+    let since = Instant::now();
+    let live = nginx.rtmp_url("live", &stream);
+    let _publisher = Publisher::start(
+        &format!("{live}?key={PUBLISH_KEY}"),
+        PublisherOpts::colour("blue"),
+    )
+    .await?;
+    let line = relay
+        .wait_for_log_since(0, "nginx did not ask relay for its PUBLISH_KEY", secs(20))
+        .await?;
+    ensure!(
+        line.contains(&format!(
+            "on_publish http://127.0.0.1:{auth_port}/on_publish"
+        )),
+        "the warning does not say what to add: {line}"
+    );
+    // The publisher stays connected and flowing; it must never reach the air.
+    sink.expect_steady(Colour::Green, secs(6)).await?;
+    let blue = sink
+        .history()
+        .iter()
+        .filter(|(at, c)| *at >= since && *c == Colour::Blue)
+        .count();
+    ensure!(blue == 0, "{blue} frames of the unchecked publisher on air");
+    let status = relay.sigterm_and_wait(secs(20)).await?;
+    ensure!(status.success(), "relay exited with {status}");
+    Ok(())
+}
+
+/// relay restarts while the streamer it accepted stays connected: nginx
+/// will not ask again, and the streamer goes back on air.
+#[tokio::test]
+async fn an_accepted_publisher_stays_accepted_across_a_relay_restart() -> anyhow::Result<()> {
+    let s = Setup::new("restarted", Some(PUBLISH_KEY)).await?;
+    let (mut relay, sink) = s.start().await?;
+    let _streamer = Publisher::start(
+        &s.publish_url(&format!("?key={PUBLISH_KEY}")),
+        PublisherOpts::colour("blue"),
+    )
+    .await?;
+    sink.wait_for(Colour::Blue, secs(40)).await?;
+    let status = relay.sigterm_and_wait(secs(20)).await?;
+    ensure!(status.success(), "relay exited with {status}");
+    drop(sink);
+
+    let relay = RelayProc::run(&s.env_file, &[])?;
+    relay.wait_for_log("output streaming", secs(60)).await?;
+    let sink = Sink::start(&s.nginx.rtmp_url("out", OUT_KEY));
+    sink.wait_for(Colour::Blue, secs(40)).await?;
+    ensure!(
+        !relay.logs().iter().any(|l| l.contains("did not ask relay")),
+        "the accepted publisher was refused after the restart"
+    );
+    Ok(())
+}
