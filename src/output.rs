@@ -41,7 +41,6 @@ const KEYFRAME_SECONDS: u32 = 2;
 /// starts, so a restart comes back on the same source.
 pub fn args(config: &Config, offline: &OfflineInfo, select: Input) -> Vec<String> {
     let f = RawFormat::of(config);
-    let gop = (config.out_fps * KEYFRAME_SECONDS).to_string();
     let offline_audio = if offline.has_audio { "2:a" } else { "3:a" };
     let graph = ffmpeg::render(
         ffmpeg::OUTPUT_GRAPH,
@@ -104,26 +103,57 @@ pub fn args(config: &Config, offline: &OfflineInfo, select: Input) -> Vec<String
         push(&["-f", "lavfi", "-i", &src]);
     }
     push(&["-filter_complex", &graph, "-map", "[v]", "-map", "[a]"]);
-    push(&[
-        "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
-    ]);
-    push(&[
+    let target = config.output_target();
+    a.extend(encoder_args(config));
+    if target.stream_name.is_some() {
+        a.extend(["-fpre".to_string(), format!("/dev/fd/{PRESET_FD}")]);
+    }
+    a.push(target.url);
+    a
+}
+
+/// The encoder and muxer arguments of the output, from `-c:v` to the FLV
+/// muxer's flags: what the platform receives. The benchmark's naive design
+/// uses them too, so that both encode alike.
+pub fn encoder_args(config: &Config) -> Vec<String> {
+    let f = RawFormat::of(config);
+    let gop = (config.out_fps * KEYFRAME_SECONDS).to_string();
+    let sample_rate = f.sample_rate.to_string();
+    [
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-pix_fmt",
+        "yuv420p",
         "-b:v",
         &config.vid_bitrate.text,
         "-maxrate",
         &config.max_bitrate.text,
-    ]);
-    push(&["-bufsize", &config.buffer_size.text]);
-    push(&["-g", &gop, "-keyint_min", &gop, "-sc_threshold", "0"]);
-    push(&["-c:a", "aac", "-b:a", &config.audio_bitrate.text]);
-    push(&["-ar", &f.sample_rate.to_string(), "-ac", "2"]);
-    push(&["-f", "flv", "-flvflags", "no_duration_filesize"]);
-    let target = config.output_target();
-    if target.stream_name.is_some() {
-        push(&["-fpre", &format!("/dev/fd/{PRESET_FD}")]);
-    }
-    a.push(target.url);
-    a
+        "-bufsize",
+        &config.buffer_size.text,
+        "-g",
+        &gop,
+        "-keyint_min",
+        &gop,
+        "-sc_threshold",
+        "0",
+        "-c:a",
+        "aac",
+        "-b:a",
+        &config.audio_bitrate.text,
+        "-ar",
+        &sample_rate,
+        "-ac",
+        "2",
+        "-f",
+        "flv",
+        "-flvflags",
+        "no_duration_filesize",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// The stream key as an FFmpeg preset (`-fpre`): a `key=value` line that
@@ -251,6 +281,32 @@ async fn read_progress(stdout: impl AsyncRead + Unpin, tx: mpsc::Sender<Progress
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_goes_to_the_preset_and_the_encoder_part_is_shared() {
+        let config = Config::from_pairs(
+            "t",
+            &[
+                ("KICK_URL", "rtmps://h.example/app"),
+                ("KICK_KEY", "sk_SECRETVALUE"),
+                ("OFFLINE_VIDEO_PATH", "/o.mp4"),
+            ],
+        )
+        .unwrap();
+        let offline = OfflineInfo {
+            width: 1280,
+            height: 720,
+            has_audio: true,
+            duration: None,
+        };
+        let a = args(&config, &offline, Input::Offline);
+        assert!(a.iter().all(|arg| !arg.contains("SECRETVALUE")), "{a:?}");
+        let n = a.len();
+        assert_eq!(a[n - 3..], ["-fpre", "/dev/fd/5", "rtmps://h.example/app/"]);
+        let encoder = encoder_args(&config);
+        assert_eq!(a[n - 3 - encoder.len()..n - 3], encoder[..]);
+        assert_eq!(encoder[0], "-c:v");
+    }
 
     #[test]
     fn progress_blocks_are_parsed() {

@@ -157,7 +157,7 @@ pub async fn phase(
     let publisher = rig::start_publisher(&naive_live, res, fps)?;
     rig::wait_for_publisher_data(&stat, "live", &naive_stream, Instant::now()).await?;
     let naive_sink = Sink::start(&nginx.rtmp_url("out", &naive_stream))?;
-    let encoder = naive::encoder_args(&env, res)?;
+    let encoder = naive::encoder_args(&env)?;
     let mut naive = naive::start(
         &naive_live,
         &offline,

@@ -12,28 +12,14 @@ use anyhow::Context;
 use tokio::process::{Child, Command};
 
 use crate::config::Config;
-use crate::control::Input;
-use crate::preflight::OfflineInfo;
 
 /// The output's encoder arguments for the configuration in `env`, from
 /// `-c:v` up to (not including) the destination URL.
-pub fn encoder_args(env: &Path, res: u32) -> anyhow::Result<Vec<String>> {
+pub fn encoder_args(env: &Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(env)?;
     let pairs: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once('=')).collect();
     let config = Config::from_pairs("bench", &pairs).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (width, height) = super::rig::size(res);
-    let offline = OfflineInfo {
-        width,
-        height,
-        has_audio: true,
-        duration: None,
-    };
-    let args = crate::output::args(&config, &offline, Input::Live);
-    let from = args
-        .iter()
-        .position(|a| a == "-c:v")
-        .context("no -c:v in the output's arguments")?;
-    Ok(args[from..args.len() - 1].to_vec())
+    Ok(crate::output::encoder_args(&config))
 }
 
 pub fn start(
