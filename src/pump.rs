@@ -410,7 +410,7 @@ impl AudioSync {
         if std::mem::take(&mut self.now) {
             self.leads.clear();
             if lead < -self.threshold {
-                self.correct(queue, lead);
+                self.correct(queue, lead, "frames skipped");
             }
             return;
         }
@@ -427,13 +427,18 @@ impl AudioSync {
         self.leads.sort_unstable();
         let median = self.leads[self.leads.len() / 2];
         self.leads.clear();
-        if std::mem::replace(&mut self.settled, true) && median.abs() <= self.threshold {
-            return;
-        }
-        self.correct(queue, median);
+        let why = if std::mem::replace(&mut self.settled, true) {
+            if median.abs() <= self.threshold {
+                return;
+            }
+            "lasting"
+        } else {
+            "frames started"
+        };
+        self.correct(queue, median, why);
     }
 
-    fn correct(&mut self, queue: &AudioQueue, lead: i64) {
+    fn correct(&mut self, queue: &AudioQueue, lead: i64, why: &'static str) {
         let bytes =
             (lead.unsigned_abs() as usize / AUDIO_BYTES_PER_SAMPLE) * AUDIO_BYTES_PER_SAMPLE;
         if lead > 0 {
@@ -445,6 +450,7 @@ impl AudioSync {
         debug!(
             lead_ms = lead as f64 / self.bytes_per_ms,
             changes = self.changes,
+            why,
             "live audio realigned"
         );
     }
@@ -602,6 +608,25 @@ mod tests {
         }
         assert_eq!(sim.sync.changes, settled + 1);
         assert!(sim.steady(60));
+    }
+
+    #[test]
+    fn the_audio_jumps_with_frames_the_buffer_skips() {
+        let mut sim = Sim::new();
+        sim.tick(3);
+        for _ in 0..60 {
+            sim.tick(1);
+        }
+        assert!(sim.steady(30));
+        let settled = sim.sync.changes;
+        // The jitter buffer is cut to its newest frame: the sound skips
+        // the same stretch as the picture, on the same tick.
+        sim.tick(1);
+        let waiting = sim.frames.len();
+        sim.frames.drain(..waiting - 1);
+        sim.sync.skipped();
+        assert!(sim.steady(60));
+        assert_eq!(sim.sync.changes, settled + 1);
     }
 
     #[test]
