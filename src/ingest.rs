@@ -116,7 +116,7 @@ impl AudioQueue {
         }
     }
 
-    fn push(&self, data: &[u8]) {
+    pub(crate) fn push(&self, data: &[u8]) {
         let mut a = self.inner.lock().unwrap();
         a.queue.extend_from_slice(data);
         a.received += data.len() as u64;
@@ -133,15 +133,19 @@ impl AudioQueue {
         self.inner.lock().unwrap().received
     }
 
-    /// Drops audio that arrived before the video frame marked `mark`,
-    /// beyond the `len` bytes that go out with that frame, so the frame's
-    /// sound is the audio that arrived with it.
-    pub fn align(&self, mark: u64, len: usize) {
-        let mut a = self.inner.lock().unwrap();
-        let before = mark.saturating_sub(a.removed) as usize;
-        if before > len {
-            a.drop_front(before - len);
-        }
+    /// How far the live audio is ahead of the video frame marked `mark`,
+    /// in bytes (negative: behind), if this tick takes `len` bytes: zero
+    /// when the tick's audio is exactly the audio that arrived before the
+    /// frame did. A frame that waited in the pump's queue finds its audio
+    /// already gone: the audio is ahead by the wait.
+    pub fn lead(&self, mark: u64, len: usize) -> i64 {
+        let a = self.inner.lock().unwrap();
+        a.removed as i64 + len as i64 - mark as i64
+    }
+
+    /// Drops up to `n` bytes (whole samples) from the front; how many went.
+    pub fn skip(&self, n: usize) -> usize {
+        self.inner.lock().unwrap().drop_front(n).len()
     }
 
     /// Up to `len` bytes of live audio (fewer if not enough has arrived).
@@ -267,21 +271,20 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_goes_with_the_audio_that_arrived_with_it() {
+    fn lead_measures_audio_against_a_frame() {
         let q = AudioQueue::new(&format());
         let tick = 1600 * 4;
         q.push(&vec![1u8; tick * 2]);
         let mark = q.mark();
         q.push(&vec![2u8; tick]);
-        // Two ticks' worth arrived before the frame: the older one goes.
-        q.align(mark, tick);
-        let got = q.take(tick);
-        assert!(got.iter().all(|&b| b == 1) && got.len() == tick);
+        // Two ticks' worth arrived before the frame: one tick behind.
+        assert_eq!(q.lead(mark, tick), -(tick as i64));
+        assert_eq!(q.skip(tick), tick);
+        assert_eq!(q.lead(mark, tick), 0);
+        assert!(q.take(tick).iter().all(|&b| b == 1));
+        // Its audio gone: the next tick's audio is one tick ahead.
+        assert_eq!(q.lead(mark, tick), tick as i64);
         assert_eq!(q.take(tick)[0], 2);
-        // Already past the mark: nothing is dropped.
-        q.push(&vec![3u8; tick]);
-        q.align(mark, tick);
-        assert_eq!(q.take(tick).len(), tick);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::debug;
 
 use crate::ffmpeg::{RawFormat, SampleClock, AUDIO_BYTES_PER_SAMPLE};
-use crate::ingest::LiveFeed;
+use crate::ingest::{AudioQueue, LiveFeed};
 
 /// Ticks queued per pipe before ticks are dropped.
 const PIPE_QUEUE: usize = 3;
@@ -179,6 +179,7 @@ impl Default for Timing {
 struct LiveState {
     feed: LiveFeed,
     backlog: Backlog,
+    sync: AudioSync,
     /// When the current run of frames started, and whether `Ready` was sent.
     flowing_since: Option<Instant>,
     ready_sent: bool,
@@ -224,6 +225,7 @@ pub async fn run(
                     live = feed.map(|feed| LiveState {
                         feed,
                         backlog: Backlog::new(format.fps),
+                        sync: AudioSync::new(&format),
                         flowing_since: None,
                         ready_sent: false,
                         last_frame_at: None,
@@ -248,9 +250,14 @@ pub async fn run(
                         let _ = l.feed.video.try_recv();
                         stats.skipped_live_frames.fetch_add(1, Ordering::Relaxed);
                     }
+                    if skip > 0 {
+                        l.sync.skipped();
+                    }
+                    let mut left = None;
                     if let Ok((frame, mark)) = l.feed.video.try_recv() {
-                        l.feed.audio.align(mark, audio_len);
+                        left = Some(mark);
                         if l.flowing_since.is_none() {
+                            l.sync.restart();
                             l.flowing_since = Some(now);
                             l.ready_sent = false;
                             l.stopped_sent = false;
@@ -261,10 +268,7 @@ pub async fn run(
                         video = Some(frame);
                         stats.live_frames.fetch_add(1, Ordering::Relaxed);
                     }
-                    let a = l.feed.audio.take(audio_len);
-                    if !a.is_empty() {
-                        audio = Some(a);
-                    }
+                    audio = l.sync.take(&l.feed.audio, left, audio_len);
                     check_flow(l, now, &timing, &events);
                 }
                 let video = video.unwrap_or_else(|| {
@@ -322,6 +326,136 @@ impl Backlog {
     }
 }
 
+/// Keeps live sound level with the picture. A frame leaves the jitter
+/// buffer (`Backlog`) some ticks after it arrived, while audio goes out
+/// every tick: left alone, the sound would lead the picture by the
+/// buffer's depth. So the audio is held back by the frames' wait: each
+/// frame, as it leaves, measures how far the audio is from the audio that
+/// arrived with it (`AudioQueue::lead`), and the pump inserts silence
+/// (audio ahead) or drops audio (behind) to close the difference.
+///
+/// Each change is a short gap or jump in the sound, so it is made rarely:
+/// once when a run of frames starts (before the feed can go on air), then
+/// only when the lead, the median over a second of frames, is off by more
+/// than half a frame, or together with frames the jitter buffer skips.
+/// A depth that wobbles by a frame now and then moves nothing.
+struct AudioSync {
+    /// Frames measured before the first correction, and per window after.
+    first: u32,
+    window: u32,
+    /// Past the first window of this run of frames.
+    settled: bool,
+    /// The jitter buffer skipped frames: correct at the next frame.
+    now: bool,
+    /// This window's leads, in bytes.
+    leads: Vec<i64>,
+    /// Largest lead (median of a window) left alone, in bytes.
+    threshold: i64,
+    /// Silence still to go out in place of live audio, in bytes.
+    silence_due: usize,
+    bytes_per_ms: f64,
+    /// Corrections made so far (for the log).
+    changes: u64,
+}
+
+/// Frames measured when a run of frames starts: fewer than the pre-roll,
+/// so the first correction is made before the feed goes on air.
+const SYNC_FIRST_FRAMES: u32 = BACKLOG_FRAMES / 2;
+
+impl AudioSync {
+    fn new(format: &RawFormat) -> AudioSync {
+        let per_frame = (format.sample_rate / format.fps.max(1)) as usize;
+        AudioSync {
+            first: SYNC_FIRST_FRAMES,
+            window: format.fps.max(1),
+            settled: false,
+            now: false,
+            leads: Vec::with_capacity(format.fps.max(1) as usize),
+            threshold: (per_frame / 2 * AUDIO_BYTES_PER_SAMPLE) as i64,
+            silence_due: 0,
+            changes: 0,
+            bytes_per_ms: (format.sample_rate as usize * AUDIO_BYTES_PER_SAMPLE) as f64 / 1000.0,
+        }
+    }
+
+    /// A new run of frames: measure afresh and correct at once.
+    fn restart(&mut self) {
+        self.settled = false;
+        self.leads.clear();
+    }
+
+    fn skipped(&mut self) {
+        self.now = true;
+    }
+
+    /// This tick's live audio, up to `len` bytes; `left` is the audio mark
+    /// of the frame leaving the jitter buffer on this tick, if one does.
+    fn take(&mut self, queue: &AudioQueue, left: Option<u64>, len: usize) -> Option<Bytes> {
+        if let Some(mark) = left {
+            self.observe(queue, queue.lead(mark, len) - self.silence_due as i64);
+        }
+        let hold = self.silence_due.min(len);
+        self.silence_due -= hold;
+        let audio = queue.take(len - hold);
+        if hold == 0 {
+            return (!audio.is_empty()).then_some(audio);
+        }
+        let mut v = Vec::with_capacity(len);
+        v.resize(hold, 0);
+        v.extend_from_slice(&audio);
+        Some(v.into())
+    }
+
+    fn observe(&mut self, queue: &AudioQueue, lead: i64) {
+        if std::mem::take(&mut self.now) {
+            self.leads.clear();
+            if lead < -self.threshold {
+                self.correct(queue, lead, "frames skipped");
+            }
+            return;
+        }
+        self.leads.push(lead);
+        let n = if self.settled {
+            self.window
+        } else {
+            self.first
+        };
+        if self.leads.len() < n as usize {
+            return;
+        }
+        // The median: a frame that came late or early does not count.
+        self.leads.sort_unstable();
+        let median = self.leads[self.leads.len() / 2];
+        self.leads.clear();
+        let why = if std::mem::replace(&mut self.settled, true) {
+            if median.abs() <= self.threshold {
+                return;
+            }
+            "lasting"
+        } else {
+            "frames started"
+        };
+        self.correct(queue, median, why);
+    }
+
+    fn correct(&mut self, queue: &AudioQueue, lead: i64, why: &'static str) {
+        let bytes =
+            (lead.unsigned_abs() as usize / AUDIO_BYTES_PER_SAMPLE) * AUDIO_BYTES_PER_SAMPLE;
+        if lead > 0 {
+            self.silence_due += bytes;
+        } else {
+            queue.skip(bytes);
+        }
+        self.changes += 1;
+        debug!(
+            lead_ms = lead as f64 / self.bytes_per_ms,
+            changes = self.changes,
+            why,
+            "live audio realigned"
+        );
+    }
+}
+
 /// Sends `Ready` after the pre-roll and `Stopped` after the gap.
 fn check_flow(l: &mut LiveState, now: Instant, timing: &Timing, events: &mpsc::Sender<Event>) {
     let session = l.feed.session;
@@ -375,6 +509,124 @@ mod tests {
         // Two frames waiting at every tick for a second: one goes.
         let skipped: usize = (0..30).map(|_| b.frames_to_skip(2, 3)).sum();
         assert_eq!(skipped, 1);
+    }
+
+    /// A live feed whose audio arrives one tick's worth per tick, and whose
+    /// frames arrive as told and wait their turn in the jitter buffer.
+    struct Sim {
+        audio: AudioQueue,
+        sync: AudioSync,
+        /// Waiting frames: the tick each arrived on, and its audio mark.
+        frames: VecDeque<(u64, u64)>,
+        tick: u64,
+        len: usize,
+    }
+
+    fn tag(tick: u64) -> u8 {
+        (tick % 200) as u8 + 1
+    }
+
+    impl Sim {
+        fn new() -> Sim {
+            let format = RawFormat {
+                width: 4,
+                height: 2,
+                fps: 30,
+                sample_rate: 48000,
+            };
+            Sim {
+                audio: AudioQueue::new(&format),
+                sync: AudioSync::new(&format),
+                frames: VecDeque::new(),
+                tick: 0,
+                len: 1600 * AUDIO_BYTES_PER_SAMPLE,
+            }
+        }
+
+        /// One tick: `arrivals` frames arrive, the oldest leaves. Whether
+        /// the sound that went out with it is the audio that arrived with
+        /// it, if one left.
+        fn tick(&mut self, arrivals: usize) -> Option<bool> {
+            self.audio.push(&vec![tag(self.tick); self.len]);
+            for _ in 0..arrivals {
+                self.frames.push_back((self.tick, self.audio.mark()));
+            }
+            let left = self.frames.pop_front();
+            let out = self.sync.take(&self.audio, left.map(|f| f.1), self.len);
+            let out = pad_audio(out, self.len, &Bytes::from(vec![0u8; self.len]));
+            self.tick += 1;
+            left.map(|(arrived, _)| out.iter().all(|&b| b == tag(arrived)))
+        }
+
+        /// Runs `ticks` ticks of one arrival each; whether every frame
+        /// left with its own sound.
+        fn steady(&mut self, ticks: usize) -> bool {
+            (0..ticks).all(|_| self.tick(1) == Some(true))
+        }
+    }
+
+    #[test]
+    fn audio_waits_as_long_as_the_frames() {
+        for depth in 0..=3 {
+            let mut sim = Sim::new();
+            // A burst fills the buffer, then frames leave `depth` ticks
+            // after they arrived.
+            sim.tick(depth + 1);
+            for _ in 0..60 {
+                sim.tick(1);
+            }
+            assert_eq!(sim.frames.len(), depth);
+            assert!(sim.steady(120), "depth {depth}: sound not with its frame");
+        }
+    }
+
+    #[test]
+    fn the_audio_moves_only_for_a_lasting_change_of_depth() {
+        let mut sim = Sim::new();
+        sim.tick(2);
+        for _ in 0..30 {
+            sim.tick(1);
+        }
+        assert!(sim.steady(60));
+        let settled = sim.sync.changes;
+        // Now and then a frame arrives a tick late, with the next one: the
+        // buffer runs dry for a tick, then refills. The sound stays put.
+        for _ in 0..20 {
+            sim.tick(0);
+            sim.tick(2);
+            for _ in 0..8 {
+                sim.tick(1);
+            }
+        }
+        assert_eq!(sim.sync.changes, settled, "the sound moved with jitter");
+        assert!(sim.steady(60));
+        // A burst that stays: the frames now wait a tick longer, and so,
+        // after a while, does their sound, in one step.
+        sim.tick(2);
+        for _ in 0..90 {
+            sim.tick(1);
+        }
+        assert_eq!(sim.sync.changes, settled + 1);
+        assert!(sim.steady(60));
+    }
+
+    #[test]
+    fn the_audio_jumps_with_frames_the_buffer_skips() {
+        let mut sim = Sim::new();
+        sim.tick(3);
+        for _ in 0..60 {
+            sim.tick(1);
+        }
+        assert!(sim.steady(30));
+        let settled = sim.sync.changes;
+        // The jitter buffer is cut to its newest frame: the sound skips
+        // the same stretch as the picture, on the same tick.
+        sim.tick(1);
+        let waiting = sim.frames.len();
+        sim.frames.drain(..waiting - 1);
+        sim.sync.skipped();
+        assert!(sim.steady(60));
+        assert_eq!(sim.sync.changes, settled + 1);
     }
 
     #[test]
