@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use crate::child::{self, Running, Spec};
 use crate::config::Config;
 use crate::ffmpeg::{self, RawFormat, AUDIO_BYTES_PER_SAMPLE};
+use crate::frames::FramePool;
 
 const VIDEO_FD: RawFd = 3;
 const AUDIO_FD: RawFd = 4;
@@ -169,6 +170,7 @@ pub fn spawn(
     expect: Expect,
     session: u64,
     ffmpeg_bin: &Path,
+    frames: &FramePool,
 ) -> std::io::Result<Started> {
     let format = RawFormat::of(config);
     let video = child::read_pipe()?;
@@ -190,12 +192,7 @@ pub fn spawn(
     })?;
     let (tx, rx) = mpsc::channel(VIDEO_QUEUE);
     let queue = Arc::new(AudioQueue::new(&format));
-    tokio::spawn(read_video(
-        video.ours,
-        format.frame_bytes(),
-        tx,
-        queue.clone(),
-    ));
+    tokio::spawn(read_video(video.ours, frames.clone(), tx, queue.clone()));
     if let Some(audio) = audio {
         tokio::spawn(read_audio(audio, queue.clone()));
     }
@@ -210,24 +207,36 @@ pub fn spawn(
 }
 
 async fn read_video(
-    mut pipe: tokio::net::unix::pipe::Receiver,
-    frame_bytes: usize,
+    pipe: tokio::net::unix::pipe::Receiver,
+    frames: FramePool,
     tx: mpsc::Sender<(Bytes, u64)>,
     audio: Arc<AudioQueue>,
 ) {
     loop {
-        // read_buf fills spare capacity: no zeroing of 1.4 MB (720p) per frame.
-        let mut frame = BytesMut::with_capacity(frame_bytes);
-        while frame.len() < frame_bytes {
-            let mut limited = (&mut pipe).take((frame_bytes - frame.len()) as u64);
-            match limited.read_buf(&mut frame).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-        if tx.send((frame.freeze(), audio.mark())).await.is_err() {
+        // A place in the queue first, then the frame's first bytes, then a
+        // buffer: while the pump's queue is full or FFmpeg is decoding, the
+        // next frame waits in the pipe or is not there yet, not in our memory.
+        let Ok(permit) = tx.reserve().await else {
+            return;
+        };
+        if pipe.readable().await.is_err() {
             return;
         }
+        let Ok(mut frame) = frames.take() else {
+            return;
+        };
+        while !frame.spare().is_empty() {
+            if pipe.readable().await.is_err() {
+                return;
+            }
+            match pipe.try_read(frame.spare()) {
+                Ok(0) => return,
+                Ok(n) => frame.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+        permit.send((frames.share(frame), audio.mark()));
     }
 }
 
