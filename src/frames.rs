@@ -119,6 +119,10 @@ impl FrameBuf {
                 MapFlags::MAP_PRIVATE,
             )
         }?;
+        // Huge pages where the mapping allows: fewer page faults when it is
+        // new, and vmsplice pins a frame's pages in far fewer steps.
+        // SAFETY: advice on our own mapping.
+        let _ = unsafe { mman::madvise(ptr, length.get(), mman::MmapAdvise::MADV_HUGEPAGE) };
         Ok(FrameBuf {
             ptr: ptr.cast(),
             cap: length.get(),

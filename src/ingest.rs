@@ -11,6 +11,7 @@
 use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
@@ -28,6 +29,16 @@ const AUDIO_FD: RawFd = 4;
 /// unevenly, few because each one is latency on air. When it is full the
 /// pump skips to the newest, and meanwhile the ingest waits.
 const VIDEO_QUEUE: usize = 3;
+
+/// A read of a frame's video shorter than this, with more of the frame to
+/// come, waits `COALESCE_WAIT` before the next. FFmpeg writes each frame in
+/// one write (3 MB at 1080p) into a 1 MB pipe; read as soon as it can be,
+/// the frame came out in about 25 small reads while the reader spun on the
+/// pipe's lock against the writer. Waiting lets the pipe fill: 3–5 reads a
+/// frame, a few ms later. The ingest is meanwhile blocked in that write, so
+/// no audio arrives and the frame's audio mark does not move.
+const COALESCE_BYTES: usize = 256 * 1024;
+const COALESCE_WAIT: Duration = Duration::from_millis(1);
 
 /// Live audio kept ahead of the pump, in frames' worth (the video queue and
 /// one more); older audio is dropped so sound stays level with the picture.
@@ -231,7 +242,12 @@ async fn read_video(
             }
             match pipe.try_read(frame.spare()) {
                 Ok(0) => return,
-                Ok(n) => frame.advance(n),
+                Ok(n) => {
+                    frame.advance(n);
+                    if n < COALESCE_BYTES && !frame.spare().is_empty() {
+                        tokio::time::sleep(COALESCE_WAIT).await;
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return,
             }
