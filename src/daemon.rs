@@ -41,6 +41,7 @@ use crate::api::{self, Call, LastSwitch, Mode, Reply, Request, StateName};
 use crate::config::Config;
 use crate::control::{Input, Switch};
 use crate::ffmpeg::RawFormat;
+use crate::frames::{self, FramePool};
 use crate::ingest::{self, Expect};
 use crate::metrics;
 use crate::notify;
@@ -342,6 +343,7 @@ pub async fn run(
         restart_output: restart_tx,
         pump: pump_tx,
         pump_stats,
+        frames: FramePool::new(format.frame_bytes(), frames::KEEP),
         poll_now,
         ingest: None,
         stopping: Vec::new(),
@@ -430,6 +432,8 @@ struct Daemon {
     restart_output: mpsc::Sender<()>,
     pump: mpsc::Sender<pump::Command>,
     pump_stats: Arc<pump::Stats>,
+    /// Live frames' buffers, reused by every ingest of this pipeline.
+    frames: FramePool,
     poll_now: Arc<Notify>,
     ingest: Option<IngestHandle>,
     /// Ingests told to stop and not yet gone.
@@ -1135,7 +1139,13 @@ impl Daemon {
         };
         let session = self.next_session;
         self.next_session += 1;
-        let started = match ingest::spawn(&self.config, expect, session, &self.options.ffmpeg) {
+        let started = match ingest::spawn(
+            &self.config,
+            expect,
+            session,
+            &self.options.ffmpeg,
+            &self.frames,
+        ) {
             Ok(s) => s,
             Err(err) => {
                 let delay = self.ingest_backoff.next(Duration::ZERO);

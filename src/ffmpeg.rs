@@ -50,12 +50,25 @@ impl RawFormat {
         w * h + 2 * (w.div_ceil(2) * h.div_ceil(2))
     }
 
-    /// A black yuv420p frame (Y = 16, U = V = 128: video range black).
+    /// A black yuv420p frame (Y = 16, U = V = 128: video range black), in
+    /// its own mapping, so its memory goes back to the system when dropped.
     pub fn black_frame(&self) -> bytes::Bytes {
         let luma = (self.width * self.height) as usize;
-        let mut frame = vec![128u8; self.frame_bytes()];
-        frame[..luma].fill(16);
-        frame.into()
+        let len = self.frame_bytes();
+        match crate::frames::FrameBuf::new(len) {
+            Ok(mut frame) => {
+                let room = frame.spare();
+                room[..luma].fill(16);
+                room[luma..].fill(128);
+                frame.advance(len);
+                bytes::Bytes::from_owner(frame)
+            }
+            Err(_) => {
+                let mut frame = vec![128u8; len];
+                frame[..luma].fill(16);
+                frame.into()
+            }
+        }
     }
 
     pub fn video_size(&self) -> String {

@@ -11,6 +11,7 @@
 use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
@@ -19,6 +20,7 @@ use tokio::sync::mpsc;
 use crate::child::{self, Running, Spec};
 use crate::config::Config;
 use crate::ffmpeg::{self, RawFormat, AUDIO_BYTES_PER_SAMPLE};
+use crate::frames::FramePool;
 
 const VIDEO_FD: RawFd = 3;
 const AUDIO_FD: RawFd = 4;
@@ -27,6 +29,16 @@ const AUDIO_FD: RawFd = 4;
 /// unevenly, few because each one is latency on air. When it is full the
 /// pump skips to the newest, and meanwhile the ingest waits.
 const VIDEO_QUEUE: usize = 3;
+
+/// A read of a frame's video shorter than this, with more of the frame to
+/// come, waits `COALESCE_WAIT` before the next. FFmpeg writes each frame in
+/// one write (3 MB at 1080p) into a 1 MB pipe; read as soon as it can be,
+/// the frame came out in about 25 small reads while the reader spun on the
+/// pipe's lock against the writer. Waiting lets the pipe fill: 3–5 reads a
+/// frame, a few ms later. The ingest is meanwhile blocked in that write, so
+/// no audio arrives and the frame's audio mark does not move.
+const COALESCE_BYTES: usize = 256 * 1024;
+const COALESCE_WAIT: Duration = Duration::from_millis(1);
 
 /// Live audio kept ahead of the pump, in frames' worth (the video queue and
 /// one more); older audio is dropped so sound stays level with the picture.
@@ -173,6 +185,7 @@ pub fn spawn(
     expect: Expect,
     session: u64,
     ffmpeg_bin: &Path,
+    frames: &FramePool,
 ) -> std::io::Result<Started> {
     let format = RawFormat::of(config);
     let video = child::read_pipe()?;
@@ -194,12 +207,7 @@ pub fn spawn(
     })?;
     let (tx, rx) = mpsc::channel(VIDEO_QUEUE);
     let queue = Arc::new(AudioQueue::new(&format));
-    tokio::spawn(read_video(
-        video.ours,
-        format.frame_bytes(),
-        tx,
-        queue.clone(),
-    ));
+    tokio::spawn(read_video(video.ours, frames.clone(), tx, queue.clone()));
     if let Some(audio) = audio {
         tokio::spawn(read_audio(audio, queue.clone()));
     }
@@ -214,24 +222,41 @@ pub fn spawn(
 }
 
 async fn read_video(
-    mut pipe: tokio::net::unix::pipe::Receiver,
-    frame_bytes: usize,
+    pipe: tokio::net::unix::pipe::Receiver,
+    frames: FramePool,
     tx: mpsc::Sender<(Bytes, u64)>,
     audio: Arc<AudioQueue>,
 ) {
     loop {
-        // read_buf fills spare capacity: no zeroing of 1.4 MB (720p) per frame.
-        let mut frame = BytesMut::with_capacity(frame_bytes);
-        while frame.len() < frame_bytes {
-            let mut limited = (&mut pipe).take((frame_bytes - frame.len()) as u64);
-            match limited.read_buf(&mut frame).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-        if tx.send((frame.freeze(), audio.mark())).await.is_err() {
+        // A place in the queue first, then the frame's first bytes, then a
+        // buffer: while the pump's queue is full or FFmpeg is decoding, the
+        // next frame waits in the pipe or is not there yet, not in our memory.
+        let Ok(permit) = tx.reserve().await else {
+            return;
+        };
+        if pipe.readable().await.is_err() {
             return;
         }
+        let Ok(mut frame) = frames.take() else {
+            return;
+        };
+        while !frame.spare().is_empty() {
+            if pipe.readable().await.is_err() {
+                return;
+            }
+            match pipe.try_read(frame.spare()) {
+                Ok(0) => return,
+                Ok(n) => {
+                    frame.advance(n);
+                    if n < COALESCE_BYTES && !frame.spare().is_empty() {
+                        tokio::time::sleep(COALESCE_WAIT).await;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+        permit.send((frames.share(frame), audio.mark()));
     }
 }
 

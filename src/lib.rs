@@ -21,6 +21,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod ffmpeg;
+pub mod frames;
 pub mod http;
 pub mod ingest;
 pub mod instance;

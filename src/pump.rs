@@ -15,6 +15,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,14 +78,17 @@ impl OutputPipes {
 ///
 /// The pipe reads our memory when FFmpeg reads the frame, so a frame must
 /// stay alive and unchanged until then. `Bytes` are immutable, and we keep
-/// the newest frames that together still cover the pipe's capacity: older
-/// bytes cannot be in the pipe any more.
+/// the newest frames that together still cover what is unread in the pipe
+/// (FIONREAD; the pipe's capacity if it cannot say): older bytes have been
+/// read. Asking, rather than assuming a full pipe, lets a frame go as soon
+/// as FFmpeg has read it, one frame's memory less when it keeps up.
 async fn splice_frames(pipe: pipe::Sender, mut rx: mpsc::Receiver<Bytes>) {
     let capacity = nix::fcntl::fcntl(&pipe, nix::fcntl::FcntlArg::F_GETPIPE_SZ)
         .map_or(PIPE_FALLBACK_CAPACITY, |c| c.max(0) as usize);
     let mut in_flight: VecDeque<Bytes> = VecDeque::new();
     let mut held = 0usize;
     while let Some(frame) = rx.recv().await {
+        release_read(&pipe, capacity, &mut in_flight, &mut held);
         let mut offset = 0;
         while offset < frame.len() {
             if pipe.writable().await.is_err() {
@@ -104,13 +108,29 @@ async fn splice_frames(pipe: pipe::Sender, mut rx: mpsc::Receiver<Bytes>) {
         }
         held += frame.len();
         in_flight.push_back(frame);
-        while in_flight
-            .front()
-            .is_some_and(|f| held - f.len() >= capacity)
-        {
-            held -= in_flight.pop_front().map_or(0, |f| f.len());
-        }
+        release_read(&pipe, capacity, &mut in_flight, &mut held);
     }
+}
+
+/// Drops the oldest frames whose bytes FFmpeg has read from the pipe.
+fn release_read(
+    pipe: &pipe::Sender,
+    capacity: usize,
+    frames: &mut VecDeque<Bytes>,
+    held: &mut usize,
+) {
+    let unread = unread_bytes(pipe).unwrap_or(capacity);
+    while frames.front().is_some_and(|f| *held - f.len() >= unread) {
+        *held -= frames.pop_front().map_or(0, |f| f.len());
+    }
+}
+
+/// Bytes written to the pipe and not yet read.
+fn unread_bytes(pipe: &pipe::Sender) -> Option<usize> {
+    let mut n: nix::libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through a valid pointer.
+    let r = unsafe { nix::libc::ioctl(pipe.as_raw_fd(), nix::libc::FIONREAD, &mut n) };
+    (r == 0 && n >= 0).then_some(n as usize)
 }
 
 /// Assumed pipe capacity if the kernel does not say (Linux's maximum for
@@ -204,7 +224,9 @@ pub async fn run(
     // Catch up after a late wake-up: the raw inputs' timestamps are frame
     // counts, so the count must follow the wall clock.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    let black = format.black_frame();
+    // Made only while needed (until the first live frame, and after a
+    // feed ends): 3 MB at 1080p.
+    let mut black: Option<Bytes> = None;
     let mut samples = SampleClock::new(&format);
     let silence = Bytes::from(vec![
         0u8;
@@ -265,6 +287,7 @@ pub async fn run(
                         }
                         l.last_frame_at = Some(now);
                         last_frame = Some(frame.clone());
+                        black = None;
                         video = Some(frame);
                         stats.live_frames.fetch_add(1, Ordering::Relaxed);
                     }
@@ -273,7 +296,9 @@ pub async fn run(
                 }
                 let video = video.unwrap_or_else(|| {
                     stats.filler_frames.fetch_add(1, Ordering::Relaxed);
-                    last_frame.clone().unwrap_or_else(|| black.clone())
+                    last_frame
+                        .clone()
+                        .unwrap_or_else(|| black.get_or_insert_with(|| format.black_frame()).clone())
                 });
                 let audio = pad_audio(audio, audio_len, &silence);
                 if let Some(pipes) = output.as_ref() {
@@ -627,6 +652,32 @@ mod tests {
         sim.sync.skipped();
         assert!(sim.steady(60));
         assert_eq!(sim.sync.changes, settled + 1);
+    }
+
+    #[tokio::test]
+    async fn frames_stay_until_ffmpeg_has_read_them() {
+        use std::io::{Read, Write};
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut reader = std::fs::File::from(read);
+        let mut writer = std::fs::File::from(write.try_clone().unwrap());
+        let pipe = pipe::Sender::from_owned_fd(write).unwrap();
+        let mut frames: VecDeque<Bytes> = (0..3).map(|i| Bytes::from(vec![i; 100])).collect();
+        let mut held = 300;
+        for f in &frames {
+            writer.write_all(f).unwrap();
+        }
+        // All 300 bytes unread: every frame may still be in the pipe.
+        release_read(&pipe, 1 << 20, &mut frames, &mut held);
+        assert_eq!(frames.len(), 3);
+        // 150 read: the first frame is out of the pipe, the second is not.
+        reader.read_exact(&mut [0u8; 150]).unwrap();
+        release_read(&pipe, 1 << 20, &mut frames, &mut held);
+        assert_eq!((frames.len(), held), (2, 200));
+        assert_eq!(frames[0][0], 1);
+        reader.read_exact(&mut [0u8; 150]).unwrap();
+        release_read(&pipe, 1 << 20, &mut frames, &mut held);
+        assert!(frames.is_empty());
+        assert_eq!(held, 0);
     }
 
     #[test]
