@@ -229,6 +229,7 @@ pub async fn run(
 
     let (pump_tx, pump_rx) = mpsc::channel(8);
     let (pump_ev_tx, pump_ev_rx) = mpsc::channel(32);
+    let frames = FramePool::new(format.frame_bytes(), frames::KEEP, frames::CAP);
     let pump_task = tokio::spawn(
         pump::run(
             format,
@@ -239,6 +240,7 @@ pub async fn run(
             pump_rx,
             pump_ev_tx,
             pump_stats.clone(),
+            frames.clone(),
         )
         .instrument(tracing::info_span!("pump")),
     );
@@ -343,7 +345,7 @@ pub async fn run(
         restart_output: restart_tx,
         pump: pump_tx,
         pump_stats,
-        frames: FramePool::new(format.frame_bytes(), frames::KEEP),
+        frames,
         poll_now,
         ingest: None,
         stopping: Vec::new(),

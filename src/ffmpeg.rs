@@ -51,16 +51,25 @@ impl RawFormat {
     }
 
     /// A black yuv420p frame (Y = 16, U = V = 128: video range black), in
-    /// its own mapping, so its memory goes back to the system when dropped.
-    pub fn black_frame(&self) -> bytes::Bytes {
+    /// a buffer of `pool` (so it counts against its ceiling), or, should the
+    /// pool be at its ceiling, in its own mapping; either way its memory goes
+    /// back when it is dropped.
+    pub fn black_frame(&self, pool: &crate::frames::FramePool) -> bytes::Bytes {
         let luma = (self.width * self.height) as usize;
         let len = self.frame_bytes();
+        let fill = |frame: &mut crate::frames::FrameBuf| {
+            let room = frame.spare();
+            room[..luma].fill(16);
+            room[luma..len].fill(128);
+            frame.advance(len);
+        };
+        if let Ok(Some(mut frame)) = pool.try_take() {
+            fill(&mut frame);
+            return pool.share(frame);
+        }
         match crate::frames::FrameBuf::new(len) {
             Ok(mut frame) => {
-                let room = frame.spare();
-                room[..luma].fill(16);
-                room[luma..].fill(128);
-                frame.advance(len);
+                fill(&mut frame);
                 bytes::Bytes::from_owner(frame)
             }
             Err(_) => {
@@ -171,6 +180,11 @@ mod tests {
             sample_rate: 48000,
         };
         assert_eq!(f.frame_bytes(), 1280 * 720 * 3 / 2);
-        assert_eq!(f.black_frame().len(), f.frame_bytes());
+        let pool = crate::frames::FramePool::new(f.frame_bytes(), 1, 1);
+        let black = f.black_frame(&pool);
+        assert_eq!(black.len(), f.frame_bytes());
+        assert_eq!(pool.mapped(), 1);
+        // At the pool's ceiling it still gets a frame, of its own.
+        assert_eq!(f.black_frame(&pool).len(), f.frame_bytes());
     }
 }

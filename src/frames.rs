@@ -7,6 +7,13 @@
 //! when the last reference to a frame is dropped its buffer goes back to a
 //! small pool, and the next frame is read into it. Buffers beyond what the
 //! pool keeps are unmapped, so a burst's memory goes back to the system.
+//!
+//! A pool also has a ceiling ([`CAP`]): when every buffer it may map is in
+//! use, the next frame waits in the ingest's pipe until one comes back,
+//! instead of in our memory. The pump takes a frame off the ingest's queue
+//! at every tick, and the output reads one per tick, so a buffer always
+//! comes back within a tick or two; at 1080p the ceiling is what keeps the
+//! daemon within its memory budget when frames arrive in a burst.
 
 use std::io;
 use std::num::NonZeroUsize;
@@ -23,6 +30,11 @@ use nix::sys::mman::{self, MapFlags, ProtFlags};
 /// pipe); keeping a few more lets that number swing without unmapping and
 /// mapping again, while the memory of a rarer burst goes back.
 pub const KEEP: usize = 3;
+/// Buffers a pool maps at most, in use or free: the frame being read, two
+/// queued for the pump (the jitter buffer), the one being moved into the
+/// output's pipe, and the one before it. The black filler frame comes from
+/// the pool too.
+pub const CAP: usize = 5;
 
 /// Buffers of one frame size, shared by everything that reads frames in
 /// one pipeline. Cloning gives another handle to the same pool.
@@ -34,19 +46,40 @@ pub struct FramePool {
 struct Inner {
     frame_bytes: usize,
     keep: usize,
-    free: Mutex<Vec<FrameBuf>>,
+    cap: usize,
+    free: Mutex<Vec<Mapping>>,
+    /// Signalled whenever a buffer comes back.
+    returned: tokio::sync::Notify,
     /// Buffers now mapped (in use or free), and ever mapped.
     mapped: AtomicUsize,
     ever: AtomicU64,
 }
 
+impl Inner {
+    /// A buffer is no longer used: keep it for the next frame, or unmap it.
+    fn give_back(&self, mem: Mapping) {
+        let mut free = self.free.lock().unwrap();
+        if free.len() < self.keep {
+            free.push(mem);
+            drop(free);
+        } else {
+            drop(free);
+            drop(mem);
+            self.mapped.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.returned.notify_one();
+    }
+}
+
 impl FramePool {
-    pub fn new(frame_bytes: usize, keep: usize) -> FramePool {
+    pub fn new(frame_bytes: usize, keep: usize, cap: usize) -> FramePool {
         FramePool {
             inner: Arc::new(Inner {
                 frame_bytes,
-                keep,
+                keep: keep.min(cap),
+                cap: cap.max(1),
                 free: Mutex::new(Vec::new()),
+                returned: tokio::sync::Notify::new(),
                 mapped: AtomicUsize::new(0),
                 ever: AtomicU64::new(0),
             }),
@@ -57,25 +90,62 @@ impl FramePool {
         self.inner.frame_bytes
     }
 
-    /// An empty buffer with room for one frame: a free one if there is one.
-    pub fn take(&self) -> io::Result<FrameBuf> {
-        if let Some(mut buf) = self.inner.free.lock().unwrap().pop() {
-            buf.len = 0;
-            return Ok(buf);
+    /// An empty buffer with room for one frame: a free one if there is one,
+    /// else a new one; waits while the pool is at its ceiling. However the
+    /// buffer ends (shared and dropped, or dropped unfilled), it comes back.
+    pub async fn take(&self) -> io::Result<FrameBuf> {
+        loop {
+            let returned = self.inner.returned.notified();
+            tokio::pin!(returned);
+            // Registered before looking, so a buffer that comes back in
+            // between is not missed.
+            returned.as_mut().enable();
+            if let Some(buf) = self.try_take()? {
+                return Ok(buf);
+            }
+            returned.await;
         }
-        let buf = FrameBuf::new(self.inner.frame_bytes)?;
-        self.inner.mapped.fetch_add(1, Ordering::Relaxed);
-        self.inner.ever.fetch_add(1, Ordering::Relaxed);
-        Ok(buf)
     }
 
-    /// Shares a filled buffer; it comes back to the pool when the last
+    /// [`take`](Self::take) without waiting: `None` at the ceiling.
+    pub fn try_take(&self) -> io::Result<Option<FrameBuf>> {
+        let inner = &self.inner;
+        let reused = inner.free.lock().unwrap().pop();
+        let mem = match reused {
+            Some(mem) => mem,
+            None => {
+                if inner
+                    .mapped
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| {
+                        (m < inner.cap).then_some(m + 1)
+                    })
+                    .is_err()
+                {
+                    return Ok(None);
+                }
+                match Mapping::new(inner.frame_bytes) {
+                    Ok(mem) => {
+                        inner.ever.fetch_add(1, Ordering::Relaxed);
+                        mem
+                    }
+                    Err(e) => {
+                        inner.mapped.fetch_sub(1, Ordering::AcqRel);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        Ok(Some(FrameBuf {
+            mem: Some(mem),
+            len: 0,
+            pool: Some(inner.clone()),
+        }))
+    }
+
+    /// Shares a filled buffer; it comes back to its pool when the last
     /// clone of the returned `Bytes` is dropped.
     pub fn share(&self, buf: FrameBuf) -> Bytes {
-        Bytes::from_owner(Pooled {
-            buf: Some(buf),
-            pool: self.inner.clone(),
-        })
+        Bytes::from_owner(buf)
     }
 
     /// Buffers mapped now, in use or free.
@@ -94,21 +164,19 @@ impl FramePool {
     }
 }
 
-/// One frame's memory: an anonymous private mapping, so it is zeroed when
-/// new (always initialised) and returned to the system when dropped.
-pub struct FrameBuf {
+/// An anonymous private mapping: zeroed when new (so always initialised),
+/// returned to the system when dropped.
+struct Mapping {
     ptr: NonNull<u8>,
     cap: usize,
-    len: usize,
 }
 
-// SAFETY: FrameBuf owns its mapping exclusively, like a Vec<u8>.
-unsafe impl Send for FrameBuf {}
-unsafe impl Sync for FrameBuf {}
+// SAFETY: a Mapping owns its memory exclusively, like a Vec<u8>.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
 
-impl FrameBuf {
-    /// A new mapping of `cap` bytes, zeroed, none of them filled yet.
-    pub fn new(cap: usize) -> io::Result<FrameBuf> {
+impl Mapping {
+    fn new(cap: usize) -> io::Result<Mapping> {
         let length = NonZeroUsize::new(cap.max(1)).expect("not zero");
         // SAFETY: a fresh anonymous mapping, aliasing nothing.
         let ptr = unsafe {
@@ -123,11 +191,41 @@ impl FrameBuf {
         // new, and vmsplice pins a frame's pages in far fewer steps.
         // SAFETY: advice on our own mapping.
         let _ = unsafe { mman::madvise(ptr, length.get(), mman::MmapAdvise::MADV_HUGEPAGE) };
-        Ok(FrameBuf {
+        Ok(Mapping {
             ptr: ptr.cast(),
             cap: length.get(),
-            len: 0,
         })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, no longer referenced.
+        let _ = unsafe { mman::munmap(self.ptr.cast(), self.cap) };
+    }
+}
+
+/// One frame's memory, filled from the start: from a pool (and back to it
+/// when dropped), or a mapping of its own.
+pub struct FrameBuf {
+    /// Always `Some` until dropped.
+    mem: Option<Mapping>,
+    len: usize,
+    pool: Option<Arc<Inner>>,
+}
+
+impl FrameBuf {
+    /// A buffer of `cap` bytes outside any pool, none of them filled yet.
+    pub fn new(cap: usize) -> io::Result<FrameBuf> {
+        Ok(FrameBuf {
+            mem: Some(Mapping::new(cap)?),
+            len: 0,
+            pool: None,
+        })
+    }
+
+    fn mem(&self) -> &Mapping {
+        self.mem.as_ref().expect("mapped until dropped")
     }
 
     /// Bytes filled so far.
@@ -141,58 +239,31 @@ impl FrameBuf {
 
     /// The room not yet filled, to read into.
     pub fn spare(&mut self) -> &mut [u8] {
+        let Mapping { ptr, cap } = *self.mem();
         // SAFETY: the mapping is `cap` bytes, initialised (zeroed when
         // mapped), and borrowed mutably through `self`.
-        unsafe {
-            std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(self.len), self.cap - self.len)
-        }
+        unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr().add(self.len), cap - self.len) }
     }
 
     /// Marks `n` more bytes of the spare room as filled.
     pub fn advance(&mut self, n: usize) {
-        self.len = (self.len + n).min(self.cap);
+        self.len = (self.len + n).min(self.mem().cap);
     }
 }
 
 impl AsRef<[u8]> for FrameBuf {
     fn as_ref(&self) -> &[u8] {
         // SAFETY: the first `len` bytes of the mapping, initialised.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts(self.mem().ptr.as_ptr(), self.len) }
     }
 }
 
 impl Drop for FrameBuf {
     fn drop(&mut self) {
-        // SAFETY: our own mapping, no longer referenced.
-        let _ = unsafe { mman::munmap(self.ptr.cast(), self.cap) };
-    }
-}
-
-struct Pooled {
-    buf: Option<FrameBuf>,
-    pool: Arc<Inner>,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        self.buf.as_ref().map_or(&[], |b| b.as_ref())
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        let Some(buf) = self.buf.take() else {
-            return;
-        };
-        let pool = &self.pool;
-        let mut free = pool.free.lock().unwrap();
-        if free.len() < pool.keep {
-            free.push(buf);
-        } else {
-            drop(free);
-            pool.mapped.fetch_sub(1, Ordering::Relaxed);
-            drop(buf);
+        if let (Some(mem), Some(pool)) = (self.mem.take(), self.pool.take()) {
+            pool.give_back(mem);
         }
+        // Without a pool the mapping is unmapped as it drops.
     }
 }
 
@@ -201,7 +272,7 @@ mod tests {
     use super::*;
 
     fn filled(pool: &FramePool, byte: u8) -> Bytes {
-        let mut b = pool.take().unwrap();
+        let mut b = pool.try_take().unwrap().expect("below the ceiling");
         let n = b.spare().len();
         b.spare().fill(byte);
         b.advance(n);
@@ -210,7 +281,7 @@ mod tests {
 
     #[test]
     fn a_dropped_frame_is_reused() {
-        let pool = FramePool::new(16, 4);
+        let pool = FramePool::new(16, 4, 8);
         let frame = filled(&pool, 7);
         let ptr = frame.as_ptr();
         let copy = frame.clone();
@@ -220,7 +291,7 @@ mod tests {
         assert_eq!(&copy[..], &[7u8; 16]);
         drop(copy);
         assert_eq!(pool.free(), 1);
-        let mut again = pool.take().unwrap();
+        let mut again = pool.try_take().unwrap().unwrap();
         assert!(again.is_empty());
         assert_eq!(again.spare().as_ptr(), ptr);
         assert_eq!(pool.ever_mapped(), 1);
@@ -228,7 +299,7 @@ mod tests {
 
     #[test]
     fn only_a_few_free_buffers_are_kept() {
-        let pool = FramePool::new(8, 2);
+        let pool = FramePool::new(8, 2, 8);
         let frames: Vec<Bytes> = (0..5).map(|i| filled(&pool, i)).collect();
         assert_eq!(pool.mapped(), 5);
         assert_eq!(&frames[3][..], &[3u8; 8]);
@@ -239,8 +310,8 @@ mod tests {
 
     #[test]
     fn a_buffer_is_filled_in_parts() {
-        let pool = FramePool::new(6, 1);
-        let mut b = pool.take().unwrap();
+        let pool = FramePool::new(6, 1, 8);
+        let mut b = pool.try_take().unwrap().unwrap();
         b.spare()[..4].copy_from_slice(&[1, 2, 3, 4]);
         b.advance(4);
         assert_eq!(b.spare().len(), 2);
@@ -248,5 +319,41 @@ mod tests {
         b.advance(2);
         assert!(b.spare().is_empty());
         assert_eq!(&pool.share(b)[..], &[1, 2, 3, 4, 5, 6]);
+    }
+
+    #[tokio::test]
+    async fn at_the_ceiling_a_reader_waits_for_a_buffer_to_come_back() {
+        let pool = FramePool::new(8, 1, 2);
+        let a = filled(&pool, 1);
+        let b = filled(&pool, 2);
+        assert!(pool.try_take().unwrap().is_none(), "a third buffer");
+        let waiting = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.take().await.map(|mut buf| buf.spare().len()) }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "took a buffer beyond the ceiling");
+        drop(a);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken when a buffer came back")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, 8);
+        assert!(pool.mapped() <= 2);
+        drop(b);
+    }
+
+    #[test]
+    fn a_buffer_dropped_unfilled_comes_back_too() {
+        // An ingest that stops in the middle of a frame drops its buffer
+        // without sharing it; the pool must not lose the slot.
+        let pool = FramePool::new(8, 0, 1);
+        for _ in 0..3 {
+            let mut b = pool.try_take().unwrap().expect("the slot is back");
+            b.advance(3);
+            drop(b);
+        }
+        assert_eq!(pool.mapped(), 0);
     }
 }

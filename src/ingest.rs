@@ -237,7 +237,7 @@ async fn read_video(
         if pipe.readable().await.is_err() {
             return;
         }
-        let Ok(mut frame) = frames.take() else {
+        let Ok(mut frame) = frames.take().await else {
             return;
         };
         while !frame.spare().is_empty() {

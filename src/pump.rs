@@ -29,6 +29,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::debug;
 
 use crate::ffmpeg::{RawFormat, SampleClock, AUDIO_BYTES_PER_SAMPLE};
+use crate::frames::FramePool;
 use crate::ingest::{AudioQueue, LiveFeed};
 
 /// Ticks queued per pipe before ticks are dropped.
@@ -214,6 +215,7 @@ pub async fn run(
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
     stats: Arc<Stats>,
+    frames: FramePool,
 ) {
     let period = Duration::from_nanos(1_000_000_000 / format.fps as u64);
     let mut timing = Timing {
@@ -298,7 +300,7 @@ pub async fn run(
                     stats.filler_frames.fetch_add(1, Ordering::Relaxed);
                     last_frame
                         .clone()
-                        .unwrap_or_else(|| black.get_or_insert_with(|| format.black_frame()).clone())
+                        .unwrap_or_else(|| black.get_or_insert_with(|| format.black_frame(&frames)).clone())
                 });
                 let audio = pad_audio(audio, audio_len, &silence);
                 if let Some(pipes) = output.as_ref() {
