@@ -10,16 +10,21 @@
 //!
 //! A pool also has a ceiling ([`CAP`]): when every buffer it may map is in
 //! use, the next frame waits in the ingest's pipe until one comes back,
-//! instead of in our memory. The pump takes a frame off the ingest's queue
-//! at every tick, and the output reads one per tick, so a buffer always
-//! comes back within a tick or two; at 1080p the ceiling is what keeps the
-//! daemon within its memory budget when frames arrive in a burst.
+//! instead of in our memory. While the output keeps up, a buffer comes back
+//! within a tick or two: the pump takes a frame off the ingest's queue at
+//! every tick and the output reads one. At 1080p the ceiling is what keeps
+//! the daemon within its memory budget when frames arrive in a burst. When
+//! the output stops reading (a stalled destination), the frames queued for
+//! it hold buffers for as long as it hangs; then, after [`OVER_CAP_AFTER`],
+//! the reader gets a buffer beyond the ceiling, because live frames must
+//! keep arriving: the pump would otherwise take the feed for dead.
 
 use std::io;
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use nix::sys::mman::{self, MapFlags, ProtFlags};
@@ -35,6 +40,8 @@ pub const KEEP: usize = 3;
 /// output's pipe, and the one before it. The black filler frame comes from
 /// the pool too.
 pub const CAP: usize = 5;
+/// How long a reader waits at the ceiling before it maps beyond it.
+pub const OVER_CAP_AFTER: Duration = Duration::from_millis(100);
 
 /// Buffers of one frame size, shared by everything that reads frames in
 /// one pipeline. Cloning gives another handle to the same pool.
@@ -91,9 +98,11 @@ impl FramePool {
     }
 
     /// An empty buffer with room for one frame: a free one if there is one,
-    /// else a new one; waits while the pool is at its ceiling. However the
-    /// buffer ends (shared and dropped, or dropped unfilled), it comes back.
+    /// else a new one; at the ceiling, waits for one to come back, for up to
+    /// [`OVER_CAP_AFTER`]. However the buffer ends (shared and dropped, or
+    /// dropped unfilled), it comes back.
     pub async fn take(&self) -> io::Result<FrameBuf> {
+        let deadline = tokio::time::Instant::now() + OVER_CAP_AFTER;
         loop {
             let returned = self.inner.returned.notified();
             tokio::pin!(returned);
@@ -103,7 +112,9 @@ impl FramePool {
             if let Some(buf) = self.try_take()? {
                 return Ok(buf);
             }
-            returned.await;
+            if tokio::time::timeout_at(deadline, returned).await.is_err() {
+                return self.map_new();
+            }
         }
     }
 
@@ -135,11 +146,23 @@ impl FramePool {
                 }
             }
         };
-        Ok(Some(FrameBuf {
+        Ok(Some(self.wrap(mem)))
+    }
+
+    /// A new buffer, ceiling or not.
+    fn map_new(&self) -> io::Result<FrameBuf> {
+        let mem = Mapping::new(self.inner.frame_bytes)?;
+        self.inner.mapped.fetch_add(1, Ordering::AcqRel);
+        self.inner.ever.fetch_add(1, Ordering::Relaxed);
+        Ok(self.wrap(mem))
+    }
+
+    fn wrap(&self, mem: Mapping) -> FrameBuf {
+        FrameBuf {
             mem: Some(mem),
             len: 0,
-            pool: Some(inner.clone()),
-        }))
+            pool: Some(self.inner.clone()),
+        }
     }
 
     /// Shares a filled buffer; it comes back to its pool when the last
@@ -331,7 +354,7 @@ mod tests {
             let pool = pool.clone();
             async move { pool.take().await.map(|mut buf| buf.spare().len()) }
         });
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(OVER_CAP_AFTER / 4).await;
         assert!(!waiting.is_finished(), "took a buffer beyond the ceiling");
         drop(a);
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
@@ -355,5 +378,19 @@ mod tests {
             drop(b);
         }
         assert_eq!(pool.mapped(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reader_kept_waiting_too_long_gets_a_buffer_beyond_the_ceiling() {
+        let pool = FramePool::new(8, 1, 1);
+        let held = filled(&pool, 1);
+        let started = tokio::time::Instant::now();
+        let extra = pool.take().await.unwrap();
+        assert!(started.elapsed() >= OVER_CAP_AFTER);
+        assert_eq!(pool.mapped(), 2);
+        drop(extra);
+        drop(held);
+        // Back within the ceiling, keeping one.
+        assert_eq!((pool.mapped(), pool.free()), (1, 1));
     }
 }
