@@ -176,21 +176,27 @@ fn noise(n: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
+/// A valid RTMP handshake on `s`: C0 (version 3) + C1 (time, zero,
+/// random); S0 + S1 + S2 back; C2 echoes S1.
+async fn rtmp_handshake(s: &mut tokio::net::TcpStream) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c0c1 = vec![3u8];
+    c0c1.extend_from_slice(&[0u8; 8]);
+    c0c1.extend_from_slice(&noise(1528, 7));
+    s.write_all(&c0c1).await?;
+    let mut s012 = vec![0u8; 1 + 1536 + 1536];
+    tokio::time::timeout(secs(5), s.read_exact(&mut s012)).await??;
+    s.write_all(&s012[1..1537]).await?;
+    Ok(())
+}
+
 /// Connects to `port` and sends `bytes`, after a valid RTMP handshake if
 /// `handshake`; then closes.
 async fn send_garbage(port: u16, handshake: bool, bytes: &[u8]) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     if handshake {
-        // C0 (version 3) + C1 (time, zero, random); S0 + S1 + S2 back; C2
-        // echoes S1.
-        let mut c0c1 = vec![3u8];
-        c0c1.extend_from_slice(&[0u8; 8]);
-        c0c1.extend_from_slice(&noise(1528, 7));
-        s.write_all(&c0c1).await?;
-        let mut s012 = vec![0u8; 1 + 1536 + 1536];
-        tokio::time::timeout(secs(5), s.read_exact(&mut s012)).await??;
-        s.write_all(&s012[1..1537]).await?;
+        rtmp_handshake(&mut s).await?;
     }
     // nginx may hang up on us half-way: that is its right.
     let _ = s.write_all(bytes).await;
@@ -267,15 +273,9 @@ async fn publish_crafted(
     gap: Duration,
 ) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    rtmp_handshake(&mut s).await?;
     let (mut rx, mut tx) = s.into_split();
-    let mut c0c1 = vec![3u8];
-    c0c1.extend_from_slice(&[0u8; 8]);
-    c0c1.extend_from_slice(&noise(1528, 3));
-    tx.write_all(&c0c1).await?;
-    let mut s012 = vec![0u8; 1 + 1536 + 1536];
-    tokio::time::timeout(secs(5), rx.read_exact(&mut s012)).await??;
-    tx.write_all(&s012[1..1537]).await?;
     let drain = tokio::spawn(async move {
         let mut buf = vec![0u8; 65536];
         while matches!(rx.read(&mut buf).await, Ok(n) if n > 0) {}

@@ -28,6 +28,44 @@ fn output_attempts(f: &Faults, mark: usize) -> usize {
     f.lines_since(mark, "output started").len()
 }
 
+/// Waits 15 s while the destination keeps failing the output, and checks
+/// relay retried with its backoff, kept running and never logged the key;
+/// returns the `output stopped` lines.
+async fn expect_backoff(f: &Faults) -> anyhow::Result<Vec<String>> {
+    let window = secs(15);
+    tokio::time::sleep(window).await;
+    let attempts = output_attempts(f, 0);
+    let stopped = f.lines_since(0, "output stopped");
+    eprintln!("[test] {attempts} output attempts in {window:?}: {stopped:#?}");
+    // CRASH_BACKOFF=1: 1, 2, 4, 8 s between attempts -> about 5 in 15 s.
+    ensure!(
+        (2..=8).contains(&attempts),
+        "{attempts} output attempts in {window:?}: no retry, or a tight loop\n{}",
+        f.context()
+    );
+    ensure!(
+        stopped.iter().all(|l| !l.contains(KEY)),
+        "the stream key leaked: {stopped:#?}"
+    );
+    ensure!(f.relay().is_running(), "relay gave up\n{}", f.context());
+    Ok(stopped)
+}
+
+/// A working destination comes up on the rig's port: the output connects
+/// and the blue publisher is what it carries.
+async fn destination_accepts_the_live_feed(mut f: Faults) -> anyhow::Result<()> {
+    let up = Instant::now();
+    f.dest = Some(start_dest(f.dest_port).await?);
+    let sink = Sink::start(&f.out_url());
+    let connection = f.wait_output_connection(secs(40)).await?;
+    expect_on_air(&f, &sink, Colour::Blue, up, secs(60)).await?;
+    eprintln!(
+        "[test] destination accepts -> blue after {:?}",
+        up.elapsed()
+    );
+    f.finish_on(connection).await
+}
+
 /// Nothing listens at the destination: relay keeps running and retries
 /// with a growing backoff (a handful of attempts, not a tight loop); a
 /// publisher that arrives meanwhile is what the destination sees once it
@@ -44,22 +82,7 @@ async fn refused_destination_is_retried_with_backoff() -> anyhow::Result<()> {
     .await?;
     f.start_relay().await?;
     let _blue = f.publish("blue").await?;
-    let window = secs(15);
-    tokio::time::sleep(window).await;
-    let attempts = output_attempts(&f, 0);
-    let stopped = f.lines_since(0, "output stopped");
-    eprintln!("[test] {attempts} output attempts in {window:?}: {stopped:#?}");
-    // CRASH_BACKOFF=1: 1, 2, 4, 8 s between attempts -> about 5 in 15 s.
-    ensure!(
-        (2..=8).contains(&attempts),
-        "{attempts} output attempts in {window:?}: no retry, or a tight loop\n{}",
-        f.context()
-    );
-    ensure!(
-        stopped.iter().all(|l| !l.contains(KEY)),
-        "the stream key leaked: {stopped:#?}"
-    );
-    ensure!(f.relay().is_running(), "relay gave up\n{}", f.context());
+    let stopped = expect_backoff(&f).await?;
     ensure!(
         stopped.iter().all(|l| l.contains("; retrying in ")),
         "an output that never connected is retried, not reconnected: {stopped:#?}"
@@ -72,13 +95,7 @@ async fn refused_destination_is_retried_with_backoff() -> anyhow::Result<()> {
     );
 
     // The platform comes back: the output connects, with the live feed.
-    let up = Instant::now();
-    f.dest = Some(start_dest(f.dest_port).await?);
-    let sink = Sink::start(&f.out_url());
-    let connection = f.wait_output_connection(secs(40)).await?;
-    expect_on_air(&f, &sink, Colour::Blue, up, secs(60)).await?;
-    eprintln!("[test] destination up -> blue after {:?}", up.elapsed());
-    f.finish_on(connection).await
+    destination_accepts_the_live_feed(f).await
 }
 
 /// The destination takes the connection but refuses to let the output
@@ -99,28 +116,13 @@ async fn refused_publish_is_retried_with_backoff() -> anyhow::Result<()> {
     let denying = f.dest.take().context("destination")?;
     f.start_relay().await?;
     let _blue = f.publish("blue").await?;
-    let window = secs(15);
-    tokio::time::sleep(window).await;
-    let attempts = output_attempts(&f, 0);
-    let stopped = f.lines_since(0, "output stopped");
-    eprintln!("[test] {attempts} output attempts in {window:?}: {stopped:#?}");
+    let stopped = expect_backoff(&f).await?;
     let denials = denying.error_log().matches("publish forbidden").count()
         + denying.error_log().matches("access forbidden").count();
     ensure!(
         denials >= 2,
         "the destination did not refuse the publish ({denials} refusals):\n{}",
         denying.error_log()
-    );
-    // CRASH_BACKOFF=1: 1, 2, 4, 8 s between attempts -> about 5 in 15 s.
-    ensure!(
-        (2..=8).contains(&attempts),
-        "{attempts} output attempts in {window:?}: no retry, or a tight loop\n{}",
-        f.context()
-    );
-    ensure!(f.relay().is_running(), "relay gave up\n{}", f.context());
-    ensure!(
-        stopped.iter().all(|l| !l.contains(KEY)),
-        "the stream key leaked: {stopped:#?}"
     );
     ensure!(
         stopped
@@ -131,13 +133,7 @@ async fn refused_publish_is_retried_with_backoff() -> anyhow::Result<()> {
 
     // The platform accepts the key again.
     denying.stop().await;
-    let up = Instant::now();
-    f.dest = Some(start_dest(f.dest_port).await?);
-    let sink = Sink::start(&f.out_url());
-    let connection = f.wait_output_connection(secs(40)).await?;
-    expect_on_air(&f, &sink, Colour::Blue, up, secs(60)).await?;
-    eprintln!("[test] publish accepted -> blue after {:?}", up.elapsed());
-    f.finish_on(connection).await
+    destination_accepts_the_live_feed(f).await
 }
 
 /// The destination drops the output while a publisher is live (its nginx
