@@ -145,13 +145,13 @@ struct IngestHandle {
 
 /// A crash backoff: doubles on each failure, resets after a healthy run.
 #[derive(Debug, Clone)]
-struct Backoff {
+pub(crate) struct Backoff {
     base: Duration,
     current: Duration,
 }
 
 impl Backoff {
-    fn new(base: Duration) -> Backoff {
+    pub(crate) fn new(base: Duration) -> Backoff {
         Backoff {
             base,
             current: base,
@@ -163,7 +163,7 @@ impl Backoff {
     }
 
     /// The delay before the next start, given how long the last run lasted.
-    fn next(&mut self, ran_for: Duration) -> Duration {
+    pub(crate) fn next(&mut self, ran_for: Duration) -> Duration {
         if ran_for >= HEALTHY_RUN {
             self.current = self.base;
         }
@@ -238,6 +238,7 @@ pub async fn run(
                 ..options.timing
             },
             pump_rx,
+            selection_rx.clone(),
             pump_ev_tx,
             pump_stats.clone(),
             frames.clone(),
@@ -245,9 +246,9 @@ pub async fn run(
         .instrument(tracing::info_span!("pump")),
     );
 
-    // The output reads a private copy of the offline video, so that the
-    // file being replaced or corrupted while relay runs cannot break an
-    // output restart.
+    // The offline source reads a private copy of the offline video, so
+    // that the file being replaced or corrupted while relay runs cannot
+    // break a restart of the source.
     let offline_copy = match &options.offline_copy_dir {
         Some(dir) => {
             Some(OfflineCopy::make(&config.offline_video_path, dir, &config.instance).await)
@@ -263,10 +264,20 @@ pub async fn run(
     };
     let (out_ev_tx, out_ev_rx) = mpsc::channel(32);
     let (restart_tx, restart_rx) = mpsc::channel(1);
+    let offline_task = tokio::spawn(
+        crate::offline_source::supervise(
+            output_config.clone(),
+            offline.clone(),
+            options.ffmpeg.clone(),
+            pump_tx.clone(),
+            updates.clone(),
+            stop_rx.clone(),
+        )
+        .instrument(tracing::info_span!("offline")),
+    );
     let output_task = tokio::spawn(
         supervise_output(
             output_config,
-            offline.clone(),
             options.ffmpeg.clone(),
             pump_tx.clone(),
             out_ev_tx,
@@ -410,7 +421,7 @@ pub async fn run(
     info!("stopping");
     let _ = stop_tx.send(true);
     daemon.stop_ingest();
-    let (_, _) = tokio::join!(daemon.reap_ingests(), output_task);
+    let (_, _, _) = tokio::join!(daemon.reap_ingests(), output_task, offline_task);
     poller_task.abort();
     drop(daemon);
     pump_task.abort();
@@ -1449,7 +1460,6 @@ fn far_future() -> Instant {
 #[allow(clippy::too_many_arguments)]
 async fn supervise_output(
     config: Arc<Config>,
-    offline: OfflineInfo,
     ffmpeg: PathBuf,
     pump: mpsc::Sender<pump::Command>,
     events: mpsc::Sender<OutputEvent>,
@@ -1468,7 +1478,7 @@ async fn supervise_output(
         }
         let select = *selection.borrow();
         let started_at = Instant::now();
-        let reason = match output::spawn(&config, &offline, select, &ffmpeg) {
+        let reason = match output::spawn(&config, select, &ffmpeg) {
             Err(err) => format!("could not start ffmpeg: {err}"),
             Ok(started) => {
                 let output::Started {

@@ -6,6 +6,8 @@ use crate::config::Config;
 
 pub const OUTPUT_GRAPH: &str = include_str!("../ffmpeg/output.graph");
 pub const INGEST_VIDEO_FILTER: &str = include_str!("../ffmpeg/ingest-video.filter");
+pub const OFFLINE_VIDEO_FILTER: &str = include_str!("../ffmpeg/offline-video.filter");
+pub const OFFLINE_AUDIO_FILTER: &str = include_str!("../ffmpeg/offline-audio.filter");
 pub const INGEST_AUDIO_FILTER: &str = include_str!("../ffmpeg/ingest-audio.filter");
 
 /// The common `-loglevel`: warnings and errors only, each tagged with its
@@ -148,11 +150,16 @@ mod tests {
             ("HEIGHT", "720".into()),
             ("FPS", "30".into()),
             ("SAMPLERATE", "48000".into()),
-            ("OFFLINE_AUDIO", "2:a".into()),
             ("MAP", "1".into()),
             ("ZMQ_PORT", "5559".into()),
         ];
-        for t in [OUTPUT_GRAPH, INGEST_VIDEO_FILTER, INGEST_AUDIO_FILTER] {
+        for t in [
+            OUTPUT_GRAPH,
+            INGEST_VIDEO_FILTER,
+            OFFLINE_VIDEO_FILTER,
+            INGEST_AUDIO_FILTER,
+            OFFLINE_AUDIO_FILTER,
+        ] {
             let r = render(t, &vars);
             assert!(!r.contains('{'), "{r}");
         }

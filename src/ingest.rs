@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::child::{self, Running, Spec};
 use crate::config::Config;
@@ -99,6 +99,9 @@ pub fn args(config: &Config, expect: Expect) -> Vec<String> {
 pub struct AudioQueue {
     inner: Mutex<Audio>,
     cap: usize,
+    /// Signalled when audio is taken or skipped (room for a reader that
+    /// waits rather than drops).
+    space: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -121,11 +124,28 @@ impl Audio {
 
 impl AudioQueue {
     pub fn new(format: &RawFormat) -> AudioQueue {
+        AudioQueue::with_frames(format, AUDIO_QUEUE_FRAMES)
+    }
+
+    /// A queue holding at most `frames` frames' worth of audio.
+    pub fn with_frames(format: &RawFormat, frames: usize) -> AudioQueue {
         let per_frame = (format.sample_rate / format.fps) as usize * AUDIO_BYTES_PER_SAMPLE;
         AudioQueue {
             inner: Mutex::new(Audio::default()),
-            cap: per_frame * AUDIO_QUEUE_FRAMES,
+            cap: per_frame * frames,
+            space: Notify::new(),
         }
+    }
+
+    /// Bytes that can be pushed before the oldest would be dropped.
+    pub fn room(&self) -> usize {
+        self.cap
+            .saturating_sub(self.inner.lock().unwrap().queue.len())
+    }
+
+    /// Waits until audio has been taken or skipped since the last call.
+    pub async fn space(&self) {
+        self.space.notified().await;
     }
 
     pub(crate) fn push(&self, data: &[u8]) {
@@ -157,12 +177,16 @@ impl AudioQueue {
 
     /// Drops up to `n` bytes (whole samples) from the front; how many went.
     pub fn skip(&self, n: usize) -> usize {
-        self.inner.lock().unwrap().drop_front(n).len()
+        let n = self.inner.lock().unwrap().drop_front(n).len();
+        self.space.notify_one();
+        n
     }
 
     /// Up to `len` bytes of live audio (fewer if not enough has arrived).
     pub fn take(&self, len: usize) -> Bytes {
-        self.inner.lock().unwrap().drop_front(len)
+        let audio = self.inner.lock().unwrap().drop_front(len);
+        self.space.notify_one();
+        audio
     }
 }
 

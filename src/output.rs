@@ -1,11 +1,12 @@
 //! The output FFmpeg: the one long-lived process that holds the connection
 //! to the platform.
 //!
-//! Every one of its inputs flows forever (DESIGN.md fact 1): the live video
-//! and audio come from pipes the daemon writes at wall-clock pace, filled
-//! with filler when there is no live feed, and the offline video loops.
-//! That is what keeps the platform connection up while publishers come and
-//! go. Its health is read from `-progress` on stdout.
+//! Every one of its inputs flows forever (DESIGN.md fact 1): all four are
+//! raw pipes the daemon writes at wall-clock pace: live video and audio,
+//! filled with filler when there is no live feed, and offline video and
+//! audio from the offline source (`offline_source.rs`). That is what keeps
+//! the platform connection up while publishers come and go, and while the
+//! offline source restarts. Its health is read from `-progress` on stdout.
 
 use std::io::Write;
 use std::os::fd::{OwnedFd, RawFd};
@@ -19,16 +20,17 @@ use crate::child::{self, Running, Spec};
 use crate::config::Config;
 use crate::control::Input;
 use crate::ffmpeg::{self, RawFormat};
-use crate::preflight::OfflineInfo;
-use crate::pump::OutputPipes;
+use crate::outpipes::{OutputPipes, PipeEnds};
 
 /// fd numbers the output reads its raw inputs from.
 const VIDEO_FD: RawFd = 3;
 const AUDIO_FD: RawFd = 4;
+const OFFLINE_VIDEO_FD: RawFd = 5;
+const OFFLINE_AUDIO_FD: RawFd = 6;
 /// The preset pipe carrying the stream key (see [`key_preset`]).
-const PRESET_FD: RawFd = 5;
+const PRESET_FD: RawFd = 7;
 
-/// The raw audio pipe: a few frames' worth (6.4 KB a frame at 48 kHz/30 fps).
+/// The raw audio pipes: a few frames' worth (6.4 KB a frame at 48 kHz/30 fps).
 const AUDIO_PIPE_SIZE: usize = 64 * 1024;
 
 /// How often FFmpeg reports progress.
@@ -39,17 +41,11 @@ const KEYFRAME_SECONDS: u32 = 2;
 
 /// The FFmpeg arguments of the output. `select` is the input on air when it
 /// starts, so a restart comes back on the same source.
-pub fn args(config: &Config, offline: &OfflineInfo, select: Input) -> Vec<String> {
+pub fn args(config: &Config, select: Input) -> Vec<String> {
     let f = RawFormat::of(config);
-    let offline_audio = if offline.has_audio { "2:a" } else { "3:a" };
     let graph = ffmpeg::render(
         ffmpeg::OUTPUT_GRAPH,
         &[
-            ("WIDTH", f.width.to_string()),
-            ("HEIGHT", f.height.to_string()),
-            ("FPS", f.fps.to_string()),
-            ("SAMPLERATE", f.sample_rate.to_string()),
-            ("OFFLINE_AUDIO", offline_audio.to_string()),
             ("MAP", (select as u8).to_string()),
             ("ZMQ_PORT", config.zmq_port.to_string()),
         ],
@@ -59,48 +55,20 @@ pub fn args(config: &Config, offline: &OfflineInfo, select: Input) -> Vec<String
     push(ffmpeg::COMMON_ARGS);
     push(&["-progress", "pipe:1", "-stats_period"]);
     push(&[&PROGRESS_PERIOD.as_secs_f64().to_string()]);
-    // Input 0: raw live video. Tiny probe, short queue: frames already
-    // queued here are what goes on air right after a switch.
-    push(&[
-        "-thread_queue_size",
-        "4",
-        "-probesize",
-        "32",
-        "-analyzeduration",
-        "0",
-    ]);
-    push(&[
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "yuv420p",
-        "-video_size",
-        &f.video_size(),
-    ]);
-    push(&[
-        "-framerate",
-        &f.fps.to_string(),
-        "-i",
-        &child::fd_url(VIDEO_FD),
-    ]);
-    // Input 1: raw live audio.
-    push(&[
-        "-thread_queue_size",
-        "8",
-        "-probesize",
-        "32",
-        "-analyzeduration",
-        "0",
-    ]);
-    push(&["-f", "s16le", "-ar", &f.sample_rate.to_string(), "-ac", "2"]);
-    push(&["-i", &child::fd_url(AUDIO_FD)]);
-    // Input 2: the offline video, looped at its own pace.
-    push(&["-re", "-stream_loop", "-1", "-i"]);
-    push(&[&format!("file:{}", offline_path(config).display())]);
-    if !offline.has_audio {
-        // Input 3: silence for an offline video without sound.
-        let src = format!("anullsrc=r={}:cl=stereo", f.sample_rate);
-        push(&["-f", "lavfi", "-i", &src]);
+    // Inputs 0 and 1: raw live video and audio; 2 and 3: raw offline video
+    // and audio. Tiny probe, short queues: frames already queued here are
+    // what goes on air right after a switch.
+    for (video, audio) in [(VIDEO_FD, AUDIO_FD), (OFFLINE_VIDEO_FD, OFFLINE_AUDIO_FD)] {
+        push(&["-thread_queue_size", "4"]);
+        push(&["-probesize", "32", "-analyzeduration", "0"]);
+        push(&["-f", "rawvideo", "-pix_fmt", "yuv420p"]);
+        push(&["-video_size", &f.video_size()]);
+        push(&["-framerate", &f.fps.to_string()]);
+        push(&["-i", &child::fd_url(video)]);
+        push(&["-thread_queue_size", "8"]);
+        push(&["-probesize", "32", "-analyzeduration", "0"]);
+        push(&["-f", "s16le", "-ar", &f.sample_rate.to_string(), "-ac", "2"]);
+        push(&["-i", &child::fd_url(audio)]);
     }
     push(&["-filter_complex", &graph, "-map", "[v]", "-map", "[a]"]);
     let target = config.output_target();
@@ -172,10 +140,6 @@ fn key_preset(config: &Config) -> std::io::Result<Option<OwnedFd>> {
     Ok(Some(read))
 }
 
-fn offline_path(config: &Config) -> &Path {
-    &config.offline_video_path
-}
-
 /// A started output: the child, and the pipes the pump writes.
 pub struct Started {
     pub child: Running,
@@ -184,25 +148,27 @@ pub struct Started {
 }
 
 /// Spawns the output FFmpeg.
-pub fn spawn(
-    config: &Config,
-    offline: &OfflineInfo,
-    select: Input,
-    ffmpeg_bin: &Path,
-) -> std::io::Result<Started> {
+pub fn spawn(config: &Config, select: Input, ffmpeg_bin: &Path) -> std::io::Result<Started> {
     let format = RawFormat::of(config);
-    // About one frame in the video pipe: a deeper backlog would still be
+    // About one frame in each video pipe: a deeper backlog would still be
     // filler when a switch to live takes effect (a black flash).
     let video = child::write_pipe(format.frame_bytes())?;
     let audio = child::write_pipe(AUDIO_PIPE_SIZE)?;
-    let mut fds = vec![(video.theirs, VIDEO_FD), (audio.theirs, AUDIO_FD)];
+    let offline_video = child::write_pipe(format.frame_bytes())?;
+    let offline_audio = child::write_pipe(AUDIO_PIPE_SIZE)?;
+    let mut fds = vec![
+        (video.theirs, VIDEO_FD),
+        (audio.theirs, AUDIO_FD),
+        (offline_video.theirs, OFFLINE_VIDEO_FD),
+        (offline_audio.theirs, OFFLINE_AUDIO_FD),
+    ];
     if let Some(preset) = key_preset(config)? {
         fds.push((preset, PRESET_FD));
     }
     let mut running = child::spawn(Spec {
         role: "output",
         program: ffmpeg_bin.to_path_buf(),
-        args: args(config, offline, select),
+        args: args(config, select),
         fds,
         stdout: true,
         secrets: secrets(config),
@@ -211,9 +177,15 @@ pub fn spawn(
     if let Some(stdout) = running.stdout.take() {
         tokio::spawn(read_progress(stdout, tx));
     }
+    let ends = PipeEnds {
+        video: video.ours,
+        audio: audio.ours,
+        offline_video: offline_video.ours,
+        offline_audio: offline_audio.ours,
+    };
     Ok(Started {
         child: running,
-        pipes: OutputPipes::spawn(video.ours, audio.ours, format),
+        pipes: OutputPipes::spawn(ends, format)?,
         progress: rx,
     })
 }
@@ -293,16 +265,10 @@ mod tests {
             ],
         )
         .unwrap();
-        let offline = OfflineInfo {
-            width: 1280,
-            height: 720,
-            has_audio: true,
-            duration: None,
-        };
-        let a = args(&config, &offline, Input::Offline);
+        let a = args(&config, Input::Offline);
         assert!(a.iter().all(|arg| !arg.contains("SECRETVALUE")), "{a:?}");
         let n = a.len();
-        assert_eq!(a[n - 3..], ["-fpre", "/dev/fd/5", "rtmps://h.example/app/"]);
+        assert_eq!(a[n - 3..], ["-fpre", "/dev/fd/7", "rtmps://h.example/app/"]);
         let encoder = encoder_args(&config);
         assert_eq!(a[n - 3 - encoder.len()..n - 3], encoder[..]);
         assert_eq!(encoder[0], "-c:v");

@@ -1,151 +1,40 @@
 //! The pump: relay's clock. Every frame interval it writes one video frame
-//! and the matching audio to the output's raw pipes — live if the ingest
-//! delivered a fresh frame, else filler (the last live frame, or black, and
-//! silence) — so the output's live inputs never stall (DESIGN.md fact 3).
+//! and the matching audio to each pair of the output's raw inputs, so that
+//! none of them ever stalls (DESIGN.md fact 3):
+//!
+//! - live (inputs 0, 1): live if the ingest delivered a fresh frame, else
+//!   filler (the last live frame, or black, and silence);
+//! - offline (inputs 2, 3): the offline source's next frame and its sound,
+//!   except while live is on air and live frames come: then the live frame
+//!   again and silence, nobody sees that input, and the offline source
+//!   rests. At the first tick without a live frame the offline source is
+//!   read again, so that a failover finds offline frames already queued.
 //!
 //! It also watches the live feed, because it is the first to know: it
 //! reports when live frames have flowed long enough to go on air, and the
 //! moment they stop, without waiting for a stat poll.
-//!
-//! Each pipe has its own writer task behind a short queue, so the clock
-//! never blocks on a pipe (a single writer deadlocks at start-up while
-//! FFmpeg probes one input and the other pipe fills). When either queue is
-//! full the whole tick is dropped — video and audio together — so the two
-//! raw timelines stay in step.
 
-use std::collections::VecDeque;
-use std::io::{self, IoSlice};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use nix::fcntl::SpliceFFlags;
-use tokio::io::AsyncWriteExt;
-use tokio::net::unix::pipe;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::debug;
 
+use crate::control::Input;
 use crate::ffmpeg::{RawFormat, SampleClock, AUDIO_BYTES_PER_SAMPLE};
 use crate::frames::FramePool;
 use crate::ingest::{AudioQueue, LiveFeed};
-
-/// Ticks queued per pipe before ticks are dropped.
-const PIPE_QUEUE: usize = 3;
+use crate::offline_source::OfflineSource;
+use crate::outpipes::{OfflineFrame, OutputPipes, Tick};
 
 /// Frames that can wait between the pump and the output's filters: our
 /// queue, about one in the pipe, FFmpeg's `-thread_queue_size` of 4, and
 /// one being read. Live frames must have flowed at least this long before
 /// a switch, or filler queued earlier would still be what goes on air.
 const BACKLOG_FRAMES: u32 = 10;
-
-/// The sending side of the output's two raw pipes.
-pub struct OutputPipes {
-    video: mpsc::Sender<Bytes>,
-    audio: mpsc::Sender<Bytes>,
-}
-
-impl OutputPipes {
-    /// Starts one writer task per pipe.
-    pub fn spawn(video: pipe::Sender, audio: pipe::Sender, _format: RawFormat) -> OutputPipes {
-        let (vtx, vrx) = mpsc::channel(PIPE_QUEUE);
-        let (atx, arx) = mpsc::channel(PIPE_QUEUE);
-        tokio::spawn(splice_frames(video, vrx));
-        tokio::spawn(write_pipe(audio, arx));
-        OutputPipes {
-            video: vtx,
-            audio: atx,
-        }
-    }
-
-    /// Queues one tick; false if it had to be dropped.
-    fn send(&self, video: Bytes, audio: Bytes) -> bool {
-        if self.video.capacity() == 0 || self.audio.capacity() == 0 {
-            return false;
-        }
-        self.video.try_send(video).is_ok() && self.audio.try_send(audio).is_ok()
-    }
-
-    fn closed(&self) -> bool {
-        self.video.is_closed() || self.audio.is_closed()
-    }
-}
-
-/// Moves video frames into the pipe with vmsplice(2): the pipe references
-/// our pages instead of copying 1.4 MB (720p) per frame. This halved the
-/// daemon's CPU in the benchmark; the kernel's copy was its largest cost.
-///
-/// The pipe reads our memory when FFmpeg reads the frame, so a frame must
-/// stay alive and unchanged until then. `Bytes` are immutable, and we keep
-/// the newest frames that together still cover what is unread in the pipe
-/// (FIONREAD; the pipe's capacity if it cannot say): older bytes have been
-/// read. Asking, rather than assuming a full pipe, lets a frame go as soon
-/// as FFmpeg has read it, one frame's memory less when it keeps up.
-async fn splice_frames(pipe: pipe::Sender, mut rx: mpsc::Receiver<Bytes>) {
-    let capacity = nix::fcntl::fcntl(&pipe, nix::fcntl::FcntlArg::F_GETPIPE_SZ)
-        .map_or(PIPE_FALLBACK_CAPACITY, |c| c.max(0) as usize);
-    let mut in_flight: VecDeque<Bytes> = VecDeque::new();
-    let mut held = 0usize;
-    while let Some(frame) = rx.recv().await {
-        release_read(&pipe, capacity, &mut in_flight, &mut held);
-        let mut offset = 0;
-        while offset < frame.len() {
-            if pipe.writable().await.is_err() {
-                return;
-            }
-            let spliced = pipe.try_io(|| {
-                let iov = [IoSlice::new(&frame[offset..])];
-                nix::fcntl::vmsplice(&pipe, &iov, SpliceFFlags::SPLICE_F_NONBLOCK)
-                    .map_err(io::Error::from)
-            });
-            match spliced {
-                Ok(n) => offset += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // The output exited; the supervisor attaches a new one.
-                Err(_) => return,
-            }
-        }
-        held += frame.len();
-        in_flight.push_back(frame);
-        release_read(&pipe, capacity, &mut in_flight, &mut held);
-    }
-}
-
-/// Drops the oldest frames whose bytes FFmpeg has read from the pipe.
-fn release_read(
-    pipe: &pipe::Sender,
-    capacity: usize,
-    frames: &mut VecDeque<Bytes>,
-    held: &mut usize,
-) {
-    let unread = unread_bytes(pipe).unwrap_or(capacity);
-    while frames.front().is_some_and(|f| *held - f.len() >= unread) {
-        *held -= frames.pop_front().map_or(0, |f| f.len());
-    }
-}
-
-/// Bytes written to the pipe and not yet read.
-fn unread_bytes(pipe: &pipe::Sender) -> Option<usize> {
-    let mut n: nix::libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int through a valid pointer.
-    let r = unsafe { nix::libc::ioctl(pipe.as_raw_fd(), nix::libc::FIONREAD, &mut n) };
-    (r == 0 && n >= 0).then_some(n as usize)
-}
-
-/// Assumed pipe capacity if the kernel does not say (Linux's maximum for
-/// unprivileged processes, so frames are kept long enough either way).
-const PIPE_FALLBACK_CAPACITY: usize = 1 << 20;
-
-async fn write_pipe(mut pipe: pipe::Sender, mut rx: mpsc::Receiver<Bytes>) {
-    while let Some(buf) = rx.recv().await {
-        if pipe.write_all(&buf).await.is_err() {
-            // The output exited; the supervisor attaches a new one.
-            return;
-        }
-    }
-}
 
 /// Instructions to the pump.
 pub enum Command {
@@ -155,6 +44,8 @@ pub enum Command {
     Feed(Option<LiveFeed>),
     /// A new failover gap (OFFLINE_AFTER_MS, changed by a reload).
     SetGap(Duration),
+    /// A (re)started offline source, or `None` while there is none.
+    Offline(Option<OfflineSource>),
 }
 
 /// What the pump tells the daemon about the live feed.
@@ -213,6 +104,7 @@ pub async fn run(
     format: RawFormat,
     timing: Timing,
     mut commands: mpsc::Receiver<Command>,
+    selection: watch::Receiver<Input>,
     events: mpsc::Sender<Event>,
     stats: Arc<Stats>,
     frames: FramePool,
@@ -226,8 +118,8 @@ pub async fn run(
     // Catch up after a late wake-up: the raw inputs' timestamps are frame
     // counts, so the count must follow the wall clock.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    // Made only while needed (until the first live frame, and after a
-    // feed ends): 3 MB at 1080p.
+    // Made only while needed (no live frame to repeat, or no offline
+    // source): 3 MB at 1080p.
     let mut black: Option<Bytes> = None;
     let mut samples = SampleClock::new(&format);
     let silence = Bytes::from(vec![
@@ -238,6 +130,7 @@ pub async fn run(
     let mut output: Option<OutputPipes> = None;
     let mut live: Option<LiveState> = None;
     let mut last_frame: Option<Bytes> = None;
+    let mut offline: Option<OfflineSource> = None;
 
     loop {
         tokio::select! {
@@ -245,6 +138,7 @@ pub async fn run(
                 None => return,
                 Some(Command::Attach(pipes)) => output = Some(pipes),
                 Some(Command::SetGap(gap)) => timing.gap = gap,
+                Some(Command::Offline(source)) => offline = source,
                 Some(Command::Feed(feed)) => {
                     live = feed.map(|feed| LiveState {
                         feed,
@@ -263,6 +157,7 @@ pub async fn run(
             _ = ticker.tick() => {
                 let now = Instant::now();
                 let audio_len = samples.next_samples() * AUDIO_BYTES_PER_SAMPLE;
+                let on_air = *selection.borrow();
                 let mut video = None;
                 let mut audio = None;
                 if let Some(l) = live.as_mut() {
@@ -289,30 +184,80 @@ pub async fn run(
                         }
                         l.last_frame_at = Some(now);
                         last_frame = Some(frame.clone());
-                        black = None;
                         video = Some(frame);
                         stats.live_frames.fetch_add(1, Ordering::Relaxed);
                     }
                     audio = l.sync.take(&l.feed.audio, left, audio_len);
                     check_flow(l, now, &timing, &events);
                 }
-                let video = video.unwrap_or_else(|| {
+                let live_audio = pad_audio(audio, audio_len, &silence);
+                let mut black_used = false;
+                let (offline_video, offline_audio) = match (&video, &offline) {
+                    // Live on air with a fresh frame: the offline source rests.
+                    (Some(frame), _) if on_air == Input::Live => {
+                        (OfflineFrame::Held(frame.clone()), silence.slice(..audio_len))
+                    }
+                    (_, Some(source)) => {
+                        // If the source is late: while live is on air (a gap
+                        // in its frames), the held live frame; else black. A
+                        // frame of a publisher who is not on air never is.
+                        let fallback = (on_air == Input::Live).then(|| {
+                            last_frame.clone().unwrap_or_else(|| {
+                                black_of(&mut black, &mut black_used, &format, &frames)
+                            })
+                        });
+                        let video = OfflineFrame::Source {
+                            source: source.video.clone(),
+                            fallback,
+                        };
+                        (video, source.audio.take(audio_len))
+                    }
+                    (_, None) => {
+                        let frame = match &last_frame {
+                            Some(f) if on_air == Input::Live => f.clone(),
+                            _ => black_of(&mut black, &mut black_used, &format, &frames),
+                        };
+                        (OfflineFrame::Held(frame), silence.slice(..audio_len))
+                    }
+                };
+                let live_video = video.unwrap_or_else(|| {
                     stats.filler_frames.fetch_add(1, Ordering::Relaxed);
-                    last_frame
-                        .clone()
-                        .unwrap_or_else(|| black.get_or_insert_with(|| format.black_frame(&frames)).clone())
+                    last_frame.clone().unwrap_or_else(|| {
+                        black_of(&mut black, &mut black_used, &format, &frames)
+                    })
                 });
-                let audio = pad_audio(audio, audio_len, &silence);
+                if !black_used {
+                    black = None;
+                }
+                let tick = Tick {
+                    video: live_video,
+                    audio: live_audio,
+                    offline_video,
+                    offline_audio,
+                };
                 if let Some(pipes) = output.as_ref() {
                     if pipes.closed() {
                         output = None;
-                    } else if !pipes.send(video, audio) {
+                    } else if !pipes.send(tick) {
                         stats.dropped_ticks.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
         }
     }
+}
+
+/// The black filler frame, made when first needed this tick.
+fn black_of(
+    black: &mut Option<Bytes>,
+    used: &mut bool,
+    format: &RawFormat,
+    frames: &FramePool,
+) -> Bytes {
+    *used = true;
+    black
+        .get_or_insert_with(|| format.black_frame(frames))
+        .clone()
 }
 
 /// Keeps the live frames' queue a jitter buffer rather than latency: a
@@ -523,6 +468,7 @@ fn pad_audio(audio: Option<Bytes>, len: usize, silence: &Bytes) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
 
     #[test]
     fn backlog_rides_out_jitter_but_not_a_lasting_lead() {
@@ -654,32 +600,6 @@ mod tests {
         sim.sync.skipped();
         assert!(sim.steady(60));
         assert_eq!(sim.sync.changes, settled + 1);
-    }
-
-    #[tokio::test]
-    async fn frames_stay_until_ffmpeg_has_read_them() {
-        use std::io::{Read, Write};
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        let mut reader = std::fs::File::from(read);
-        let mut writer = std::fs::File::from(write.try_clone().unwrap());
-        let pipe = pipe::Sender::from_owned_fd(write).unwrap();
-        let mut frames: VecDeque<Bytes> = (0..3).map(|i| Bytes::from(vec![i; 100])).collect();
-        let mut held = 300;
-        for f in &frames {
-            writer.write_all(f).unwrap();
-        }
-        // All 300 bytes unread: every frame may still be in the pipe.
-        release_read(&pipe, 1 << 20, &mut frames, &mut held);
-        assert_eq!(frames.len(), 3);
-        // 150 read: the first frame is out of the pipe, the second is not.
-        reader.read_exact(&mut [0u8; 150]).unwrap();
-        release_read(&pipe, 1 << 20, &mut frames, &mut held);
-        assert_eq!((frames.len(), held), (2, 200));
-        assert_eq!(frames[0][0], 1);
-        reader.read_exact(&mut [0u8; 150]).unwrap();
-        release_read(&pipe, 1 << 20, &mut frames, &mut held);
-        assert!(frames.is_empty());
-        assert_eq!(held, 0);
     }
 
     #[test]

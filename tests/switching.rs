@@ -583,19 +583,114 @@ async fn killing_the_output_ffmpeg_restores_the_selection() -> anyhow::Result<()
 }
 
 /// The output FFmpeg among relay's children: the one with the switch graph.
+/// The offline source dies: the output goes on, on the same connection,
+/// and relay restarts the source, whose frames come back on air.
+#[tokio::test]
+async fn killing_the_offline_source_keeps_the_output_up() -> anyhow::Result<()> {
+    let rig = Rig::start("sw-offkill").await?;
+    rig.sink
+        .wait_for_since(Colour::Green, rig.started, secs(20))
+        .await?;
+    let output = output_ffmpeg_of(rig.relay.pid())?;
+    let source = offline_source_of(rig.relay.pid())?;
+    let mark = rig.relay.log_mark();
+    kill(Pid::from_raw(source as i32), Signal::SIGKILL)?;
+    rig.relay
+        .wait_for_log_since(mark, "offline video source stopped", secs(10))
+        .await?;
+    rig.relay
+        .wait_for_log_since(mark, "restarting the offline video source", secs(20))
+        .await?;
+    rig.sink
+        .wait_for_since(Colour::Green, Instant::now(), secs(20))
+        .await
+        .with_context(|| rig.context())?;
+    rig.sink.expect_steady(Colour::Green, secs(3)).await?;
+    ensure!(
+        output_ffmpeg_of(rig.relay.pid())? == output,
+        "the output ffmpeg was restarted"
+    );
+    ensure!(
+        offline_source_of(rig.relay.pid())? != source,
+        "the offline source {source} is still there"
+    );
+    rig.assert_one_output_session()?;
+    ensure!(rig.sink.connections() == 1, "the sink had to reconnect");
+    rig.stop().await
+}
+
+/// While live is on air nobody sees the offline video, so its source is not
+/// read and does no work; it resumes at the failover.
+#[tokio::test]
+async fn the_offline_source_rests_while_live() -> anyhow::Result<()> {
+    let rig = Rig::start("sw-offrest").await?;
+    rig.sink
+        .wait_for_since(Colour::Green, rig.started, secs(20))
+        .await?;
+    let source = offline_source_of(rig.relay.pid())?;
+    let window = secs(2);
+    let offline = bytes_written_over(source, window).await?;
+
+    let t = Instant::now();
+    let mut blue = rig.publish(PublisherOpts::colour("blue")).await?;
+    rig.expect_switch(Colour::Green, Colour::Blue, t, GO_LIVE, STEADY)
+        .await?;
+    let live = bytes_written_over(source, window).await?;
+    eprintln!("[test] offline source wrote {offline} B offline, {live} B live in {window:?}");
+    ensure!(
+        offline > 0 && live * 5 < offline,
+        "the offline source kept working while live: {live} B vs {offline} B offline"
+    );
+
+    let t = Instant::now();
+    blue.kill().await?;
+    rig.expect_switch(Colour::Blue, Colour::Green, t, FAIL_OVER, STEADY)
+        .await?;
+    ensure!(
+        offline_source_of(rig.relay.pid())? == source,
+        "the offline source was restarted"
+    );
+    ensure!(bytes_written_over(source, window).await? > live);
+    rig.assert_one_output_session()?;
+    rig.stop().await
+}
+
+/// Bytes `pid` wrote (`wchar` in /proc/PID/io) over `window`.
+async fn bytes_written_over(pid: u32, window: Duration) -> anyhow::Result<u64> {
+    let wchar = || -> anyhow::Result<u64> {
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+        io.lines()
+            .find_map(|l| l.strip_prefix("wchar: "))
+            .and_then(|v| v.trim().parse().ok())
+            .context("no wchar in /proc/PID/io")
+    };
+    let before = wchar()?;
+    tokio::time::sleep(window).await;
+    Ok(wchar()? - before)
+}
+
+fn offline_source_of(relay_pid: u32) -> anyhow::Result<u32> {
+    only_ffmpeg_child(relay_pid, "-stream_loop", "offline source")
+}
+
 fn output_ffmpeg_of(relay_pid: u32) -> anyhow::Result<u32> {
-    let outputs: Vec<u32> = child_pids_of(relay_pid)
+    only_ffmpeg_child(relay_pid, "streamselect", "output ffmpeg")
+}
+
+/// The one live child of relay whose command line contains `needle`.
+fn only_ffmpeg_child(relay_pid: u32, needle: &str, what: &str) -> anyhow::Result<u32> {
+    let found: Vec<u32> = child_pids_of(relay_pid)
         .into_iter()
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains("streamselect"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
                 .unwrap_or(false)
                 && process_is_alive(*pid)
         })
         .collect();
-    match outputs[..] {
+    match found[..] {
         [pid] => Ok(pid),
-        _ => bail!("expected one output ffmpeg under relay {relay_pid}, found {outputs:?}"),
+        _ => bail!("expected one {what} under relay {relay_pid}, found {found:?}"),
     }
 }
 

@@ -16,9 +16,11 @@ pub struct Usage {
     pub rss_kb: u64,
     pub hwm_kb: u64,
     /// The descendants' share by role (% of one core): relay's ingest
-    /// FFmpeg (it reads RTMP) and its output FFmpeg (it reads raw pipes).
+    /// FFmpeg (it reads RTMP), its output FFmpeg (it reads raw pipes) and
+    /// its offline source (it loops the offline video).
     pub ingest_percent: f64,
     pub output_percent: f64,
+    pub offline_percent: f64,
 }
 
 /// relay's name for one of its FFmpeg children, from its command line.
@@ -29,6 +31,8 @@ fn role(pid: u32) -> Option<&'static str> {
         Some("output")
     } else if cmd.contains("rtmp://") {
         Some("ingest")
+    } else if cmd.contains("-stream_loop") {
+        Some("offline")
     } else {
         None
     }
@@ -125,5 +129,6 @@ pub async fn measure(root: u32, window: Duration) -> Usage {
         hwm_kb,
         ingest_percent: percent(of_role("ingest")),
         output_percent: percent(of_role("output")),
+        offline_percent: percent(of_role("offline")),
     }
 }

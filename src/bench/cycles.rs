@@ -74,6 +74,8 @@ pub struct Phase {
     /// (FFmpeg's first progress report).
     pub start_to_streaming: Option<Duration>,
     pub relay: Usage,
+    /// relay's whole pipeline while the offline video is on air.
+    pub relay_offline: Usage,
     pub naive: Option<Usage>,
     pub steady: Smoothness,
     pub naive_steady: Smoothness,
@@ -141,6 +143,11 @@ pub async fn phase(
     rig::finish(publisher).await;
     relay.wait_for("on air: offline", gone).await?;
     sleep(Duration::from_millis(1500)).await;
+    eprintln!(
+        "bench: {res}p{fps}: relay offline, measuring CPU for {:?}",
+        opts.window
+    );
+    out.relay_offline = cpu::measure(relay.pid(), opts.window).await;
 
     out.same_output =
         first_output.is_some() && first_output == rig::output_client(&stat, &stream).await;

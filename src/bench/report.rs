@@ -137,6 +137,14 @@ impl Table {
     }
 }
 
+/// "57 % (daemon 3.0, ingest 9, output 45, offline 0)".
+fn shares(u: &super::cpu::Usage) -> String {
+    format!(
+        "{:.0} % (daemon {:.1}, ingest {:.0}, output {:.0}, offline source {:.0})",
+        u.tree_percent, u.own_percent, u.ingest_percent, u.output_percent, u.offline_percent
+    )
+}
+
 fn steady(s: &Smoothness) -> String {
     let pct = 100.0 * s.repeats as f64 / s.frames.max(1) as f64;
     format!(
@@ -218,13 +226,14 @@ pub fn print_bench(opts: &Options, phases: &[Phase], load_before: &str, load_aft
         );
         t.row(
             &format!("whole pipeline CPU while live ({at}: daemon + FFmpeg children)"),
-            format!(
-                "{:.0} % (daemon {:.1}, ingest {:.0}, output {:.0})",
-                p.relay.tree_percent,
-                p.relay.own_percent,
-                p.relay.ingest_percent,
-                p.relay.output_percent
-            ),
+            shares(&p.relay),
+            String::new(),
+            "",
+            None,
+        );
+        t.row(
+            &format!("whole pipeline CPU while offline ({at}; the naive design cannot run then)"),
+            shares(&p.relay_offline),
             String::new(),
             "",
             None,

@@ -1,0 +1,369 @@
+//! The offline source: an FFmpeg that decodes relay's copy of the offline
+//! video in a loop, normalised to exactly the output's raw format, into two
+//! pipes. The pump feeds the output's offline inputs from it.
+//!
+//! Why not let the output decode the file itself: a file input decodes all
+//! the time, also while live is on air and nobody sees it (about 6 % of a
+//! core at 1080p30, as much as the live decode). The source instead decodes
+//! only as fast as its frames are taken: while live is on air the pump
+//! takes none, its pipes fill, and it rests blocked in a write, using no
+//! CPU. Its frames are moved into the output's pipe with splice(2), never
+//! through our memory. And the output no longer depends on the file: if the
+//! source dies, the output goes on with black and relay restarts the source
+//! with backoff.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use nix::fcntl::SpliceFFlags;
+use nix::poll::PollFlags;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::child::{self, Spec};
+use crate::config::Config;
+use crate::daemon::Backoff;
+use crate::ffmpeg::{self, RawFormat, AUDIO_BYTES_PER_SAMPLE};
+use crate::ingest::AudioQueue;
+use crate::outpipes::{unread_bytes, wait_for};
+use crate::preflight::OfflineInfo;
+use crate::pump;
+
+const VIDEO_FD: RawFd = 3;
+const AUDIO_FD: RawFd = 4;
+
+/// Offline audio read ahead of the pump, in frames' worth. The source
+/// writes sound and picture interleaved; this lets it finish a frame's
+/// sound while its next picture waits.
+const AUDIO_AHEAD_FRAMES: usize = 8;
+
+/// A frame the source began but did not finish within this is completed
+/// with zeros, so the output's raw stream stays aligned.
+const MID_FRAME_STALL: Duration = Duration::from_secs(1);
+
+/// Frames owed (taken as fallback while the source was late) that are
+/// made up by skipping; beyond this the debt is forgiven.
+const MAX_OWED_FRAMES: u64 = 30;
+
+pub fn args(config: &Config, info: &OfflineInfo, path: &Path) -> Vec<String> {
+    let f = RawFormat::of(config);
+    let vars = [
+        ("WIDTH", f.width.to_string()),
+        ("HEIGHT", f.height.to_string()),
+        ("FPS", f.fps.to_string()),
+        ("SAMPLERATE", f.sample_rate.to_string()),
+    ];
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(ffmpeg::COMMON_ARGS);
+    push(&["-stream_loop", "-1", "-i"]);
+    push(&[&format!("file:{}", path.display())]);
+    let audio_input = if info.has_audio {
+        "0:a:0"
+    } else {
+        let src = format!("anullsrc=r={}:cl=stereo", f.sample_rate);
+        push(&["-f", "lavfi", "-i", &src]);
+        "1:a:0"
+    };
+    push(&["-map", "0:v:0", "-vf"]);
+    push(&[&ffmpeg::render(ffmpeg::OFFLINE_VIDEO_FILTER, &vars)]);
+    push(&["-f", "rawvideo", "-pix_fmt", "yuv420p"]);
+    push(&["-avioflags", "direct", &child::fd_url(VIDEO_FD)]);
+    push(&["-map", audio_input, "-af"]);
+    push(&[&ffmpeg::render(ffmpeg::OFFLINE_AUDIO_FILTER, &vars)]);
+    push(&["-f", "s16le", "-ar", &f.sample_rate.to_string(), "-ac", "2"]);
+    push(&[&child::fd_url(AUDIO_FD)]);
+    a
+}
+
+/// What the pump reads from one running source.
+#[derive(Clone)]
+pub struct OfflineSource {
+    pub video: Arc<SourceVideo>,
+    pub audio: Arc<SourceAudio>,
+}
+
+/// The source's video pipe. Frames are taken whole, one at a time, by
+/// whichever output writer asks (a restarted output gets a new writer).
+pub struct SourceVideo {
+    pipe: OwnedFd,
+    frame_bytes: usize,
+    state: Mutex<VideoState>,
+}
+
+#[derive(Default)]
+struct VideoState {
+    /// Bytes taken from the pipe: a frame boundary is a multiple of the
+    /// frame size.
+    taken: u64,
+    /// Frames written as fallback instead of the source's; skipped later
+    /// so that the picture keeps pace with the sound.
+    owed: u64,
+    /// The source closed its pipe (it exited).
+    ended: bool,
+}
+
+impl SourceVideo {
+    /// Moves the source's next frame into the pipe `out`. Waits at most
+    /// `wait` for it to begin; false if it did not (the frame is then owed).
+    /// An error only if `out` is closed.
+    pub fn splice_frame(&self, out: BorrowedFd<'_>, wait: Duration) -> std::io::Result<bool> {
+        let mut st = self.state.lock().unwrap();
+        if st.ended {
+            return Ok(false);
+        }
+        let fb = self.frame_bytes as u64;
+        // A writer that went away mid-frame left the rest of it: skip it.
+        let rest = (fb - st.taken % fb) % fb;
+        if rest > 0 && !self.discard(&mut st, rest as usize, MID_FRAME_STALL) {
+            st.owed += 1;
+            return Ok(false);
+        }
+        // Frames owed: skip those already there, never wait for them.
+        while st.owed > 0 && self.available() >= 1 {
+            if st.owed > MAX_OWED_FRAMES {
+                st.owed = 0;
+                break;
+            }
+            st.owed -= 1;
+            if !self.discard(&mut st, self.frame_bytes, MID_FRAME_STALL) {
+                st.owed += 1;
+                return Ok(false);
+            }
+        }
+        if self.available() == 0 {
+            match wait_for(self.pipe.as_fd(), PollFlags::POLLIN, Some(wait)) {
+                Ok(true) => {}
+                Ok(false) => {
+                    st.owed += 1;
+                    return Ok(false);
+                }
+                // Nothing left and the source gone.
+                Err(_) => {
+                    st.ended = true;
+                    return Ok(false);
+                }
+            }
+        }
+        let mut left = self.frame_bytes;
+        while left > 0 {
+            let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+            match nix::fcntl::splice(self.pipe.as_fd(), None, out, None, left, flags) {
+                Ok(0) => {
+                    st.ended = true;
+                    break;
+                }
+                Ok(n) => {
+                    left -= n;
+                    st.taken += n as u64;
+                }
+                Err(nix::errno::Errno::EAGAIN) => {
+                    if self.available() > 0 {
+                        // Room is what is missing, in the output's pipe.
+                        wait_for(out, PollFlags::POLLOUT, None)?;
+                    } else if !wait_for(self.pipe.as_fd(), PollFlags::POLLIN, Some(MID_FRAME_STALL))
+                        .unwrap_or(false)
+                    {
+                        break;
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EPIPE) => return Err(std::io::ErrorKind::BrokenPipe.into()),
+                Err(_) => {
+                    st.ended = true;
+                    break;
+                }
+            }
+        }
+        if left > 0 {
+            // The source stalled or died mid-frame: complete the frame.
+            pad_zeros(out, left)?;
+        }
+        Ok(true)
+    }
+
+    /// Bytes waiting in the source's pipe.
+    fn available(&self) -> usize {
+        unread_bytes(self.pipe.as_fd()).unwrap_or(0)
+    }
+
+    /// Drops `n` bytes from the pipe; false if they did not come in time.
+    fn discard(&self, st: &mut VideoState, mut n: usize, wait: Duration) -> bool {
+        let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") else {
+            return false;
+        };
+        let deadline = Instant::now() + wait;
+        while n > 0 {
+            let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+            match nix::fcntl::splice(self.pipe.as_fd(), None, &null, None, n, flags) {
+                Ok(0) => {
+                    st.ended = true;
+                    return false;
+                }
+                Ok(k) => {
+                    n -= k;
+                    st.taken += k as u64;
+                }
+                Err(nix::errno::Errno::EAGAIN) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero()
+                        || !wait_for(self.pipe.as_fd(), PollFlags::POLLIN, Some(left))
+                            .unwrap_or(false)
+                    {
+                        return false;
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+}
+
+/// Writes `n` zero bytes into the non-blocking pipe `out`.
+fn pad_zeros(out: BorrowedFd<'_>, mut n: usize) -> std::io::Result<()> {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    while n > 0 {
+        match nix::unistd::write(out, &ZEROS[..n.min(ZEROS.len())]) {
+            Ok(k) => n -= k,
+            Err(nix::errno::Errno::EAGAIN) => {
+                wait_for(out, PollFlags::POLLOUT, None)?;
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The source's sound, read ahead a little.
+pub struct SourceAudio {
+    queue: AudioQueue,
+    /// Bytes of silence given in place of sound not there yet: skipped
+    /// when it arrives, so that the sound keeps pace with the picture.
+    owed: Mutex<usize>,
+}
+
+impl SourceAudio {
+    /// Exactly `len` bytes of sound, completed with silence if short.
+    pub fn take(&self, len: usize) -> Bytes {
+        let mut owed = self.owed.lock().unwrap();
+        if *owed > 0 {
+            *owed -= self.queue.skip(*owed);
+        }
+        let got = self.queue.take(len);
+        if got.len() == len {
+            return got;
+        }
+        *owed += len - got.len();
+        let mut v = Vec::with_capacity(len);
+        v.extend_from_slice(&got);
+        v.resize(len, 0);
+        v.into()
+    }
+}
+
+/// Spawns the source FFmpeg and the reader of its sound.
+fn spawn(
+    config: &Config,
+    info: &OfflineInfo,
+    ffmpeg_bin: &Path,
+) -> std::io::Result<(child::Running, OfflineSource)> {
+    let format = RawFormat::of(config);
+    let video = child::read_pipe()?;
+    let audio = child::read_pipe()?;
+    let running = child::spawn(Spec {
+        role: "offline",
+        program: ffmpeg_bin.to_path_buf(),
+        args: args(config, info, &config.offline_video_path),
+        fds: vec![(video.theirs, VIDEO_FD), (audio.theirs, AUDIO_FD)],
+        stdout: false,
+        secrets: Vec::new(),
+    })?;
+    let sound = Arc::new(SourceAudio {
+        queue: AudioQueue::with_frames(&format, AUDIO_AHEAD_FRAMES),
+        owed: Mutex::new(0),
+    });
+    tokio::spawn(read_audio(audio.ours, sound.clone()));
+    let source = OfflineSource {
+        video: Arc::new(SourceVideo {
+            pipe: video.ours.into_nonblocking_fd()?,
+            frame_bytes: format.frame_bytes(),
+            state: Mutex::new(VideoState::default()),
+        }),
+        audio: sound,
+    };
+    Ok((running, source))
+}
+
+/// Reads the source's sound while there is room for it; otherwise leaves it
+/// in the pipe, so the source waits rather than runs ahead.
+async fn read_audio(mut pipe: tokio::net::unix::pipe::Receiver, sound: Arc<SourceAudio>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let room = sound.queue.room();
+        if room < AUDIO_BYTES_PER_SAMPLE {
+            sound.queue.space().await;
+            continue;
+        }
+        let want = room.min(buf.len());
+        match pipe.read(&mut buf[..want]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => sound.queue.push(&buf[..n]),
+        }
+    }
+}
+
+/// Keeps the offline source running until `stop`: restarts it with the
+/// crash backoff when it exits, and tells the pump which source to read.
+pub async fn supervise(
+    config: Arc<Config>,
+    info: OfflineInfo,
+    ffmpeg_bin: PathBuf,
+    pump: mpsc::Sender<pump::Command>,
+    updates: watch::Receiver<Arc<Config>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(config.crash_backoff);
+    loop {
+        let started_at = Instant::now();
+        let reason = match spawn(&config, &info, &ffmpeg_bin) {
+            Err(err) => format!("could not start ffmpeg: {err}"),
+            Ok((mut child, source)) => {
+                let _ = pump.send(pump::Command::Offline(Some(source))).await;
+                let status = tokio::select! {
+                    status = child.wait() => status,
+                    _ = stop.changed() => {
+                        let _ = pump.send(pump::Command::Offline(None)).await;
+                        let grace = updates.borrow().kill_grace;
+                        child.stop(grace).await;
+                        return;
+                    }
+                };
+                let _ = pump.send(pump::Command::Offline(None)).await;
+                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                format!("ffmpeg exited ({status}) {}", child.last_lines())
+                    .trim()
+                    .to_string()
+            }
+        };
+        let uptime = started_at.elapsed();
+        let delay = backoff.next(uptime);
+        warn!(
+            reason = %reason,
+            uptime_s = uptime.as_secs_f64(),
+            retry_in_s = delay.as_secs_f64(),
+            "offline video source stopped; the output shows black meanwhile"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return,
+        }
+        info!("restarting the offline video source");
+    }
+}

@@ -1,0 +1,331 @@
+//! The output's four raw pipes and the tasks that write them: live video and
+//! audio (inputs 0 and 1), offline video and audio (inputs 2 and 3).
+//!
+//! Each pipe has its own writer behind a short queue, so the pump's clock
+//! never blocks on a pipe (a single writer deadlocks at start-up while
+//! FFmpeg probes one input and the other pipe fills). When any queue is
+//! full the whole tick is dropped, on all four pipes, so the raw timelines
+//! stay in step.
+//!
+//! Video never goes through a copy of ours: frames we hold are moved with
+//! vmsplice(2), and the offline source's frames go from its pipe into the
+//! output's with splice(2), without entering our memory at all.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use nix::fcntl::SpliceFFlags;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::ffmpeg::RawFormat;
+use crate::offline_source::SourceVideo;
+
+/// Ticks queued per pipe before ticks are dropped.
+const PIPE_QUEUE: usize = 3;
+
+/// How long the offline writer waits for the source's next frame to begin
+/// before it writes the fallback instead. The source decodes ahead and waits
+/// blocked in its write, so a frame is normally there at once; the pump's
+/// queue covers this wait.
+const SOURCE_WAIT: Duration = Duration::from_millis(40);
+
+/// Assumed pipe capacity if the kernel does not say (Linux's maximum for
+/// unprivileged processes, so frames are kept long enough either way).
+const PIPE_FALLBACK_CAPACITY: usize = 1 << 20;
+
+/// What goes into the output's offline video input on one tick.
+pub enum OfflineFrame {
+    /// A frame we hold: the live frame while live is on air (the offline
+    /// source then rests), or filler while there is no offline source.
+    Held(Bytes),
+    /// The offline source's next frame, moved pipe to pipe. If it has none
+    /// in time: `fallback`, or black if that is `None`.
+    Source {
+        source: Arc<SourceVideo>,
+        fallback: Option<Bytes>,
+    },
+}
+
+/// One tick for all four pipes.
+pub struct Tick {
+    pub video: Bytes,
+    pub audio: Bytes,
+    pub offline_video: OfflineFrame,
+    pub offline_audio: Bytes,
+}
+
+/// The sending side of the output's raw pipes.
+pub struct OutputPipes {
+    video: mpsc::Sender<Bytes>,
+    audio: mpsc::Sender<Bytes>,
+    offline_video: mpsc::Sender<OfflineFrame>,
+    offline_audio: mpsc::Sender<Bytes>,
+}
+
+/// Our ends of the output's four pipes.
+pub struct PipeEnds {
+    pub video: pipe::Sender,
+    pub audio: pipe::Sender,
+    pub offline_video: pipe::Sender,
+    pub offline_audio: pipe::Sender,
+}
+
+impl OutputPipes {
+    /// Starts one writer per pipe. The offline video's writer is a thread:
+    /// it moves data between two pipes and waits on both.
+    pub fn spawn(ends: PipeEnds, format: RawFormat) -> io::Result<OutputPipes> {
+        let (vtx, vrx) = mpsc::channel(PIPE_QUEUE);
+        let (atx, arx) = mpsc::channel(PIPE_QUEUE);
+        let (ovtx, ovrx) = mpsc::channel(PIPE_QUEUE);
+        let (oatx, oarx) = mpsc::channel(PIPE_QUEUE);
+        let offline_fd = ends.offline_video.into_nonblocking_fd()?;
+        std::thread::Builder::new()
+            .name("offline-video".into())
+            .spawn(move || write_offline_video(offline_fd, ovrx, format))?;
+        tokio::spawn(splice_frames(ends.video, vrx));
+        tokio::spawn(write_pipe(ends.audio, arx));
+        tokio::spawn(write_pipe(ends.offline_audio, oarx));
+        Ok(OutputPipes {
+            video: vtx,
+            audio: atx,
+            offline_video: ovtx,
+            offline_audio: oatx,
+        })
+    }
+
+    /// Queues one tick; false if it had to be dropped.
+    pub fn send(&self, tick: Tick) -> bool {
+        if self.video.capacity() == 0
+            || self.audio.capacity() == 0
+            || self.offline_video.capacity() == 0
+            || self.offline_audio.capacity() == 0
+        {
+            return false;
+        }
+        self.video.try_send(tick.video).is_ok()
+            && self.audio.try_send(tick.audio).is_ok()
+            && self.offline_video.try_send(tick.offline_video).is_ok()
+            && self.offline_audio.try_send(tick.offline_audio).is_ok()
+    }
+
+    pub fn closed(&self) -> bool {
+        self.video.is_closed()
+            || self.audio.is_closed()
+            || self.offline_video.is_closed()
+            || self.offline_audio.is_closed()
+    }
+}
+
+/// What we wrote into a pipe and FFmpeg may not have read yet. A frame
+/// moved with vmsplice is our memory until FFmpeg reads it, so it must stay
+/// alive and unchanged until then; `Bytes` are immutable, and we keep the
+/// newest entries that together still cover what is unread in the pipe
+/// (FIONREAD; the pipe's capacity if it cannot say): older bytes have been
+/// read. Data spliced from another pipe is counted too, without memory.
+#[derive(Default)]
+struct InFlight {
+    entries: VecDeque<(Option<Bytes>, usize)>,
+    held: usize,
+}
+
+impl InFlight {
+    fn push(&mut self, frame: Option<Bytes>, len: usize) {
+        self.held += len;
+        self.entries.push_back((frame, len));
+    }
+
+    /// Drops the oldest entries whose bytes FFmpeg has read from the pipe.
+    fn release(&mut self, unread: usize) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(_, len)| self.held - len >= unread)
+        {
+            self.held -= self.entries.pop_front().map_or(0, |(_, len)| len);
+        }
+    }
+
+    #[cfg(test)]
+    fn frames(&self) -> usize {
+        self.entries.iter().filter(|(f, _)| f.is_some()).count()
+    }
+}
+
+fn pipe_capacity(fd: BorrowedFd<'_>) -> usize {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETPIPE_SZ)
+        .map_or(PIPE_FALLBACK_CAPACITY, |c| c.max(0) as usize)
+}
+
+/// Bytes written to the pipe and not yet read.
+pub fn unread_bytes(fd: BorrowedFd<'_>) -> Option<usize> {
+    let mut n: nix::libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through a valid pointer.
+    let r = unsafe { nix::libc::ioctl(fd.as_raw_fd(), nix::libc::FIONREAD, &mut n) };
+    (r == 0 && n >= 0).then_some(n as usize)
+}
+
+/// Moves live video frames into the pipe with vmsplice(2): the pipe
+/// references our pages instead of copying 1.4 MB (720p) per frame. This
+/// halved the daemon's CPU in the benchmark; the kernel's copy was its
+/// largest cost.
+async fn splice_frames(pipe: pipe::Sender, mut rx: mpsc::Receiver<Bytes>) {
+    let capacity = pipe_capacity(pipe.as_fd());
+    let mut in_flight = InFlight::default();
+    while let Some(frame) = rx.recv().await {
+        in_flight.release(unread_bytes(pipe.as_fd()).unwrap_or(capacity));
+        let mut offset = 0;
+        while offset < frame.len() {
+            if pipe.writable().await.is_err() {
+                return;
+            }
+            let spliced = pipe.try_io(|| {
+                let iov = [IoSlice::new(&frame[offset..])];
+                nix::fcntl::vmsplice(&pipe, &iov, SpliceFFlags::SPLICE_F_NONBLOCK)
+                    .map_err(io::Error::from)
+            });
+            match spliced {
+                Ok(n) => offset += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The output exited; the supervisor attaches a new one.
+                Err(_) => return,
+            }
+        }
+        in_flight.push(Some(frame.clone()), frame.len());
+        in_flight.release(unread_bytes(pipe.as_fd()).unwrap_or(capacity));
+    }
+}
+
+async fn write_pipe(mut pipe: pipe::Sender, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(buf) = rx.recv().await {
+        if pipe.write_all(&buf).await.is_err() {
+            // The output exited; the supervisor attaches a new one.
+            return;
+        }
+    }
+}
+
+/// The offline video's writer (a thread). Held frames are vmspliced as
+/// above; source frames are spliced from the source's pipe. Ends when the
+/// pump drops its sender or the output stops reading.
+fn write_offline_video(out: OwnedFd, mut rx: mpsc::Receiver<OfflineFrame>, format: RawFormat) {
+    let capacity = pipe_capacity(out.as_fd());
+    let mut in_flight = InFlight::default();
+    // Made only when a source fails us without a fallback.
+    let mut black: Option<Bytes> = None;
+    let pool = crate::frames::FramePool::new(format.frame_bytes(), 0, 1);
+    while let Some(item) = rx.blocking_recv() {
+        in_flight.release(unread_bytes(out.as_fd()).unwrap_or(capacity));
+        let held = match item {
+            OfflineFrame::Held(frame) => frame,
+            OfflineFrame::Source { source, fallback } => {
+                match source.splice_frame(out.as_fd(), SOURCE_WAIT) {
+                    Ok(true) => {
+                        in_flight.push(None, format.frame_bytes());
+                        black = None;
+                        continue;
+                    }
+                    Ok(false) => fallback.unwrap_or_else(|| {
+                        black
+                            .get_or_insert_with(|| format.black_frame(&pool))
+                            .clone()
+                    }),
+                    Err(err) => {
+                        debug!(%err, "offline video pipe closed");
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(err) = vmsplice_all(out.as_fd(), &held) {
+            debug!(%err, "offline video pipe closed");
+            return;
+        }
+        in_flight.push(Some(held.clone()), held.len());
+        in_flight.release(unread_bytes(out.as_fd()).unwrap_or(capacity));
+    }
+}
+
+/// Waits until `fd` is ready for `events`, at most `wait` (`None`: for
+/// ever). False on timeout; an error if the other end is gone.
+pub fn wait_for(fd: BorrowedFd<'_>, events: PollFlags, wait: Option<Duration>) -> io::Result<bool> {
+    let timeout = match wait {
+        None => PollTimeout::NONE,
+        Some(d) => PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
+    };
+    let mut fds = [PollFd::new(fd, events)];
+    loop {
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(0) => return Ok(false),
+            Ok(_) => {
+                let got = fds[0].revents().unwrap_or(PollFlags::empty());
+                if got.intersects(events) {
+                    return Ok(true);
+                }
+                if got.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL) {
+                    return Err(io::ErrorKind::BrokenPipe.into());
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// vmsplices all of `data` into the non-blocking pipe `out`, waiting for
+/// room as needed.
+pub fn vmsplice_all(out: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
+    let mut offset = 0;
+    while offset < data.len() {
+        let iov = [IoSlice::new(&data[offset..])];
+        match nix::fcntl::vmsplice(out, &iov, SpliceFFlags::SPLICE_F_NONBLOCK) {
+            Ok(n) => offset += n,
+            Err(nix::errno::Errno::EAGAIN) => {
+                wait_for(out, PollFlags::POLLOUT, None)?;
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_stay_until_ffmpeg_has_read_them() {
+        let mut f = InFlight::default();
+        for i in 0..3u8 {
+            f.push(Some(Bytes::from(vec![i; 100])), 100);
+        }
+        // All 300 bytes unread: every frame may still be in the pipe.
+        f.release(300);
+        assert_eq!(f.frames(), 3);
+        // 150 read: the first frame is out of the pipe, the second is not.
+        f.release(150);
+        assert_eq!((f.frames(), f.held), (2, 200));
+        assert_eq!(f.entries[0].0.as_ref().unwrap()[0], 1);
+        f.release(0);
+        assert_eq!((f.frames(), f.held), (0, 0));
+    }
+
+    #[test]
+    fn spliced_data_counts_without_memory() {
+        let mut f = InFlight::default();
+        f.push(Some(Bytes::from(vec![1; 100])), 100);
+        f.push(None, 100);
+        f.push(None, 100);
+        // 200 unread: the held frame was read, the source's frames not.
+        f.release(200);
+        assert_eq!((f.frames(), f.held), (0, 200));
+    }
+}
