@@ -45,7 +45,6 @@ use crate::frames::{self, FramePool};
 use crate::ingest::{self, Expect};
 use crate::metrics;
 use crate::notify;
-use crate::offline::OfflineCopy;
 use crate::output::{self, Progress};
 use crate::preflight::OfflineInfo;
 use crate::publish_auth::{Approvals, Vouch};
@@ -82,9 +81,14 @@ pub struct Options {
     /// A reloaded configuration that differs only in keys the daemon
     /// applies at once ([`Config::only_tuning_differs`]).
     pub reconfigure: Option<watch::Receiver<Arc<Config>>>,
-    /// Where to keep the private copy of the offline video the output
-    /// reads (`offline.rs`); `None`: the output reads the file in place.
+    /// Where to keep the private copy of the offline video the offline
+    /// source reads (`offline.rs`); `None`: it reads the file in place.
     pub offline_copy_dir: Option<PathBuf>,
+    /// A reload that brings a new offline video (`OFFLINE_VIDEO_PATH` or
+    /// its file) and otherwise only what applies at once: the offline
+    /// source restarts on the file `reconfigure` now names; the output
+    /// keeps running.
+    pub new_offline: Option<watch::Receiver<OfflineInfo>>,
 }
 
 impl Default for Options {
@@ -95,6 +99,7 @@ impl Default for Options {
             control_socket: None,
             reconfigure: None,
             offline_copy_dir: None,
+            new_offline: None,
         }
     }
 }
@@ -158,7 +163,7 @@ impl Backoff {
         }
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.current = self.base;
     }
 
@@ -246,38 +251,34 @@ pub async fn run(
         .instrument(tracing::info_span!("pump")),
     );
 
-    // The offline source reads a private copy of the offline video, so
-    // that the file being replaced or corrupted while relay runs cannot
-    // break a restart of the source.
-    let offline_copy = match &options.offline_copy_dir {
-        Some(dir) => {
-            Some(OfflineCopy::make(&config.offline_video_path, dir, &config.instance).await)
+    // Without a reloader, a channel that never changes.
+    let (_same_offline, new_offline) = match options.new_offline.clone() {
+        Some(rx) => (None, rx),
+        None => {
+            let (tx, rx) = watch::channel(offline.clone());
+            (Some(tx), rx)
         }
-        None => None,
-    };
-    let output_config = match &offline_copy {
-        Some(copy) => Arc::new(Config {
-            offline_video_path: copy.path().to_owned(),
-            ..(*config).clone()
-        }),
-        None => config.clone(),
     };
     let (out_ev_tx, out_ev_rx) = mpsc::channel(32);
     let (restart_tx, restart_rx) = mpsc::channel(1);
     let offline_task = tokio::spawn(
         crate::offline_source::supervise(
-            output_config.clone(),
-            offline.clone(),
-            options.ffmpeg.clone(),
-            pump_tx.clone(),
-            updates.clone(),
+            crate::offline_source::Supervision {
+                config: config.clone(),
+                info: offline.clone(),
+                ffmpeg: options.ffmpeg.clone(),
+                copy_dir: options.offline_copy_dir.clone(),
+                pump: pump_tx.clone(),
+                updates: updates.clone(),
+                new_offline,
+            },
             stop_rx.clone(),
         )
         .instrument(tracing::info_span!("offline")),
     );
     let output_task = tokio::spawn(
         supervise_output(
-            output_config,
+            config.clone(),
             options.ffmpeg.clone(),
             pump_tx.clone(),
             out_ev_tx,
@@ -425,7 +426,6 @@ pub async fn run(
     poller_task.abort();
     drop(daemon);
     pump_task.abort();
-    drop(offline_copy);
     info!("stopped");
     result
 }

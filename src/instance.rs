@@ -6,8 +6,10 @@
 //! configuration stays. An unchanged one changes nothing. One that changes
 //! only the switching policy, POLL_INTERVAL, ALLOWED_PUBLISHERS, KILL_GRACE
 //! or CRASH_BACKOFF ([`Config::only_tuning_differs`]) goes to the running
-//! daemon, which applies it at once without restarting any FFmpeg. Any
-//! other change restarts the pipeline in this process with it: the output
+//! daemon, which applies it at once without restarting any FFmpeg. A new
+//! offline video (OFFLINE_VIDEO_PATH, or its file replaced), with or
+//! without such settings, restarts only the offline source. Any other
+//! change restarts the pipeline in this process with it: the output
 //! reconnects once, the unit stays active.
 
 use std::sync::Arc;
@@ -25,6 +27,8 @@ enum Reload {
     Unchanged,
     /// Only settings the running daemon applies at once.
     Tuned(Box<Config>),
+    /// A new offline video, and perhaps settings that apply at once.
+    NewOffline(Box<Config>, OfflineInfo),
     Changed(Box<Config>, OfflineInfo),
 }
 
@@ -35,14 +39,16 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     loop {
         let (tune_tx, tune_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
-        // The output reads a copy of the offline video made at start
-        // (`offline.rs`): a reload must notice a new file even when it
-        // probes the same.
-        let stamp = file_stamp(&config.offline_video_path);
+        let (offline_tx, offline_rx) = tokio::sync::watch::channel(offline.clone());
+        // The offline source reads a copy of the offline video made at
+        // start (`offline.rs`): a reload must notice a new file even when
+        // it probes the same.
+        let mut stamp = file_stamp(&config.offline_video_path);
         let options = daemon::Options {
             control_socket: Some(api::socket_path(&config.instance)),
             reconfigure: Some(tune_rx),
             offline_copy_dir: Some(offline::copy_dir()),
+            new_offline: Some(offline_rx),
             ..daemon::Options::default()
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -69,6 +75,15 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
                         info!("reload: only settings that apply at once changed; the output is not restarted");
                         config = *new;
                         tune_tx.send_replace(Arc::new(config.clone()));
+                        continue;
+                    }
+                    Reload::NewOffline(new, new_offline) => {
+                        info!("reload: a new offline video; only the offline source restarts, the output keeps running");
+                        config = *new;
+                        offline = new_offline;
+                        stamp = file_stamp(&config.offline_video_path);
+                        tune_tx.send_replace(Arc::new(config.clone()));
+                        offline_tx.send_replace(offline.clone());
                         continue;
                     }
                     Reload::Changed(new, new_offline) => {
@@ -127,6 +142,11 @@ async fn reload(
                 && running.only_tuning_differs(&config)
             {
                 Reload::Tuned(Box::new(config))
+            } else if running.only_tuning_differs(&Config {
+                offline_video_path: running.offline_video_path.clone(),
+                ..config.clone()
+            }) {
+                Reload::NewOffline(Box::new(config), new_offline)
             } else {
                 if config.offline_video_path == running.offline_video_path
                     && !(same_video(&new_offline, offline) && same_file)

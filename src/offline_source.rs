@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::daemon::Backoff;
 use crate::ffmpeg::{self, RawFormat, AUDIO_BYTES_PER_SAMPLE};
 use crate::ingest::AudioQueue;
+use crate::offline::OfflineCopy;
 use crate::outpipes::{unread_bytes, wait_for};
 use crate::preflight::OfflineInfo;
 use crate::pump;
@@ -276,6 +277,7 @@ impl SourceAudio {
 fn spawn(
     config: &Config,
     info: &OfflineInfo,
+    path: &Path,
     ffmpeg_bin: &Path,
 ) -> std::io::Result<(child::Running, OfflineSource)> {
     let format = RawFormat::of(config);
@@ -284,7 +286,7 @@ fn spawn(
     let running = child::spawn(Spec {
         role: "offline",
         program: ffmpeg_bin.to_path_buf(),
-        args: args(config, info, &config.offline_video_path),
+        args: args(config, info, path),
         fds: vec![(video.theirs, VIDEO_FD), (audio.theirs, AUDIO_FD)],
         stdout: false,
         secrets: Vec::new(),
@@ -323,37 +325,75 @@ async fn read_audio(mut pipe: tokio::net::unix::pipe::Receiver, sound: Arc<Sourc
     }
 }
 
+/// What the offline source's supervisor works with.
+pub struct Supervision {
+    /// The configuration at start (the output's format, the offline video).
+    pub config: Arc<Config>,
+    pub info: OfflineInfo,
+    pub ffmpeg: PathBuf,
+    /// Where to keep the private copy of the offline video; `None`: read it
+    /// in place.
+    pub copy_dir: Option<PathBuf>,
+    pub pump: mpsc::Sender<pump::Command>,
+    /// Reloaded settings (KILL_GRACE, CRASH_BACKOFF, OFFLINE_VIDEO_PATH).
+    pub updates: watch::Receiver<Arc<Config>>,
+    /// A new offline video: its probe; the path is in `updates`.
+    pub new_offline: watch::Receiver<OfflineInfo>,
+}
+
 /// Keeps the offline source running until `stop`: restarts it with the
-/// crash backoff when it exits, and tells the pump which source to read.
-pub async fn supervise(
-    config: Arc<Config>,
-    info: OfflineInfo,
-    ffmpeg_bin: PathBuf,
-    pump: mpsc::Sender<pump::Command>,
-    updates: watch::Receiver<Arc<Config>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut backoff = Backoff::new(config.crash_backoff);
+/// crash backoff when it exits, starts it afresh on a new offline video
+/// (a reload), and tells the pump which source to read.
+pub async fn supervise(mut s: Supervision, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Backoff::new(s.config.crash_backoff);
+    let mut source_path = s.config.offline_video_path.clone();
+    let mut copy = make_copy(&s, &source_path).await;
     loop {
+        let path = copy
+            .as_ref()
+            .map_or(source_path.clone(), |c| c.path().to_owned());
         let started_at = Instant::now();
-        let reason = match spawn(&config, &info, &ffmpeg_bin) {
+        let reason = match spawn(&s.config, &s.info, &path, &s.ffmpeg) {
             Err(err) => format!("could not start ffmpeg: {err}"),
             Ok((mut child, source)) => {
-                let _ = pump.send(pump::Command::Offline(Some(source))).await;
-                let status = tokio::select! {
-                    status = child.wait() => status,
-                    _ = stop.changed() => {
-                        let _ = pump.send(pump::Command::Offline(None)).await;
-                        let grace = updates.borrow().kill_grace;
+                let _ = s.pump.send(pump::Command::Offline(Some(source))).await;
+                enum Why {
+                    Exited(String),
+                    NewVideo,
+                    Stop,
+                }
+                let why = tokio::select! {
+                    status = child.wait() => Why::Exited(
+                        status.map_or_else(|e| e.to_string(), |st| st.to_string())),
+                    Ok(()) = s.new_offline.changed() => Why::NewVideo,
+                    _ = stop.changed() => Why::Stop,
+                };
+                let _ = s.pump.send(pump::Command::Offline(None)).await;
+                let grace = s.updates.borrow().kill_grace;
+                match why {
+                    Why::Stop => {
                         child.stop(grace).await;
                         return;
                     }
-                };
-                let _ = pump.send(pump::Command::Offline(None)).await;
-                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-                format!("ffmpeg exited ({status}) {}", child.last_lines())
-                    .trim()
-                    .to_string()
+                    Why::NewVideo => {
+                        child.stop(grace).await;
+                        s.info = s.new_offline.borrow_and_update().clone();
+                        source_path = s.updates.borrow().offline_video_path.clone();
+                        // The old copy goes once its reader is gone.
+                        copy = make_copy(&s, &source_path).await;
+                        backoff.reset();
+                        info!(
+                            offline = %source_path.display(),
+                            "reload: the new offline video is on its way; the output keeps running"
+                        );
+                        continue;
+                    }
+                    Why::Exited(status) => {
+                        format!("ffmpeg exited ({status}) {}", child.last_lines())
+                            .trim()
+                            .to_string()
+                    }
+                }
             }
         };
         let uptime = started_at.elapsed();
@@ -372,90 +412,10 @@ pub async fn supervise(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{Read, Write};
-    use std::os::fd::OwnedFd;
-
-    /// A source whose pipe we write, an output pipe we read; 8-byte frames.
-    fn rig() -> (SourceVideo, std::fs::File, OwnedFd, std::fs::File) {
-        let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
-        let (src_read, src_write) = nix::unistd::pipe2(flags).unwrap();
-        let (out_read, out_write) = nix::unistd::pipe2(flags).unwrap();
-        let video = SourceVideo {
-            pipe: src_read,
-            frame_bytes: 8,
-            state: Mutex::new(VideoState::default()),
-        };
-        (video, src_write.into(), out_write, out_read.into())
-    }
-
-    fn read_out(out: &mut std::fs::File) -> Vec<u8> {
-        let mut buf = vec![0u8; 64];
-        let n = out.read(&mut buf).unwrap_or(0);
-        buf.truncate(n);
-        buf
-    }
-
-    const NO_WAIT: Duration = Duration::from_millis(1);
-
-    #[test]
-    fn frames_move_whole_and_a_half_taken_one_is_skipped() {
-        let (video, mut src, out, mut sink) = rig();
-        src.write_all(&[1; 8]).unwrap();
-        src.write_all(&[2; 8]).unwrap();
-        assert!(video.splice_frame(out.as_fd(), NO_WAIT).unwrap());
-        assert_eq!(read_out(&mut sink), vec![1; 8]);
-        // A writer went away after 3 bytes of the next frame.
-        let mut st = video.state.lock().unwrap();
-        assert!(video.discard(&mut st, 3, NO_WAIT));
-        drop(st);
-        src.write_all(&[3; 8]).unwrap();
-        assert!(video.splice_frame(out.as_fd(), NO_WAIT).unwrap());
-        assert_eq!(read_out(&mut sink), vec![3; 8]);
-    }
-
-    #[test]
-    fn a_late_frame_is_owed_and_skipped_later() {
-        let (video, mut src, out, mut sink) = rig();
-        assert!(!video.splice_frame(out.as_fd(), NO_WAIT).unwrap());
-        assert_eq!(video.state.lock().unwrap().owed, 1);
-        src.write_all(&[1; 8]).unwrap();
-        src.write_all(&[2; 8]).unwrap();
-        // The owed frame is skipped: picture and sound stay level.
-        assert!(video.splice_frame(out.as_fd(), NO_WAIT).unwrap());
-        assert_eq!(read_out(&mut sink), vec![2; 8]);
-        assert_eq!(video.state.lock().unwrap().owed, 0);
-    }
-
-    #[test]
-    fn a_source_that_dies_mid_frame_leaves_a_whole_frame() {
-        let (video, mut src, out, mut sink) = rig();
-        src.write_all(&[5; 3]).unwrap();
-        drop(src);
-        assert!(video.splice_frame(out.as_fd(), NO_WAIT).unwrap());
-        assert_eq!(read_out(&mut sink), vec![5, 5, 5, 0, 0, 0, 0, 0]);
-        // Ended: nothing more, without waiting.
-        assert!(!video.splice_frame(out.as_fd(), NO_WAIT).unwrap());
-    }
-
-    #[test]
-    fn sound_given_as_silence_is_skipped_when_it_comes() {
-        let format = RawFormat {
-            width: 4,
-            height: 2,
-            fps: 30,
-            sample_rate: 48000,
-        };
-        let sound = SourceAudio {
-            queue: AudioQueue::with_frames(&format, 8),
-            owed: Mutex::new(0),
-        };
-        let tick = 1600 * AUDIO_BYTES_PER_SAMPLE;
-        assert!(sound.take(tick).iter().all(|&b| b == 0));
-        sound.queue.push(&vec![1u8; tick]);
-        sound.queue.push(&vec![2u8; tick]);
-        assert!(sound.take(tick).iter().all(|&b| b == 2));
+/// relay's private copy of the offline video, if it keeps one.
+async fn make_copy(s: &Supervision, source: &Path) -> Option<OfflineCopy> {
+    match &s.copy_dir {
+        Some(dir) => Some(OfflineCopy::make(source, dir, &s.config.instance).await),
+        None => None,
     }
 }

@@ -455,8 +455,12 @@ async fn replaced_offline_video_goes_on_air_at_reload() -> anyhow::Result<()> {
 
     let mark = f.relay().log_mark();
     f.relay().signal(Signal::SIGHUP)?;
-    f.wait_for_log_since(mark, "reload: applying the new configuration", secs(20))
+    f.wait_for_log_since(mark, "reload: a new offline video", secs(20))
         .await?;
     expect_on_air(&f, &sink, Colour::Red, Instant::now(), secs(40)).await?;
+    ensure!(
+        f.lines_since(mark, "output started").is_empty(),
+        "the output was restarted for a new offline video"
+    );
     f.finish().await
 }

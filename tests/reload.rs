@@ -206,23 +206,32 @@ async fn reload_of_an_encoding_setting_restarts_the_output_once() -> anyhow::Res
 }
 
 #[tokio::test]
-async fn reload_of_the_offline_video_or_destination_restarts_the_output_once() -> anyhow::Result<()>
-{
+async fn a_new_offline_video_keeps_the_output_and_a_new_destination_restarts_it_once(
+) -> anyhow::Result<()> {
     let rig = Rig::start("reload-video", RigOpts::default()).await?;
     let mut relay = rig.start_relay().await?;
     let sink = Sink::start(&rig.out_url());
     sink.wait_for(Colour::Green, secs(30)).await?;
+    let output = wait_for_ffmpeg_child(relay.pid(), &rig.out_path(), secs(30)).await?;
+    let connections = sink.connections();
 
-    // A new offline video: viewers see it after one output restart.
+    // A new offline video: viewers see it, and the output, with its
+    // connection to the platform, is not touched.
     let red = make_offline_video(rig.dir.path(), "red", true, 320, 180).await?;
     append(&rig, &format!("OFFLINE_VIDEO_PATH={}", red.display()))?;
     let mark = relay.log_mark();
     relay.signal(Signal::SIGHUP)?;
     relay
-        .wait_for_log_since(mark, "reload: applying the new configuration", secs(30))
+        .wait_for_log_since(mark, "reload: a new offline video", secs(30))
         .await?;
     sink.wait_for(Colour::Red, secs(60)).await?;
-    assert_eq!(count_since(&relay, mark, "output started"), 1);
+    assert_eq!(count_since(&relay, mark, "output started"), 0);
+    assert_eq!(
+        wait_for_ffmpeg_child(relay.pid(), &rig.out_path(), secs(5)).await?,
+        output,
+        "the output was restarted"
+    );
+    assert_eq!(sink.connections(), connections, "the sink had to reconnect");
 
     // A new destination (stream key): the output publishes there instead.
     append(&rig, "KICK_KEY=otherkey")?;
