@@ -419,3 +419,91 @@ async fn make_copy(s: &Supervision, source: &Path) -> Option<OfflineCopy> {
         None => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::OwnedFd;
+
+    /// A source whose pipe we write, an output pipe we read; 8-byte frames.
+    fn rig() -> (SourceVideo, std::fs::File, OwnedFd, std::fs::File) {
+        let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
+        let (src_read, src_write) = nix::unistd::pipe2(flags).unwrap();
+        let (out_read, out_write) = nix::unistd::pipe2(flags).unwrap();
+        let video = SourceVideo {
+            pipe: src_read,
+            frame_bytes: 8,
+            state: Mutex::new(VideoState::default()),
+        };
+        (video, src_write.into(), out_write, out_read.into())
+    }
+
+    fn read_out(out: &mut std::fs::File) -> Vec<u8> {
+        let mut buf = vec![0u8; 64];
+        let n = out.read(&mut buf).unwrap_or(0);
+        buf.truncate(n);
+        buf
+    }
+
+    const NO_WAIT: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn frames_move_whole_and_a_half_taken_one_is_skipped() {
+        let (video, mut src, out, mut sink) = rig();
+        src.write_all(&[1; 8]).unwrap();
+        src.write_all(&[2; 8]).unwrap();
+        assert!(video.splice_frame(out.as_fd(), NO_WAIT).unwrap());
+        assert_eq!(read_out(&mut sink), vec![1; 8]);
+        // A writer went away after 3 bytes of the next frame.
+        let mut st = video.state.lock().unwrap();
+        assert!(video.discard(&mut st, 3, NO_WAIT));
+        drop(st);
+        src.write_all(&[3; 8]).unwrap();
+        assert!(video.splice_frame(out.as_fd(), NO_WAIT).unwrap());
+        assert_eq!(read_out(&mut sink), vec![3; 8]);
+    }
+
+    #[test]
+    fn a_late_frame_is_owed_and_skipped_later() {
+        let (video, mut src, out, mut sink) = rig();
+        assert!(!video.splice_frame(out.as_fd(), NO_WAIT).unwrap());
+        assert_eq!(video.state.lock().unwrap().owed, 1);
+        src.write_all(&[1; 8]).unwrap();
+        src.write_all(&[2; 8]).unwrap();
+        // The owed frame is skipped: picture and sound stay level.
+        assert!(video.splice_frame(out.as_fd(), NO_WAIT).unwrap());
+        assert_eq!(read_out(&mut sink), vec![2; 8]);
+        assert_eq!(video.state.lock().unwrap().owed, 0);
+    }
+
+    #[test]
+    fn a_source_that_dies_mid_frame_leaves_a_whole_frame() {
+        let (video, mut src, out, mut sink) = rig();
+        src.write_all(&[5; 3]).unwrap();
+        drop(src);
+        assert!(video.splice_frame(out.as_fd(), NO_WAIT).unwrap());
+        assert_eq!(read_out(&mut sink), vec![5, 5, 5, 0, 0, 0, 0, 0]);
+        // Ended: nothing more, without waiting.
+        assert!(!video.splice_frame(out.as_fd(), NO_WAIT).unwrap());
+    }
+
+    #[test]
+    fn sound_given_as_silence_is_skipped_when_it_comes() {
+        let format = RawFormat {
+            width: 4,
+            height: 2,
+            fps: 30,
+            sample_rate: 48000,
+        };
+        let sound = SourceAudio {
+            queue: AudioQueue::with_frames(&format, 8),
+            owed: Mutex::new(0),
+        };
+        let tick = 1600 * AUDIO_BYTES_PER_SAMPLE;
+        assert!(sound.take(tick).iter().all(|&b| b == 0));
+        sound.queue.push(&vec![1u8; tick]);
+        sound.queue.push(&vec![2u8; tick]);
+        assert!(sound.take(tick).iter().all(|&b| b == 2));
+    }
+}
