@@ -1119,16 +1119,36 @@ impl Daemon {
     /// is re-asserted once it streams, so there is nothing to confirm — and
     /// nothing to restart, which would only cut its connection attempt.
     async fn select(&self, input: Input) -> Result<(), crate::control::ControlError> {
-        if self.last_progress.is_none() {
+        if self.last_progress.is_none() || self.output_gone() {
             return Ok(());
         }
         self.switch.select(input).await
+    }
+
+    /// The output we last heard of has exited, though its supervisor's word
+    /// may still be queued behind the event being handled: it restarts on
+    /// the selection, so there is no filter to ask. (A destination that
+    /// refuses the stream kills the output right after it starts
+    /// streaming; a go-live at that moment asked a dead filter, then
+    /// restarted outputs that were already restarting.)
+    fn output_gone(&self) -> bool {
+        self.output_pid.is_some_and(|pid| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None)
+                == Err(nix::errno::Errno::ESRCH)
+        })
     }
 
     /// The zmq filter did not confirm a switch: one more try on a fresh
     /// socket, then restart the output, which starts on the selection.
     async fn switch_failed(&mut self) {
         let input = *self.selection.borrow();
+        if self.output_gone() {
+            info!(
+                on_air = input.name(),
+                "the output exited; it restarts on the selection"
+            );
+            return;
+        }
         if self.select(input).await.is_ok() {
             info!(on_air = input.name(), "switch confirmed on retry");
             return;
