@@ -655,6 +655,38 @@ async fn the_offline_source_rests_while_live() -> anyhow::Result<()> {
     rig.stop().await
 }
 
+/// A still image (a PNG, no sound) as the offline video: the offline source
+/// loops its one frame at the output's rate, with silence.
+#[tokio::test]
+async fn a_still_image_works_as_the_offline_video() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let png = dir.path().join("brb.png");
+    let made = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
+        .args(["-i", "color=c=green:s=320x180", "-frames:v", "1"])
+        .arg(&png)
+        .status()
+        .await?;
+    ensure!(made.success(), "ffmpeg could not make the PNG");
+    let path = png.display().to_string();
+    let rig = Rig::start_with("sw-still", &[("OFFLINE_VIDEO_PATH", &path)]).await?;
+    rig.sink
+        .wait_for_since(Colour::Green, rig.started, secs(20))
+        .await?;
+    rig.sink.expect_steady(Colour::Green, secs(3)).await?;
+
+    let t = Instant::now();
+    let mut blue = rig.publish(PublisherOpts::colour("blue")).await?;
+    rig.expect_switch(Colour::Green, Colour::Blue, t, GO_LIVE, STEADY)
+        .await?;
+    let t = Instant::now();
+    blue.kill().await?;
+    rig.expect_switch(Colour::Blue, Colour::Green, t, FAIL_OVER, STEADY)
+        .await?;
+    rig.assert_one_output_session()?;
+    rig.stop().await
+}
+
 /// Bytes `pid` wrote (`wchar` in /proc/PID/io) over `window`.
 async fn bytes_written_over(pid: u32, window: Duration) -> anyhow::Result<u64> {
     let wchar = || -> anyhow::Result<u64> {
