@@ -1,13 +1,14 @@
 //! relay's private copy of the offline video.
 //!
-//! The output FFmpeg opens the offline video again at every start. Were
-//! that the operator's file, a file replaced or overwritten while relay
-//! runs (a half-copied upload, a truncated file) would be what the next
-//! output restart opens, and a broken one would keep the output down. So
-//! at start (and at each reload) relay copies the file, as it was checked,
-//! into its cache directory (systemd's `CacheDirectory=`, on disk rather
-//! than in the RAM of `/run`), else its runtime directory, and the output
-//! reads that copy; the copy is removed when the daemon stops. A plain
+//! The offline source FFmpeg (`offline_source.rs`) opens the offline video
+//! again at every start. Were that the operator's file, a file replaced or
+//! overwritten while relay runs (a half-copied upload, a truncated file)
+//! would be what the next restart of the source opens, and a broken one
+//! would keep the offline video off the output. So at start (and at each
+//! reload) relay copies the file, as it was checked, into its cache
+//! directory (systemd's `CacheDirectory=`, on disk rather than in the RAM
+//! of `/run`), else its runtime directory, and the source reads that copy;
+//! the copy is removed when it is replaced or the daemon stops. A plain
 //! copy: start-up stays fast.
 
 use std::path::{Path, PathBuf};
@@ -21,7 +22,8 @@ pub fn copy_dir() -> PathBuf {
     crate::api::systemd_dir("CACHE_DIRECTORY").unwrap_or_else(crate::api::runtime_dir)
 }
 
-/// The offline video the output reads; removed on drop if it is a copy.
+/// The offline video the offline source reads; removed on drop if it is a
+/// copy.
 pub struct OfflineCopy {
     file: Option<NamedTempFile>,
     source: PathBuf,
@@ -39,7 +41,7 @@ impl OfflineCopy {
                 warn!(
                     offline = %source.display(),
                     dir = %dir.display(),
-                    "could not copy the offline video ({err}); reading it in place, so replacing it while relay runs affects the output"
+                    "could not copy the offline video ({err}); reading it in place, so replacing it while relay runs affects the offline video on air"
                 );
                 None
             }
@@ -54,7 +56,7 @@ impl OfflineCopy {
         }
     }
 
-    /// What the output FFmpeg opens.
+    /// What the offline source opens.
     pub fn path(&self) -> &Path {
         self.file
             .as_ref()
