@@ -46,6 +46,7 @@ use crate::ingest::{self, Expect};
 use crate::metrics;
 use crate::notify;
 use crate::output::{self, Progress};
+use crate::pipeframes::PipePool;
 use crate::preflight::OfflineInfo;
 use crate::publish_auth::{Approvals, Vouch};
 use crate::pump::{self, Event as PumpEvent};
@@ -235,6 +236,13 @@ pub async fn run(
     let (pump_tx, pump_rx) = mpsc::channel(8);
     let (pump_ev_tx, pump_ev_rx) = mpsc::channel(32);
     let frames = FramePool::new(format.frame_bytes(), frames::KEEP, frames::CAP);
+    let pipes = match PipePool::new(format.frame_bytes()) {
+        Ok(pool) => Some(pool),
+        Err(err) => {
+            warn!(%err, "live frames go through memory, which costs more CPU: no pipes of 1 MB to hold them");
+            None
+        }
+    };
     let pump_task = tokio::spawn(
         pump::run(
             format,
@@ -358,6 +366,7 @@ pub async fn run(
         pump: pump_tx,
         pump_stats,
         frames,
+        pipes,
         poll_now,
         ingest: None,
         stopping: Vec::new(),
@@ -447,6 +456,9 @@ struct Daemon {
     pump_stats: Arc<pump::Stats>,
     /// Live frames' buffers, reused by every ingest of this pipeline.
     frames: FramePool,
+    /// Pipes that hold live frames instead (`None`: frames go through
+    /// `frames`).
+    pipes: Option<PipePool>,
     poll_now: Arc<Notify>,
     ingest: Option<IngestHandle>,
     /// Ingests told to stop and not yet gone.
@@ -1178,6 +1190,7 @@ impl Daemon {
             session,
             &self.options.ffmpeg,
             &self.frames,
+            self.pipes.as_ref(),
         ) {
             Ok(s) => s,
             Err(err) => {

@@ -23,11 +23,13 @@ use std::io;
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use nix::sys::mman::{self, MapFlags, ProtFlags};
+
+use crate::pipeframes::PipedFrame;
 
 /// Free buffers a pool keeps. In steady state 3–5 frames are in use (the
 /// one being read, one or two queued for the pump, the one being moved into
@@ -43,6 +45,41 @@ pub const CAP: usize = 5;
 /// How long a reader waits at the ceiling before it maps beyond it.
 pub const OVER_CAP_AFTER: Duration = Duration::from_millis(100);
 
+/// A live video frame: in our memory, or held in pipes of ours (see
+/// `pipeframes`). Clones share it.
+#[derive(Clone)]
+pub enum Frame {
+    Mem(Bytes),
+    Piped(Arc<PipedFrame>),
+}
+
+impl Frame {
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Mem(b) => b.len(),
+            Frame::Piped(p) => p.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame's memory, if it is in ours.
+    pub fn memory(&self) -> Option<Bytes> {
+        match self {
+            Frame::Mem(b) => Some(b.clone()),
+            Frame::Piped(_) => None,
+        }
+    }
+}
+
+impl From<Bytes> for Frame {
+    fn from(b: Bytes) -> Frame {
+        Frame::Mem(b)
+    }
+}
+
 /// Buffers of one frame size, shared by everything that reads frames in
 /// one pipeline. Cloning gives another handle to the same pool.
 #[derive(Clone)]
@@ -56,7 +93,7 @@ struct Inner {
     cap: usize,
     free: Mutex<Vec<Mapping>>,
     /// Signalled whenever a buffer comes back.
-    returned: tokio::sync::Notify,
+    returned: Condvar,
     /// Buffers now mapped (in use or free), and ever mapped.
     mapped: AtomicUsize,
     ever: AtomicU64,
@@ -66,15 +103,17 @@ impl Inner {
     /// A buffer is no longer used: keep it for the next frame, or unmap it.
     fn give_back(&self, mem: Mapping) {
         let mut free = self.free.lock().unwrap();
-        if free.len() < self.keep {
+        // Counted under the lock, so a reader about to wait sees it.
+        let unmap = if free.len() < self.keep {
             free.push(mem);
-            drop(free);
+            None
         } else {
-            drop(free);
-            drop(mem);
             self.mapped.fetch_sub(1, Ordering::AcqRel);
-        }
+            Some(mem)
+        };
+        drop(free);
         self.returned.notify_one();
+        drop(unmap);
     }
 }
 
@@ -86,7 +125,7 @@ impl FramePool {
                 keep: keep.min(cap),
                 cap: cap.max(1),
                 free: Mutex::new(Vec::new()),
-                returned: tokio::sync::Notify::new(),
+                returned: Condvar::new(),
                 mapped: AtomicUsize::new(0),
                 ever: AtomicU64::new(0),
             }),
@@ -100,20 +139,21 @@ impl FramePool {
     /// An empty buffer with room for one frame: a free one if there is one,
     /// else a new one; at the ceiling, waits for one to come back, for up to
     /// [`OVER_CAP_AFTER`]. However the buffer ends (shared and dropped, or
-    /// dropped unfilled), it comes back.
-    pub async fn take(&self) -> io::Result<FrameBuf> {
-        let deadline = tokio::time::Instant::now() + OVER_CAP_AFTER;
+    /// dropped unfilled), it comes back. Blocks: for the ingest's thread.
+    pub fn take(&self) -> io::Result<FrameBuf> {
+        let deadline = std::time::Instant::now() + OVER_CAP_AFTER;
         loop {
-            let returned = self.inner.returned.notified();
-            tokio::pin!(returned);
-            // Registered before looking, so a buffer that comes back in
-            // between is not missed.
-            returned.as_mut().enable();
             if let Some(buf) = self.try_take()? {
                 return Ok(buf);
             }
-            if tokio::time::timeout_at(deadline, returned).await.is_err() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
                 return self.map_new();
+            }
+            let inner = &self.inner;
+            let free = inner.free.lock().unwrap();
+            if free.is_empty() && inner.mapped.load(Ordering::Acquire) >= inner.cap {
+                let _ = inner.returned.wait_timeout(free, left);
             }
         }
     }
@@ -344,26 +384,21 @@ mod tests {
         assert_eq!(&pool.share(b)[..], &[1, 2, 3, 4, 5, 6]);
     }
 
-    #[tokio::test]
-    async fn at_the_ceiling_a_reader_waits_for_a_buffer_to_come_back() {
+    #[test]
+    fn at_the_ceiling_a_reader_waits_for_a_buffer_to_come_back() {
         let pool = FramePool::new(8, 1, 2);
         let a = filled(&pool, 1);
         let b = filled(&pool, 2);
         assert!(pool.try_take().unwrap().is_none(), "a third buffer");
-        let waiting = tokio::spawn({
+        let waiting = std::thread::spawn({
             let pool = pool.clone();
-            async move { pool.take().await.map(|mut buf| buf.spare().len()) }
+            move || pool.take().map(|mut buf| buf.spare().len())
         });
-        tokio::time::sleep(OVER_CAP_AFTER / 4).await;
+        std::thread::sleep(OVER_CAP_AFTER / 4);
         assert!(!waiting.is_finished(), "took a buffer beyond the ceiling");
         drop(a);
-        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
-            .await
-            .expect("woken when a buffer came back")
-            .unwrap()
-            .unwrap();
-        assert_eq!(got, 8);
-        assert!(pool.mapped() <= 2);
+        assert_eq!(waiting.join().unwrap().unwrap(), 8);
+        assert!(pool.mapped() <= 2, "not a buffer beyond the ceiling");
         drop(b);
     }
 
@@ -380,12 +415,12 @@ mod tests {
         assert_eq!(pool.mapped(), 0);
     }
 
-    #[tokio::test]
-    async fn a_reader_kept_waiting_too_long_gets_a_buffer_beyond_the_ceiling() {
+    #[test]
+    fn a_reader_kept_waiting_too_long_gets_a_buffer_beyond_the_ceiling() {
         let pool = FramePool::new(8, 1, 1);
         let held = filled(&pool, 1);
-        let started = tokio::time::Instant::now();
-        let extra = pool.take().await.unwrap();
+        let started = std::time::Instant::now();
+        let extra = pool.take().unwrap();
         assert!(started.elapsed() >= OVER_CAP_AFTER);
         assert_eq!(pool.mapped(), 2);
         drop(extra);

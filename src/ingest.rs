@@ -8,19 +8,23 @@
 //! starts a fresh one, which waits connected for the next publisher and
 //! gets its first keyframe at once.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use nix::poll::PollFlags;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Notify};
+use tracing::warn;
 
 use crate::child::{self, Running, Spec};
 use crate::config::Config;
 use crate::ffmpeg::{self, RawFormat, AUDIO_BYTES_PER_SAMPLE};
-use crate::frames::FramePool;
+use crate::frames::{Frame, FrameBuf, FramePool};
+use crate::outpipes::wait_for;
+use crate::pipeframes::{PipePool, PipedFrame};
 
 const VIDEO_FD: RawFd = 3;
 const AUDIO_FD: RawFd = 4;
@@ -194,7 +198,7 @@ impl AudioQueue {
 pub struct LiveFeed {
     pub session: u64,
     /// Frames, each with the audio mark at the moment it was read.
-    pub video: mpsc::Receiver<(Bytes, u64)>,
+    pub video: mpsc::Receiver<(Frame, u64)>,
     pub audio: Arc<AudioQueue>,
 }
 
@@ -210,6 +214,7 @@ pub fn spawn(
     session: u64,
     ffmpeg_bin: &Path,
     frames: &FramePool,
+    pipes: Option<&PipePool>,
 ) -> std::io::Result<Started> {
     let format = RawFormat::of(config);
     let video = child::read_pipe()?;
@@ -231,7 +236,12 @@ pub fn spawn(
     })?;
     let (tx, rx) = mpsc::channel(VIDEO_QUEUE);
     let queue = Arc::new(AudioQueue::new(&format));
-    tokio::spawn(read_video(video.ours, frames.clone(), tx, queue.clone()));
+    let (frames, pipes, feed_audio) = (frames.clone(), pipes.cloned(), queue.clone());
+    let runtime = tokio::runtime::Handle::current();
+    let pipe = video.ours.into_nonblocking_fd()?;
+    std::thread::Builder::new()
+        .name("ingest-video".into())
+        .spawn(move || read_video(pipe, frames, pipes, tx, feed_audio, runtime))?;
     if let Some(audio) = audio {
         tokio::spawn(read_audio(audio, queue.clone()));
     }
@@ -245,43 +255,90 @@ pub fn spawn(
     })
 }
 
-async fn read_video(
-    pipe: tokio::net::unix::pipe::Receiver,
+/// Reads the ingest's frames, in a thread of its own. Async, the runtime
+/// was woken by every write the ingest made into the pipe while it waited
+/// out `COALESCE_WAIT`, about 130 times a second at 1080p30; a thread's
+/// sleep is not disturbed, and it waits in poll(2) only for a frame's
+/// first bytes.
+fn read_video(
+    pipe: OwnedFd,
     frames: FramePool,
-    tx: mpsc::Sender<(Bytes, u64)>,
+    pipes: Option<PipePool>,
+    tx: mpsc::Sender<(Frame, u64)>,
     audio: Arc<AudioQueue>,
+    runtime: tokio::runtime::Handle,
 ) {
     loop {
         // A place in the queue first, then the frame's first bytes, then a
         // buffer: while the pump's queue is full or FFmpeg is decoding, the
         // next frame waits in the pipe or is not there yet, not in our memory.
-        let Ok(permit) = tx.reserve().await else {
+        let Ok(permit) = runtime.block_on(tx.reserve()) else {
             return;
         };
-        if pipe.readable().await.is_err() {
+        if wait_for(pipe.as_fd(), PollFlags::POLLIN, None).is_err() {
             return;
         }
-        let Ok(mut frame) = frames.take().await else {
-            return;
-        };
-        while !frame.spare().is_empty() {
-            if pipe.readable().await.is_err() {
-                return;
-            }
-            match pipe.try_read(frame.spare()) {
-                Ok(0) => return,
-                Ok(n) => {
-                    frame.advance(n);
-                    if n < COALESCE_BYTES && !frame.spare().is_empty() {
-                        tokio::time::sleep(COALESCE_WAIT).await;
-                    }
+        let frame = match pipes.as_ref().and_then(PipePool::frame) {
+            Some(store) => match splice_frame(pipe.as_fd(), store) {
+                Some(frame) => Frame::Piped(Arc::new(frame)),
+                None => return,
+            },
+            None => {
+                let Ok(buf) = frames.take() else {
+                    return;
+                };
+                match read_frame(pipe.as_fd(), buf) {
+                    Some(buf) => Frame::Mem(frames.share(buf)),
+                    None => return,
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
+            }
+        };
+        permit.send((frame, audio.mark()));
+    }
+}
+
+/// Moves one whole frame from the ingest's pipe into pipes of ours; `None`
+/// if the ingest ended first.
+fn splice_frame(pipe: BorrowedFd<'_>, mut frame: PipedFrame) -> Option<PipedFrame> {
+    while frame.missing() > 0 {
+        match frame.splice_from(pipe) {
+            Ok(0) => return None,
+            Ok(n) => {
+                if n < COALESCE_BYTES && frame.missing() > 0 {
+                    std::thread::sleep(COALESCE_WAIT);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                wait_for(pipe, PollFlags::POLLIN, None).ok()?;
+            }
+            Err(err) => {
+                warn!(%err, "cannot move live frames into relay's pipes");
+                return None;
             }
         }
-        permit.send((frames.share(frame), audio.mark()));
     }
+    Some(frame)
+}
+
+/// Reads one whole frame into memory; `None` if the ingest ended first.
+fn read_frame(pipe: BorrowedFd<'_>, mut frame: FrameBuf) -> Option<FrameBuf> {
+    while !frame.spare().is_empty() {
+        match nix::unistd::read(pipe, frame.spare()) {
+            Ok(0) => return None,
+            Ok(n) => {
+                frame.advance(n);
+                if n < COALESCE_BYTES && !frame.spare().is_empty() {
+                    std::thread::sleep(COALESCE_WAIT);
+                }
+            }
+            Err(nix::errno::Errno::EAGAIN) => {
+                wait_for(pipe, PollFlags::POLLIN, None).ok()?;
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return None,
+        }
+    }
+    Some(frame)
 }
 
 async fn read_audio(mut pipe: tokio::net::unix::pipe::Receiver, queue: Arc<AudioQueue>) {

@@ -34,6 +34,7 @@ pub mod offline_source;
 pub mod ops;
 pub mod outpipes;
 pub mod output;
+pub mod pipeframes;
 pub mod preflight;
 pub mod publish_auth;
 pub mod pump;

@@ -23,10 +23,12 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::ffmpeg::RawFormat;
+use crate::frames::Frame;
 use crate::offline_source::SourceVideo;
+use crate::pipeframes::{Cursor, PipedFrame};
 
 /// Ticks queued per pipe before ticks are dropped.
 const PIPE_QUEUE: usize = 3;
@@ -45,18 +47,18 @@ const PIPE_FALLBACK_CAPACITY: usize = 1 << 20;
 pub enum OfflineFrame {
     /// A frame we hold: the live frame while live is on air (the offline
     /// source then rests), or filler while there is no offline source.
-    Held(Bytes),
+    Held(Frame),
     /// The offline source's next frame, moved pipe to pipe. If it has none
     /// in time: `fallback`, or black if that is `None`.
     Source {
         source: Arc<SourceVideo>,
-        fallback: Option<Bytes>,
+        fallback: Option<Frame>,
     },
 }
 
 /// One tick for all four pipes.
 pub struct Tick {
-    pub video: Bytes,
+    pub video: Frame,
     pub audio: Bytes,
     pub offline_video: OfflineFrame,
     pub offline_audio: Bytes,
@@ -64,7 +66,7 @@ pub struct Tick {
 
 /// The sending side of the output's raw pipes.
 pub struct OutputPipes {
-    video: mpsc::Sender<Bytes>,
+    video: mpsc::Sender<Frame>,
     audio: mpsc::Sender<Bytes>,
     offline_video: mpsc::Sender<OfflineFrame>,
     offline_audio: mpsc::Sender<Bytes>,
@@ -90,7 +92,7 @@ impl OutputPipes {
         std::thread::Builder::new()
             .name("offline-video".into())
             .spawn(move || write_offline_video(offline_fd, ovrx, format))?;
-        tokio::spawn(splice_frames(ends.video, vrx));
+        tokio::spawn(write_live_video(ends.video, vrx));
         tokio::spawn(write_pipe(ends.audio, arx));
         tokio::spawn(write_pipe(ends.offline_audio, oarx));
         Ok(OutputPipes {
@@ -142,6 +144,20 @@ impl InFlight {
         self.entries.push_back((frame, len));
     }
 
+    /// Drops what FFmpeg has read from `pipe`. Asking the pipe takes its
+    /// lock, which FFmpeg holds while it copies a read out (perf showed us
+    /// spinning on it), so it is asked only while memory of ours is in
+    /// the pipe: data spliced or teed from pipes needs nothing kept.
+    /// Forgetting such data early only keeps later memory longer.
+    fn update(&mut self, pipe: BorrowedFd<'_>, capacity: usize) {
+        if self.entries.iter().all(|(f, _)| f.is_none()) {
+            self.entries.clear();
+            self.held = 0;
+            return;
+        }
+        self.release(unread_bytes(pipe).unwrap_or(capacity));
+    }
+
     /// Drops the oldest entries whose bytes FFmpeg has read from the pipe.
     fn release(&mut self, unread: usize) {
         while self
@@ -172,34 +188,102 @@ pub fn unread_bytes(fd: BorrowedFd<'_>) -> Option<usize> {
     (r == 0 && n >= 0).then_some(n as usize)
 }
 
-/// Moves live video frames into the pipe with vmsplice(2): the pipe
-/// references our pages instead of copying 1.4 MB (720p) per frame. This
-/// halved the daemon's CPU in the benchmark; the kernel's copy was its
-/// largest cost.
-async fn splice_frames(pipe: pipe::Sender, mut rx: mpsc::Receiver<Bytes>) {
+/// Moves live video frames into the pipe without copying them (the kernel's
+/// copy was once the daemon's largest cost): a frame held in pipes with
+/// tee(2), a frame in our memory with vmsplice(2), which makes the pipe
+/// reference our pages.
+async fn write_live_video(pipe: pipe::Sender, mut rx: mpsc::Receiver<Frame>) {
     let capacity = pipe_capacity(pipe.as_fd());
     let mut in_flight = InFlight::default();
+    let mut cursor = Teeing::new();
     while let Some(frame) = rx.recv().await {
-        in_flight.release(unread_bytes(pipe.as_fd()).unwrap_or(capacity));
-        let mut offset = 0;
-        while offset < frame.len() {
-            if pipe.writable().await.is_err() {
-                return;
-            }
-            let spliced = pipe.try_io(|| {
-                let iov = [IoSlice::new(&frame[offset..])];
-                nix::fcntl::vmsplice(&pipe, &iov, SpliceFFlags::SPLICE_F_NONBLOCK)
-                    .map_err(io::Error::from)
-            });
-            match spliced {
-                Ok(n) => offset += n,
+        in_flight.update(pipe.as_fd(), capacity);
+        let sent = match &frame {
+            Frame::Mem(bytes) => vmsplice_async(&pipe, bytes).await,
+            Frame::Piped(piped) => match cursor.get() {
+                Some(c) => tee_async(&pipe, piped, c).await,
+                None => vmsplice_async(&pipe, &cursor.black(piped.len())).await,
+            },
+        };
+        if sent.is_err() {
+            // The output exited; the supervisor attaches a new one.
+            return;
+        }
+        in_flight.push(frame.memory(), frame.len());
+        in_flight.update(pipe.as_fd(), capacity);
+    }
+}
+
+async fn vmsplice_async(pipe: &pipe::Sender, frame: &Bytes) -> io::Result<()> {
+    let mut offset = 0;
+    while offset < frame.len() {
+        pipe.writable().await?;
+        let spliced = pipe.try_io(|| {
+            let iov = [IoSlice::new(&frame[offset..])];
+            nix::fcntl::vmsplice(pipe, &iov, SpliceFFlags::SPLICE_F_NONBLOCK)
+                .map_err(io::Error::from)
+        });
+        match spliced {
+            Ok(n) => offset += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn tee_async(pipe: &pipe::Sender, frame: &PipedFrame, cursor: &mut Cursor) -> io::Result<()> {
+    for i in 0..Cursor::pieces(frame) {
+        cursor.load(frame, i)?;
+        while cursor.left() > 0 {
+            pipe.writable().await?;
+            match pipe.try_io(|| cursor.flush(pipe.as_fd())) {
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // The output exited; the supervisor attaches a new one.
-                Err(_) => return,
+                Err(e) => return Err(e),
             }
         }
-        in_flight.push(Some(frame.clone()), frame.len());
-        in_flight.release(unread_bytes(pipe.as_fd()).unwrap_or(capacity));
+    }
+    Ok(())
+}
+
+/// tee's [`Cursor`] for one writer, made at the first frame held in pipes.
+/// Without one (no pipe of 1 MB to be had), such frames go out black: the
+/// output's stream stays whole, and the error is logged once.
+struct Teeing {
+    cursor: Option<Cursor>,
+    failed: bool,
+    black: Option<Bytes>,
+}
+
+impl Teeing {
+    fn new() -> Teeing {
+        Teeing {
+            cursor: None,
+            failed: false,
+            black: None,
+        }
+    }
+
+    fn get(&mut self) -> Option<&mut Cursor> {
+        if self.cursor.is_none() && !self.failed {
+            match Cursor::new() {
+                Ok(c) => self.cursor = Some(c),
+                Err(err) => {
+                    self.failed = true;
+                    warn!(%err, "no pipe to move live frames with: they go out black");
+                }
+            }
+        }
+        self.cursor.as_mut()
+    }
+
+    /// A zeroed frame of `len` bytes: black is not zeros in yuv420p, but
+    /// this is a fault path, and zeros keep the raw stream aligned.
+    fn black(&mut self, len: usize) -> Bytes {
+        self.black
+            .get_or_insert_with(|| Bytes::from(vec![0u8; len]))
+            .clone()
     }
 }
 
@@ -212,17 +296,18 @@ async fn write_pipe(mut pipe: pipe::Sender, mut rx: mpsc::Receiver<Bytes>) {
     }
 }
 
-/// The offline video's writer (a thread). Held frames are vmspliced as
-/// above; source frames are spliced from the source's pipe. Ends when the
-/// pump drops its sender or the output stops reading.
+/// The offline video's writer (a thread). Frames we hold go as above;
+/// source frames are spliced from the source's pipe. Ends when the pump
+/// drops its sender or the output stops reading.
 fn write_offline_video(out: OwnedFd, mut rx: mpsc::Receiver<OfflineFrame>, format: RawFormat) {
     let capacity = pipe_capacity(out.as_fd());
     let mut in_flight = InFlight::default();
+    let mut cursor = Teeing::new();
     // Made only when a source fails us without a fallback.
     let mut black: Option<Bytes> = None;
     let pool = crate::frames::FramePool::new(format.frame_bytes(), 0, 1);
     while let Some(item) = rx.blocking_recv() {
-        in_flight.release(unread_bytes(out.as_fd()).unwrap_or(capacity));
+        in_flight.update(out.as_fd(), capacity);
         let held = match item {
             OfflineFrame::Held(frame) => frame,
             OfflineFrame::Source { source, fallback } => {
@@ -233,9 +318,11 @@ fn write_offline_video(out: OwnedFd, mut rx: mpsc::Receiver<OfflineFrame>, forma
                         continue;
                     }
                     Ok(false) => fallback.unwrap_or_else(|| {
-                        black
-                            .get_or_insert_with(|| format.black_frame(&pool))
-                            .clone()
+                        Frame::Mem(
+                            black
+                                .get_or_insert_with(|| format.black_frame(&pool))
+                                .clone(),
+                        )
                     }),
                     Err(err) => {
                         debug!(%err, "offline video pipe closed");
@@ -244,13 +331,38 @@ fn write_offline_video(out: OwnedFd, mut rx: mpsc::Receiver<OfflineFrame>, forma
                 }
             }
         };
-        if let Err(err) = vmsplice_all(out.as_fd(), &held) {
+        let sent = match &held {
+            Frame::Mem(bytes) => vmsplice_all(out.as_fd(), bytes.as_ref()),
+            Frame::Piped(piped) => match cursor.get() {
+                Some(c) => tee_all(out.as_fd(), piped.as_ref(), c),
+                None => vmsplice_all(out.as_fd(), &cursor.black(piped.len())),
+            },
+        };
+        if let Err(err) = sent {
             debug!(%err, "offline video pipe closed");
             return;
         }
-        in_flight.push(Some(held.clone()), held.len());
-        in_flight.release(unread_bytes(out.as_fd()).unwrap_or(capacity));
+        in_flight.push(held.memory(), held.len());
+        in_flight.update(out.as_fd(), capacity);
     }
+}
+
+/// Moves all of `frame` into the non-blocking pipe `out` through `cursor`,
+/// waiting for room as needed.
+fn tee_all(out: BorrowedFd<'_>, frame: &PipedFrame, cursor: &mut Cursor) -> io::Result<()> {
+    for i in 0..Cursor::pieces(frame) {
+        cursor.load(frame, i)?;
+        while cursor.left() > 0 {
+            match cursor.flush(out) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_for(out, PollFlags::POLLOUT, None)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Waits until `fd` is ready for `events`, at most `wait` (`None`: for

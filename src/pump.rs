@@ -25,7 +25,7 @@ use tracing::debug;
 
 use crate::control::Input;
 use crate::ffmpeg::{RawFormat, SampleClock, AUDIO_BYTES_PER_SAMPLE};
-use crate::frames::FramePool;
+use crate::frames::{Frame, FramePool};
 use crate::ingest::{AudioQueue, LiveFeed};
 use crate::offline_source::OfflineSource;
 use crate::outpipes::{OfflineFrame, OutputPipes, Tick};
@@ -129,7 +129,7 @@ pub async fn run(
     ]);
     let mut output: Option<OutputPipes> = None;
     let mut live: Option<LiveState> = None;
-    let mut last_frame: Option<Bytes> = None;
+    let mut last_frame: Option<Frame> = None;
     let mut offline: Option<OfflineSource> = None;
 
     loop {
@@ -253,11 +253,13 @@ fn black_of(
     used: &mut bool,
     format: &RawFormat,
     frames: &FramePool,
-) -> Bytes {
+) -> Frame {
     *used = true;
-    black
-        .get_or_insert_with(|| format.black_frame(frames))
-        .clone()
+    Frame::Mem(
+        black
+            .get_or_insert_with(|| format.black_frame(frames))
+            .clone(),
+    )
 }
 
 /// Keeps the live frames' queue a jitter buffer rather than latency: a

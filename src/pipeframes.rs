@@ -1,0 +1,410 @@
+//! Live video frames held in pipes of ours instead of our memory.
+//!
+//! Read out of the ingest's pipe, a raw frame (3 MB at 1080p) is copied
+//! into our memory and the pipe's pages are freed; moved on into the
+//! output's pipes with vmsplice, our pages are pinned again. perf put about
+//! 40 % of the daemon's CPU there. Instead, a frame moves with splice(2)
+//! from the ingest's pipe into a store of pipes of ours: the pages change
+//! hands and no byte is copied. From there tee(2) gives each of the
+//! output's pipes a reference to the same pages, as often as needed: once
+//! for each input it goes to, again while it is held as filler.
+//!
+//! A pipe holds at most 1 MB for an unprivileged process
+//! (fs.pipe-max-size), so a frame is kept in several pipes, its pieces.
+//! tee copies from the start of a pipe only, so a writer first tees a piece
+//! whole into an empty pipe of its own (a [`Cursor`]), from which splice
+//! moves it on as the output's pipe makes room.
+//!
+//! Pipes are limited per user (fs.pipe-user-pages-soft, 64 MB of pipe
+//! capacity by default). When a store cannot be had, at the pool's ceiling
+//! or at that limit, the frame is read into memory as before.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags};
+use tracing::warn;
+
+use crate::outpipes::unread_bytes;
+
+/// The size asked for each pipe: Linux's default fs.pipe-max-size.
+const PIPE_SIZE: usize = 1 << 20;
+
+/// Stores a pool makes at most: the frame being read, one or two queued for
+/// the pump, and the one it holds. Beyond, frames go through memory.
+const STORES: usize = 4;
+
+/// A pipe of ours, both ends.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    /// A pipe of exactly `size` bytes' capacity, or an error.
+    fn new(size: usize) -> io::Result<Pipe> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        nix::fcntl::fcntl(&write, FcntlArg::F_SETPIPE_SZ(size as i32))?;
+        let got = nix::fcntl::fcntl(&write, FcntlArg::F_GETPIPE_SZ)?;
+        if got as usize != size {
+            return Err(io::Error::other(format!(
+                "a pipe was sized to {got} bytes, not {size}"
+            )));
+        }
+        Ok(Pipe { read, write })
+    }
+}
+
+/// Hands out stores for frames, and takes them back emptied.
+#[derive(Clone)]
+pub struct PipePool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    frame_bytes: usize,
+    /// Bytes a piece is filled to: the capacity less two pages, as the
+    /// first and last page of a piece may be partly filled.
+    piece_bytes: usize,
+    free: Mutex<Vec<Vec<Pipe>>>,
+    /// Stores in existence, free or holding a frame.
+    stores: AtomicUsize,
+    /// Drained pieces are spliced here.
+    null: File,
+    warned: AtomicBool,
+}
+
+impl PipePool {
+    /// A pool for frames of `frame_bytes`, with all its stores made at once:
+    /// its fds and its share of the user's pipe capacity stay the same from
+    /// the start, and a lack of pipes shows at once.
+    pub fn new(frame_bytes: usize) -> io::Result<PipePool> {
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .unwrap_or(4096) as usize;
+        let piece_bytes = PIPE_SIZE - 2 * page;
+        let pieces = frame_bytes.div_ceil(piece_bytes);
+        let stores = (0..STORES)
+            .map(|_| (0..pieces).map(|_| Pipe::new(PIPE_SIZE)).collect())
+            .collect::<io::Result<Vec<Vec<Pipe>>>>()?;
+        Ok(PipePool {
+            inner: Arc::new(PoolInner {
+                frame_bytes,
+                piece_bytes,
+                free: Mutex::new(stores),
+                stores: AtomicUsize::new(STORES),
+                null: std::fs::OpenOptions::new().write(true).open("/dev/null")?,
+                warned: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// An empty frame to fill, or `None` (the frame goes through memory).
+    pub fn frame(&self) -> Option<PipedFrame> {
+        let inner = &self.inner;
+        let reused = inner.free.lock().unwrap().pop();
+        let pieces = match reused {
+            Some(p) => p,
+            None => {
+                inner
+                    .stores
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < STORES).then_some(n + 1)
+                    })
+                    .ok()?;
+                let count = inner.frame_bytes.div_ceil(inner.piece_bytes);
+                match (0..count).map(|_| Pipe::new(PIPE_SIZE)).collect() {
+                    Ok(p) => p,
+                    Err(err) => {
+                        inner.stores.fetch_sub(1, Ordering::AcqRel);
+                        if !inner.warned.swap(true, Ordering::Relaxed) {
+                            warn!(
+                                %err,
+                                "live frames go through memory, which costs more CPU: \
+                                 no pipes of 1 MB to hold them (the user's pipe memory \
+                                 may be at the kernel's limit, fs.pipe-user-pages-soft)"
+                            );
+                        }
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(PipedFrame {
+            pieces,
+            lens: Vec::new(),
+            sealed: false,
+            len: 0,
+            pool: inner.clone(),
+        })
+    }
+}
+
+/// One frame, whole or being filled, in a store's pipes. Dropped, its pipes
+/// are emptied and go back to the pool.
+pub struct PipedFrame {
+    pieces: Vec<Pipe>,
+    /// Bytes in each piece filled so far.
+    lens: Vec<usize>,
+    /// The last piece took no more, before it was counted full.
+    sealed: bool,
+    len: usize,
+    pool: Arc<PoolInner>,
+}
+
+impl PipedFrame {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes still missing from the frame.
+    pub fn missing(&self) -> usize {
+        self.pool.frame_bytes - self.len
+    }
+
+    /// Moves up to the rest of the frame from the pipe `input`. `Ok(0)` at
+    /// the end of the input, `WouldBlock` if it has nothing now.
+    pub fn splice_from(&mut self, input: BorrowedFd<'_>) -> io::Result<usize> {
+        loop {
+            let missing = self.missing();
+            if missing == 0 {
+                return Ok(0);
+            }
+            let full = self.sealed || self.lens.last().is_none_or(|&l| l >= self.pool.piece_bytes);
+            if full {
+                self.next_piece()?;
+                self.sealed = false;
+            }
+            let i = self.lens.len() - 1;
+            let want = (self.pool.piece_bytes - self.lens[i]).min(missing);
+            let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+            match nix::fcntl::splice(input, None, &self.pieces[i].write, None, want, flags) {
+                Ok(n) => {
+                    self.lens[i] += n;
+                    self.len += n;
+                    return Ok(n);
+                }
+                // EAGAIN with data waiting: the piece is full, sooner than
+                // counted (more partly filled pages). Go on in the next.
+                Err(nix::errno::Errno::EAGAIN) if unread_bytes(input).is_some_and(|n| n > 0) => {
+                    if self.lens[i] == 0 {
+                        return Err(io::Error::other("an empty pipe of ours takes no data"));
+                    }
+                    self.sealed = true;
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn next_piece(&mut self) -> io::Result<()> {
+        if self.lens.len() == self.pieces.len() {
+            self.pieces.push(Pipe::new(PIPE_SIZE)?);
+        }
+        self.lens.push(0);
+        Ok(())
+    }
+}
+
+impl Drop for PipedFrame {
+    fn drop(&mut self) {
+        let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+        let mut emptied = true;
+        for (piece, &len) in self.pieces.iter().zip(&self.lens) {
+            let mut left = len;
+            while left > 0 && emptied {
+                match nix::fcntl::splice(&piece.read, None, &self.pool.null, None, left, flags) {
+                    Ok(0) => emptied = false,
+                    Ok(n) => left -= n,
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => emptied = false,
+                }
+            }
+        }
+        if emptied {
+            let pieces = std::mem::take(&mut self.pieces);
+            self.pool.free.lock().unwrap().push(pieces);
+        } else {
+            // Closed with the frame; the next store is made afresh.
+            self.pool.stores.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A writer's own pipe, through which a frame's pieces pass into the
+/// output's pipe.
+pub struct Cursor {
+    pipe: Pipe,
+    /// Bytes of the current piece not yet moved on.
+    left: usize,
+}
+
+impl Cursor {
+    /// A cursor for frames of any pool: its pipe is the size of theirs.
+    pub fn new() -> io::Result<Cursor> {
+        Ok(Cursor {
+            pipe: Pipe::new(PIPE_SIZE)?,
+            left: 0,
+        })
+    }
+
+    /// How many pieces `frame` has.
+    pub fn pieces(frame: &PipedFrame) -> usize {
+        frame.lens.len()
+    }
+
+    /// Takes piece `i` of `frame`, leaving the frame as it is. The cursor
+    /// must be empty.
+    pub fn load(&mut self, frame: &PipedFrame, i: usize) -> io::Result<()> {
+        let len = frame.lens[i];
+        debug_assert_eq!(self.left, 0);
+        if len == 0 {
+            return Ok(());
+        }
+        let flags = SpliceFFlags::SPLICE_F_NONBLOCK;
+        loop {
+            match nix::fcntl::tee(&frame.pieces[i].read, &self.pipe.write, len, flags) {
+                Ok(n) if n == len => {
+                    self.left = len;
+                    return Ok(());
+                }
+                // Cannot happen with both pipes of one size and the cursor
+                // empty; the output would lose its alignment.
+                Ok(n) => {
+                    return Err(io::Error::other(format!(
+                        "tee moved {n} of a piece's {len} bytes"
+                    )))
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Bytes of the loaded piece still to move.
+    pub fn left(&self) -> usize {
+        self.left
+    }
+
+    /// Moves what `out` has room for; `WouldBlock` if none.
+    pub fn flush(&mut self, out: BorrowedFd<'_>) -> io::Result<usize> {
+        let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+        loop {
+            match nix::fcntl::splice(&self.pipe.read, None, out, None, self.left, flags) {
+                Ok(n) => {
+                    self.left -= n;
+                    return Ok(n);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    const FRAME: usize = 3 * PIPE_SIZE / 2 + 123;
+
+    /// A blocking pipe, as the ingest's and the output's are on their side.
+    fn pipe() -> (File, File) {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        nix::fcntl::fcntl(&write, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32)).unwrap();
+        (File::from(read), File::from(write))
+    }
+
+    /// Fills a frame from a pipe a writer thread feeds with `data`.
+    fn fill(pool: &PipePool, data: Vec<u8>) -> PipedFrame {
+        let (input, mut feed) = pipe();
+        let writer = std::thread::spawn(move || feed.write_all(&data));
+        let mut frame = pool.frame().expect("a store");
+        while frame.missing() > 0 {
+            match frame.splice_from(input.as_fd()) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        writer.join().unwrap().unwrap();
+        frame
+    }
+
+    /// Moves `frame` through a cursor into a pipe and reads it back.
+    fn send(frame: &PipedFrame, cursor: &mut Cursor) -> Vec<u8> {
+        let (mut out, out_w) = pipe();
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; FRAME];
+            out.read_exact(&mut got).map(|_| got)
+        });
+        for i in 0..Cursor::pieces(frame) {
+            cursor.load(frame, i).unwrap();
+            while cursor.left() > 0 {
+                match cursor.flush(out_w.as_fd()) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(1))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        reader.join().unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_frame_goes_out_whole_as_often_as_sent_and_its_pipes_are_reused() {
+        let Ok(pool) = PipePool::new(FRAME) else {
+            eprintln!("no pipes of 1 MB here; the memory path is used");
+            return;
+        };
+        let data: Vec<u8> = (0..FRAME).map(|i| (i % 251) as u8).collect();
+        let frame = fill(&pool, data.clone());
+        assert_eq!((frame.len(), frame.missing()), (FRAME, 0));
+        assert!(Cursor::pieces(&frame) >= 2, "more than a pipe's worth");
+        let mut cursor = Cursor::new().unwrap();
+        assert!(send(&frame, &mut cursor) == data);
+        // Again, as filler: the frame is still all there.
+        assert!(send(&frame, &mut cursor) == data);
+        drop(frame);
+        assert_eq!(pool.inner.free.lock().unwrap().len(), STORES);
+        // The store comes back empty: the next frame is only its own data.
+        let next: Vec<u8> = (0..FRAME).map(|i| (i % 13) as u8).collect();
+        let frame = fill(&pool, next.clone());
+        assert_eq!(pool.inner.stores.load(Ordering::Relaxed), STORES);
+        assert!(send(&frame, &mut cursor) == next);
+    }
+
+    #[test]
+    fn the_pool_has_a_ceiling_and_a_cut_frame_is_reported() {
+        let Ok(pool) = PipePool::new(FRAME) else {
+            return;
+        };
+        let frames: Vec<_> = (0..STORES).map(|_| pool.frame().unwrap()).collect();
+        assert!(pool.frame().is_none(), "beyond the ceiling: memory");
+        drop(frames);
+        // A writer that stops mid-frame: the end of the input.
+        let (input, mut feed) = pipe();
+        feed.write_all(&[1u8; 1000]).unwrap();
+        drop(feed);
+        let mut frame = pool.frame().unwrap();
+        assert_eq!(frame.splice_from(input.as_fd()).unwrap(), 1000);
+        assert_eq!(frame.splice_from(input.as_fd()).unwrap(), 0);
+        assert_eq!(frame.missing(), FRAME - 1000);
+    }
+}
