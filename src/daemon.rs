@@ -238,8 +238,17 @@ pub async fn run(
     let frames = FramePool::new(format.frame_bytes(), frames::KEEP, frames::CAP);
     let pipes = match PipePool::new(format.frame_bytes()) {
         Ok(pool) => Some(pool),
+        Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
+            info!(%err, "live frames go through memory at this size");
+            None
+        }
         Err(err) => {
-            warn!(%err, "live frames go through memory, which costs more CPU: no pipes of 1 MB to hold them");
+            warn!(
+                %err,
+                "live frames go through memory, which costs more CPU: no pipes of 1 MB \
+                 to hold them (the user's pipe memory may be at the kernel's limit, \
+                 fs.pipe-user-pages-soft)"
+            );
             None
         }
     };

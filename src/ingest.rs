@@ -364,6 +364,59 @@ mod tests {
         }
     }
 
+    /// A frame written in pieces with pauses, as an ingest that decodes
+    /// slowly would, then the start of the next; and our non-blocking end.
+    fn slow_writer(frame: usize) -> (OwnedFd, std::thread::JoinHandle<()>) {
+        use std::io::Write;
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        nix::fcntl::fcntl(
+            &read,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut w = std::fs::File::from(write);
+            let data: Vec<u8> = (0..frame).map(|i| (i % 251) as u8).collect();
+            for part in data.chunks(frame / 3 + 1) {
+                w.write_all(part).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            w.write_all(&[9u8; 10]).unwrap();
+        });
+        (read, writer)
+    }
+
+    fn expected(frame: usize) -> Vec<u8> {
+        (0..frame).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_frame_is_read_whole_into_memory() {
+        let size = 300_000;
+        let (pipe, writer) = slow_writer(size);
+        let pool = FramePool::new(size, 1, 1);
+        let buf = read_frame(pipe.as_fd(), pool.take().unwrap()).expect("a whole frame");
+        writer.join().unwrap();
+        assert!(pool.share(buf)[..] == expected(size)[..]);
+        // The next frame's start is left in the pipe, and its end is the
+        // end of the input: no frame.
+        assert!(read_frame(pipe.as_fd(), pool.take().unwrap()).is_none());
+    }
+
+    #[test]
+    fn a_frame_is_moved_whole_into_pipes() {
+        let size = 1_500_000;
+        let Ok(pool) = PipePool::new(size) else {
+            eprintln!("no pipes of 1 MB here; frames are read into memory");
+            return;
+        };
+        let (pipe, writer) = slow_writer(size);
+        let frame = splice_frame(pipe.as_fd(), pool.frame().unwrap()).expect("a whole frame");
+        writer.join().unwrap();
+        assert_eq!((frame.len(), frame.missing()), (size, 0));
+        assert!(splice_frame(pipe.as_fd(), pool.frame().unwrap()).is_none());
+    }
+
     #[test]
     fn audio_queue_keeps_only_the_newest() {
         let q = AudioQueue::new(&format());

@@ -37,6 +37,15 @@ const PIPE_SIZE: usize = 1 << 20;
 /// the pump, and the one it holds. Beyond, frames go through memory.
 const STORES: usize = 4;
 
+/// Fewer stores than this would send most frames through memory anyway.
+const MIN_STORES: usize = 3;
+
+/// Pipes a pool may make: the kernel lets a user have 64 MB of pipe
+/// capacity by default, for every relay instance and its FFmpeg children
+/// together. Four 1080p frames take 12; frames above 1440p (6 pipes each)
+/// go through memory.
+const MAX_PIPES: usize = 18;
+
 /// A pipe of ours, both ends.
 struct Pipe {
     read: OwnedFd,
@@ -70,8 +79,9 @@ struct PoolInner {
     /// first and last page of a piece may be partly filled.
     piece_bytes: usize,
     free: Mutex<Vec<Vec<Pipe>>>,
-    /// Stores in existence, free or holding a frame.
+    /// Stores in existence, free or holding a frame, and at most.
     stores: AtomicUsize,
+    max_stores: usize,
     /// Drained pieces are spliced here.
     null: File,
     warned: AtomicBool,
@@ -87,8 +97,15 @@ impl PipePool {
             .flatten()
             .unwrap_or(4096) as usize;
         let piece_bytes = PIPE_SIZE - 2 * page;
-        let pieces = frame_bytes.div_ceil(piece_bytes);
-        let stores = (0..STORES)
+        let pieces = frame_bytes.div_ceil(piece_bytes).max(1);
+        let count = (MAX_PIPES / pieces).min(STORES);
+        if count < MIN_STORES {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("a frame of {frame_bytes} bytes would take {pieces} pipes"),
+            ));
+        }
+        let stores = (0..count)
             .map(|_| (0..pieces).map(|_| Pipe::new(PIPE_SIZE)).collect())
             .collect::<io::Result<Vec<Vec<Pipe>>>>()?;
         Ok(PipePool {
@@ -96,7 +113,8 @@ impl PipePool {
                 frame_bytes,
                 piece_bytes,
                 free: Mutex::new(stores),
-                stores: AtomicUsize::new(STORES),
+                stores: AtomicUsize::new(count),
+                max_stores: count,
                 null: std::fs::OpenOptions::new().write(true).open("/dev/null")?,
                 warned: AtomicBool::new(false),
             }),
@@ -113,7 +131,7 @@ impl PipePool {
                 inner
                     .stores
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                        (n < STORES).then_some(n + 1)
+                        (n < inner.max_stores).then_some(n + 1)
                     })
                     .ok()?;
                 let count = inner.frame_bytes.div_ceil(inner.piece_bytes);
@@ -388,6 +406,13 @@ mod tests {
         let frame = fill(&pool, next.clone());
         assert_eq!(pool.inner.stores.load(Ordering::Relaxed), STORES);
         assert!(send(&frame, &mut cursor) == next);
+    }
+
+    #[test]
+    fn frames_too_big_for_the_pipe_budget_go_through_memory() {
+        let uhd = 3840 * 2160 * 3 / 2;
+        let err = PipePool::new(uhd).err().expect("no pool for 4K frames");
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
     }
 
     #[test]
