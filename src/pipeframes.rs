@@ -21,14 +21,13 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use tracing::warn;
-
-use crate::outpipes::unread_bytes;
 
 /// The size asked for each pipe: Linux's default fs.pipe-max-size.
 const PIPE_SIZE: usize = 1 << 20;
@@ -210,11 +209,13 @@ impl PipedFrame {
                     self.len += n;
                     return Ok(n);
                 }
-                // EAGAIN with data waiting: the piece is full, sooner than
-                // counted (more partly filled pages). Go on in the next.
-                Err(nix::errno::Errno::EAGAIN) if unread_bytes(input).is_some_and(|n| n > 0) => {
-                    if self.lens[i] == 0 {
-                        return Err(io::Error::other("an empty pipe of ours takes no data"));
+                // EAGAIN: the input is empty, or the piece is full sooner
+                // than counted (more partly filled pages). The piece says
+                // which: a pipe polls writable while it has a free slot.
+                // (Asking the input instead raced with its writer.)
+                Err(nix::errno::Errno::EAGAIN) => {
+                    if self.lens[i] == 0 || has_room(self.pieces[i].write.as_fd())? {
+                        return Err(io::ErrorKind::WouldBlock.into());
                     }
                     self.sealed = true;
                 }
@@ -226,10 +227,31 @@ impl PipedFrame {
 
     fn next_piece(&mut self) -> io::Result<()> {
         if self.lens.len() == self.pieces.len() {
+            // One more than counted is plenty: each piece takes all but two
+            // of its pages' worth.
+            let counted = self.pool.frame_bytes.div_ceil(self.pool.piece_bytes);
+            if self.pieces.len() > counted {
+                return Err(io::Error::other("a frame took more pipes than it can"));
+            }
             self.pieces.push(Pipe::new(PIPE_SIZE)?);
         }
         self.lens.push(0);
         Ok(())
+    }
+}
+
+/// Whether the pipe `fd` (a write end) has a free slot, without waiting.
+fn has_room(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+    loop {
+        match nix::poll::poll(&mut fds, PollTimeout::ZERO) {
+            Ok(_) => {
+                let got = fds[0].revents().unwrap_or(PollFlags::empty());
+                return Ok(got.contains(PollFlags::POLLOUT));
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -333,7 +355,6 @@ impl Cursor {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use std::os::fd::AsFd;
 
     const FRAME: usize = 3 * PIPE_SIZE / 2 + 123;
 
@@ -366,8 +387,9 @@ mod tests {
     /// Moves `frame` through a cursor into a pipe and reads it back.
     fn send(frame: &PipedFrame, cursor: &mut Cursor) -> Vec<u8> {
         let (mut out, out_w) = pipe();
+        let len = frame.len();
         let reader = std::thread::spawn(move || {
-            let mut got = vec![0u8; FRAME];
+            let mut got = vec![0u8; len];
             out.read_exact(&mut got).map(|_| got)
         });
         for i in 0..Cursor::pieces(frame) {
@@ -406,6 +428,48 @@ mod tests {
         let frame = fill(&pool, next.clone());
         assert_eq!(pool.inner.stores.load(Ordering::Relaxed), STORES);
         assert!(send(&frame, &mut cursor) == next);
+    }
+
+    #[test]
+    fn a_piece_full_of_small_pages_goes_on_in_the_next() {
+        // Packets (O_DIRECT) are never merged: each 10-byte write is a
+        // page of its own, so a piece runs out of slots long before bytes.
+        let size = 4000;
+        let Ok(pool) = PipePool::new(size) else {
+            return;
+        };
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_DIRECT).unwrap();
+        nix::fcntl::fcntl(&write, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32)).unwrap();
+        let data: Vec<u8> = (0..size).map(|i| (i % 199) as u8).collect();
+        let writer = {
+            let data = data.clone();
+            std::thread::spawn(move || {
+                let mut w = File::from(write);
+                for packet in data.chunks(10) {
+                    w.write_all(packet).unwrap();
+                }
+            })
+        };
+        let mut frame = pool.frame().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while frame.missing() > 0 {
+            match frame.splice_from(read.as_fd()) {
+                Ok(n) => assert!(n > 0, "the input ended early"),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "stuck on a full piece: {} of {size} bytes",
+                        frame.len()
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(Cursor::pieces(&frame), 2, "went on in a second piece");
+        let mut cursor = Cursor::new().unwrap();
+        assert!(send(&frame, &mut cursor) == data);
     }
 
     #[test]
