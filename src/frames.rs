@@ -1,5 +1,9 @@
+//! A live video frame ([`Frame`]): held in pipes of ours (`pipeframes`),
+//! or in memory, for the black filler and for live frames that cannot have
+//! pipes. The rest of this file is that memory.
+//!
 //! Raw video frame buffers, reused. A raw frame is large (3 MB at 1080p)
-//! and 30 of them a second pass through the daemon, a few alive at any
+//! and 30 of them a second may pass through the daemon, a few alive at any
 //! moment (queued for the pump, in the output's pipe). Allocated afresh
 //! from the heap, each cost page faults, and the heap kept its peak: glibc
 //! serves such blocks from its arena once the first one is freed, and does

@@ -7,9 +7,11 @@
 //! full the whole tick is dropped, on all four pipes, so the raw timelines
 //! stay in step.
 //!
-//! Video never goes through a copy of ours: frames we hold are moved with
-//! vmsplice(2), and the offline source's frames go from its pipe into the
-//! output's with splice(2), without entering our memory at all.
+//! Video never goes through a copy of ours: live frames held in pipes
+//! (`pipeframes`) go out with tee(2), frames in our memory (black filler,
+//! and live frames when no pipes can be had) with vmsplice(2), and the
+//! offline source's frames go from its pipe into the output's with
+//! splice(2).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
