@@ -94,7 +94,7 @@ impl OutputPipes {
         std::thread::Builder::new()
             .name("offline-video".into())
             .spawn(move || write_offline_video(offline_fd, ovrx, format))?;
-        tokio::spawn(write_live_video(ends.video, vrx));
+        tokio::spawn(write_live_video(ends.video, vrx, format));
         tokio::spawn(write_pipe(ends.audio, arx));
         tokio::spawn(write_pipe(ends.offline_audio, oarx));
         Ok(OutputPipes {
@@ -194,17 +194,17 @@ pub fn unread_bytes(fd: BorrowedFd<'_>) -> Option<usize> {
 /// copy was once the daemon's largest cost): a frame held in pipes with
 /// tee(2), a frame in our memory with vmsplice(2), which makes the pipe
 /// reference our pages.
-async fn write_live_video(pipe: pipe::Sender, mut rx: mpsc::Receiver<Frame>) {
+async fn write_live_video(pipe: pipe::Sender, mut rx: mpsc::Receiver<Frame>, format: RawFormat) {
     let capacity = pipe_capacity(pipe.as_fd());
     let mut in_flight = InFlight::default();
-    let mut cursor = Teeing::new();
+    let mut cursor = Teeing::new(format);
     while let Some(frame) = rx.recv().await {
         in_flight.update(pipe.as_fd(), capacity);
         let sent = match &frame {
             Frame::Mem(bytes) => vmsplice_async(&pipe, bytes).await,
             Frame::Piped(piped) => match cursor.get() {
                 Some(c) => tee_async(&pipe, piped, c).await,
-                None => vmsplice_async(&pipe, &cursor.black(piped.len())).await,
+                None => vmsplice_async(&pipe, &cursor.black()).await,
             },
         };
         if sent.is_err() {
@@ -249,20 +249,23 @@ async fn tee_async(pipe: &pipe::Sender, frame: &PipedFrame, cursor: &mut Cursor)
     Ok(())
 }
 
-/// tee's [`Cursor`] for one writer, made at the first frame held in pipes.
-/// Without one (no pipe of 1 MB to be had), such frames go out black: the
-/// output's stream stays whole, and the error is logged once.
+/// What a video writer needs besides its pipe: tee's [`Cursor`], made at
+/// the first frame held in pipes, and a black frame. Without a cursor (no
+/// pipe of 1 MB to be had), such frames go out black: the output's stream
+/// stays whole, and the error is logged once.
 struct Teeing {
     cursor: Option<Cursor>,
     failed: bool,
+    format: RawFormat,
     black: Option<Bytes>,
 }
 
 impl Teeing {
-    fn new() -> Teeing {
+    fn new(format: RawFormat) -> Teeing {
         Teeing {
             cursor: None,
             failed: false,
+            format,
             black: None,
         }
     }
@@ -280,12 +283,19 @@ impl Teeing {
         self.cursor.as_mut()
     }
 
-    /// A zeroed frame of `len` bytes: black is not zeros in yuv420p, but
-    /// this is a fault path, and zeros keep the raw stream aligned.
-    fn black(&mut self, len: usize) -> Bytes {
+    /// A black frame, made when first needed.
+    fn black(&mut self) -> Bytes {
+        let format = self.format;
         self.black
-            .get_or_insert_with(|| Bytes::from(vec![0u8; len]))
+            .get_or_insert_with(|| {
+                format.black_frame(&crate::frames::FramePool::new(format.frame_bytes(), 0, 1))
+            })
             .clone()
+    }
+
+    /// Frees the black frame (3 MB at 1080p) while it is not needed.
+    fn forget_black(&mut self) {
+        self.black = None;
     }
 }
 
@@ -304,10 +314,7 @@ async fn write_pipe(mut pipe: pipe::Sender, mut rx: mpsc::Receiver<Bytes>) {
 fn write_offline_video(out: OwnedFd, mut rx: mpsc::Receiver<OfflineFrame>, format: RawFormat) {
     let capacity = pipe_capacity(out.as_fd());
     let mut in_flight = InFlight::default();
-    let mut cursor = Teeing::new();
-    // Made only when a source fails us without a fallback.
-    let mut black: Option<Bytes> = None;
-    let pool = crate::frames::FramePool::new(format.frame_bytes(), 0, 1);
+    let mut cursor = Teeing::new(format);
     while let Some(item) = rx.blocking_recv() {
         in_flight.update(out.as_fd(), capacity);
         let held = match item {
@@ -316,16 +323,11 @@ fn write_offline_video(out: OwnedFd, mut rx: mpsc::Receiver<OfflineFrame>, forma
                 match source.splice_frame(out.as_fd(), SOURCE_WAIT) {
                     Ok(true) => {
                         in_flight.push(None, format.frame_bytes());
-                        black = None;
+                        cursor.forget_black();
                         continue;
                     }
-                    Ok(false) => fallback.unwrap_or_else(|| {
-                        Frame::Mem(
-                            black
-                                .get_or_insert_with(|| format.black_frame(&pool))
-                                .clone(),
-                        )
-                    }),
+                    // The source is late and there is no fallback.
+                    Ok(false) => fallback.unwrap_or_else(|| Frame::Mem(cursor.black())),
                     Err(err) => {
                         debug!(%err, "offline video pipe closed");
                         return;
@@ -337,7 +339,7 @@ fn write_offline_video(out: OwnedFd, mut rx: mpsc::Receiver<OfflineFrame>, forma
             Frame::Mem(bytes) => vmsplice_all(out.as_fd(), bytes.as_ref()),
             Frame::Piped(piped) => match cursor.get() {
                 Some(c) => tee_all(out.as_fd(), piped.as_ref(), c),
-                None => vmsplice_all(out.as_fd(), &cursor.black(piped.len())),
+                None => vmsplice_all(out.as_fd(), &cursor.black()),
             },
         };
         if let Err(err) = sent {
