@@ -198,7 +198,7 @@ async fn sink_follows_publishers_and_counter_counts_sessions() -> anyhow::Result
         [player_id],
         "the player stayed connected across publishers"
     );
-    assert_eq!(sink.connections(), 1, "sink ffmpeg was restarted");
+    assert_eq!(sink.runs_watched(), 1, "sink ffmpeg was restarted");
     sink.expect_steady(Colour::Red, secs(2)).await?;
     let seen = counter.seen();
     assert!(seen.iter().all(|s| s.address == "127.0.0.1"), "{seen:?}");

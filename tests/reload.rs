@@ -213,7 +213,7 @@ async fn a_new_offline_video_keeps_the_output_and_a_new_destination_restarts_it_
     let sink = Sink::start(&rig.out_url());
     sink.wait_for(Colour::Green, secs(30)).await?;
     let output = wait_for_ffmpeg_child(relay.pid(), &rig.out_path(), secs(30)).await?;
-    let connections = sink.connections();
+    let connections = sink.runs_watched();
 
     // A new offline video: viewers see it, and the output, with its
     // connection to the platform, is not touched.
@@ -231,7 +231,11 @@ async fn a_new_offline_video_keeps_the_output_and_a_new_destination_restarts_it_
         output,
         "the output was restarted"
     );
-    assert_eq!(sink.connections(), connections, "the sink had to reconnect");
+    assert_eq!(
+        sink.runs_watched(),
+        connections,
+        "the sink had to reconnect"
+    );
 
     // A new destination (stream key): the output publishes there instead.
     append(&rig, "KICK_KEY=otherkey")?;

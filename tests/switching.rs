@@ -263,7 +263,7 @@ async fn publisher_goes_on_air_and_back_offline_when_killed() -> anyhow::Result<
         .wait_for_log_since(mark, "on air: offline video (no live frame for", secs(1))
         .await?;
     rig.assert_one_output_session()?;
-    ensure!(rig.sink.connections() == 1, "the sink had to reconnect");
+    ensure!(rig.sink.runs_watched() == 1, "the sink had to reconnect");
     rig.stop().await
 }
 
@@ -386,9 +386,9 @@ async fn output_stays_one_session_through_many_switches() -> anyhow::Result<()> 
     // The promise: one output session, never interrupted, all along.
     rig.assert_one_output_session()?;
     ensure!(
-        rig.sink.connections() == 1,
+        rig.sink.runs_watched() == 1,
         "the viewer had to reconnect: {} sink connections",
-        rig.sink.connections()
+        rig.sink.runs_watched()
     );
     // ...and the viewer's picture never froze: frames kept coming at the
     // sink's 5 fps through every switch.
@@ -571,7 +571,7 @@ async fn killing_the_output_ffmpeg_restores_the_selection() -> anyhow::Result<()
     eprintln!(
         "[test] output SIGKILL -> blue again at the sink: {:?} (sink connections: {}); {}",
         blue_again - killed_at,
-        rig.sink.connections(),
+        rig.sink.runs_watched(),
         rig.sink.summary_since(killed_at)
     );
     ensure!(
@@ -615,7 +615,7 @@ async fn killing_the_offline_source_keeps_the_output_up() -> anyhow::Result<()> 
         "the offline source {source} is still there"
     );
     rig.assert_one_output_session()?;
-    ensure!(rig.sink.connections() == 1, "the sink had to reconnect");
+    ensure!(rig.sink.runs_watched() == 1, "the sink had to reconnect");
     rig.stop().await
 }
 

@@ -106,6 +106,8 @@ struct SinkState {
     frames: Vec<Frame>,
     /// ffmpeg runs started.
     connections: usize,
+    /// Runs that showed at least one frame.
+    watched: usize,
     /// Per connection (index = connection - 1): whether ffmpeg listed an
     /// audio stream in the input.
     audio_tracks: Vec<bool>,
@@ -270,9 +272,13 @@ impl Sink {
         self.state.lock().unwrap().frames.clone()
     }
 
-    /// How many times ffmpeg was started (1 = never restarted).
-    pub fn connections(&self) -> usize {
-        self.state.lock().unwrap().connections
+    /// How many ffmpeg runs showed a picture (1 = the viewer never had to
+    /// reconnect). A run that ended before its first frame is not counted:
+    /// a player that joins just after the output's first keyframe gets no
+    /// video from nginx-rtmp until the next one, and ffmpeg gives up on an
+    /// input with no video stream within its analysis time.
+    pub fn runs_watched(&self) -> usize {
+        self.state.lock().unwrap().watched
     }
 
     /// Whether the current connection's input has an audio stream (`None`
@@ -431,7 +437,9 @@ async fn sink_loop(
             };
             match result {
                 Ok(_) => {
-                    got_frame = true;
+                    if !std::mem::replace(&mut got_frame, true) {
+                        state.lock().unwrap().watched += 1;
+                    }
                     let rgb = mean_rgb(&buf);
                     let frame = Frame {
                         at: Instant::now(),
