@@ -153,9 +153,40 @@ pub struct Status {
     /// (LIVE_STABLE_SECS, LOW_BITRATE_KBPS); `null` if it is not.
     #[serde(default)]
     pub held_off_air: Option<String>,
+    /// Why, as a stable word, when `held_off_air` is set: `unstable`
+    /// (LIVE_STABLE_SECS) or `low_bitrate` (LOW_BITRATE_KBPS).
+    #[serde(default)]
+    pub held_kind: Option<String>,
     /// The switching policy in effect (it changes on reload).
     #[serde(default)]
     pub policy: Policy,
+    /// The output FFmpeg's pid; `null` while it restarts.
+    #[serde(default)]
+    pub output_pid: Option<u32>,
+    /// The current ingest FFmpeg's pid; `null` when none runs.
+    #[serde(default)]
+    pub ingest_pid: Option<u32>,
+    /// How many `systemctl reload`s (SIGHUP) this process has handled.
+    #[serde(default)]
+    pub reloads: u64,
+    /// The last reload and what it did; `null` before the first.
+    #[serde(default)]
+    pub last_reload: Option<LastReload>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastReload {
+    /// `unchanged`, `applied` (settings that apply at once, no restart),
+    /// `new_offline_video` (only the offline source restarted),
+    /// `restarted` (the pipeline restarted, the output reconnected once)
+    /// or `rejected` (the running configuration stays).
+    pub outcome: String,
+    /// Seconds since the reload.
+    pub seconds_ago: u64,
+    /// Why a reload was rejected; empty otherwise.
+    #[serde(default)]
+    pub detail: String,
 }
 
 /// The switching policy in effect: OFFLINE_AFTER_MS, LIVE_STABLE_SECS,
@@ -177,6 +208,11 @@ pub struct LastSwitch {
     pub seconds_ago: u64,
     /// Why, as logged (e.g. `no live frame for 500 ms`).
     pub reason: String,
+    /// Why, as a stable word for scripts and tests: `publisher_live`,
+    /// `publisher_stable`, `bitrate_recovered`, `frames_stopped`,
+    /// `low_bitrate`, `publisher_refused` or `manual`.
+    #[serde(default)]
+    pub kind: String,
 }
 
 /// A request on its way to the daemon's event loop, with where to answer.

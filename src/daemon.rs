@@ -90,7 +90,12 @@ pub struct Options {
     /// source restarts on the file `reconfigure` now names; the output
     /// keeps running.
     pub new_offline: Option<watch::Receiver<OfflineInfo>>,
+    /// The reloads this process handled, for `relay status`.
+    pub reloads: Option<watch::Receiver<Reloads>>,
 }
+
+/// How many reloads, and the last one: when, its outcome, why if rejected.
+pub type Reloads = (u64, Option<(Instant, &'static str, String)>);
 
 impl Default for Options {
     fn default() -> Options {
@@ -101,6 +106,7 @@ impl Default for Options {
             reconfigure: None,
             offline_copy_dir: None,
             new_offline: None,
+            reloads: None,
         }
     }
 }
@@ -143,6 +149,7 @@ struct IngestExit {
 
 struct IngestHandle {
     session: u64,
+    pid: u32,
     expect: Expect,
     started: Instant,
     stop: Option<oneshot::Sender<()>>,
@@ -455,7 +462,7 @@ struct Daemon {
     /// The operator's override (`relay switch live|offline`); None: automatic.
     manual: Option<Input>,
     /// The last change of what is on air: when, to what, and why.
-    last_switch: Option<(Instant, Input, String)>,
+    last_switch: Option<(Instant, Input, String, &'static str)>,
     /// Ingests that exited on their own (not stopped by us).
     ingest_restarts: u64,
     switch: Switch,
@@ -1086,7 +1093,7 @@ impl Daemon {
                     publisher = %show_addr(publisher),
                     "on air: live ({reason})"
                 );
-                self.last_switch = Some((Instant::now(), Input::Live, reason.to_string()));
+                self.last_switch = Some((Instant::now(), Input::Live, reason.to_string(), kind));
                 self.held = None;
                 if !matches!(self.state, State::Live { .. }) {
                     *self.switches.entry(("live", kind)).or_default() += 1;
@@ -1125,7 +1132,7 @@ impl Daemon {
                     live_for_s = live_for.as_secs(),
                     "on air: offline video ({reason})"
                 );
-                self.last_switch = Some((Instant::now(), Input::Offline, reason.to_string()));
+                self.last_switch = Some((Instant::now(), Input::Offline, reason.to_string(), kind));
             }
             Err(err) => {
                 error!(%err, "could not switch to offline ({reason})");
@@ -1209,7 +1216,8 @@ impl Daemon {
                 return;
             }
         };
-        info!(session, pid = started.child.pid, expect = ?expect, "ingest waiting for live frames");
+        let pid = started.child.pid;
+        info!(session, pid, expect = ?expect, "ingest waiting for live frames");
         let _ = self.pump.try_send(pump::Command::Feed(Some(started.feed)));
         let (stop_tx, stop_rx) = oneshot::channel();
         let grace = self.config.kill_grace;
@@ -1244,6 +1252,7 @@ impl Daemon {
         );
         self.ingest = Some(IngestHandle {
             session,
+            pid,
             expect,
             started: Instant::now(),
             stop: Some(stop_tx),
@@ -1334,7 +1343,8 @@ impl Daemon {
                 self.manual = Some(Input::Live);
                 if matches!(self.state, State::Live { .. }) {
                     info!("on air: live ({reason})");
-                    self.last_switch = Some((Instant::now(), Input::Live, reason.clone()));
+                    self.last_switch =
+                        Some((Instant::now(), Input::Live, reason.clone(), "manual"));
                 } else {
                     self.go_live(session, address, &reason, "manual").await;
                     if !matches!(self.state, State::Live { .. }) {
@@ -1411,21 +1421,36 @@ impl Daemon {
             last_switch: self
                 .last_switch
                 .as_ref()
-                .map(|(at, to, reason)| LastSwitch {
+                .map(|(at, to, reason, kind)| LastSwitch {
                     to: to.name().to_string(),
                     seconds_ago: at.elapsed().as_secs(),
                     reason: reason.clone(),
+                    kind: kind.to_string(),
                 }),
             live_frames: self.pump_stats.live_frames.load(Ordering::Relaxed),
             filler_frames: self.pump_stats.filler_frames.load(Ordering::Relaxed),
             dropped_ticks: self.pump_stats.dropped_ticks.load(Ordering::Relaxed),
             held_off_air: self.held.as_ref().map(|(_, _, why)| why.clone()),
+            held_kind: self.held.as_ref().map(|(_, kind, _)| kind.to_string()),
             policy: api::Policy {
                 offline_after_ms: self.config.offline_after.as_millis() as u64,
                 live_stable_s: self.config.live_stable.as_secs_f64(),
                 low_bitrate_kbps: self.config.low_bitrate.map(|l| l.bps / 1000),
                 low_bitrate_s: self.config.low_bitrate.map(|l| l.window.as_secs_f64()),
             },
+            output_pid: self.output_pid,
+            ingest_pid: self.ingest.as_ref().map(|i| i.pid),
+            reloads: self.options.reloads.as_ref().map_or(0, |r| r.borrow().0),
+            last_reload: self.options.reloads.as_ref().and_then(|r| {
+                r.borrow()
+                    .1
+                    .as_ref()
+                    .map(|(at, outcome, detail)| api::LastReload {
+                        outcome: outcome.to_string(),
+                        seconds_ago: at.elapsed().as_secs(),
+                        detail: detail.clone(),
+                    })
+            }),
         }
     }
 

@@ -37,6 +37,13 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    let (reloads_tx, reloads_rx) = tokio::sync::watch::channel::<daemon::Reloads>((0, None));
+    let reloaded = |outcome: &'static str, detail: String| {
+        reloads_tx.send_modify(|(count, last)| {
+            *count += 1;
+            *last = Some((tokio::time::Instant::now(), outcome, detail));
+        })
+    };
     loop {
         let (tune_tx, tune_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
         let (offline_tx, offline_rx) = tokio::sync::watch::channel(offline.clone());
@@ -49,6 +56,7 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
             reconfigure: Some(tune_rx),
             offline_copy_dir: Some(offline::copy_dir()),
             new_offline: Some(offline_rx),
+            reloads: Some(reloads_rx.clone()),
             ..daemon::Options::default()
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -65,16 +73,19 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
                 _ = hup.recv() => match reload(&source, &config, &offline, stamp).await {
                     Reload::Rejected(why) => {
                         error!("reload rejected, the running configuration stays: {why}");
+                        reloaded("rejected", why);
                         continue;
                     }
                     Reload::Unchanged => {
                         info!("reload: the configuration is unchanged");
+                        reloaded("unchanged", String::new());
                         continue;
                     }
                     Reload::Tuned(new) => {
                         info!("reload: only settings that apply at once changed; the output is not restarted");
                         config = *new;
                         tune_tx.send_replace(Arc::new(config.clone()));
+                        reloaded("applied", String::new());
                         continue;
                     }
                     Reload::NewOffline(new, new_offline) => {
@@ -84,6 +95,7 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
                         stamp = file_stamp(&config.offline_video_path);
                         tune_tx.send_replace(Arc::new(config.clone()));
                         offline_tx.send_replace(offline.clone());
+                        reloaded("new_offline_video", String::new());
                         continue;
                     }
                     Reload::Changed(new, new_offline) => {
@@ -92,6 +104,7 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
                             let _ = tx.send(());
                         }
                         let _ = (&mut running).await;
+                        reloaded("restarted", String::new());
                         break (*new, new_offline);
                     }
                 },
