@@ -284,8 +284,9 @@ fn report_suppressed(role: Role, pid: u32, count: u64) {
     warn!(
         role,
         pid,
-        "ffmpeg: {count} more lines within {} s not logged (RUST_LOG=debug shows them)",
-        LOG_WINDOW.as_secs()
+        "ffmpeg: {count} more lines within {} s not logged ({}=debug shows them)",
+        LOG_WINDOW.as_secs(),
+        crate::logging::LOG_VAR
     );
 }
 

@@ -149,7 +149,7 @@ async fn keys_never_appear_in_logs_status_metrics_check_or_errors() -> anyhow::R
     let file = env_file.to_str().context("path")?;
     let run_dir = dir.path();
 
-    let mut relay = RelayProc::run(&env_file, &[("RUST_LOG", "debug")])?;
+    let mut relay = RelayProc::run(&env_file, &[("RELAY_LOG", "debug")])?;
     relay.wait_for_log("output streaming", secs(60)).await?;
     let sink = Sink::start(&nginx.rtmp_url("out", KICK_KEY));
     sink.wait_for(Colour::Green, secs(30)).await?;
