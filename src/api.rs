@@ -288,10 +288,6 @@ impl ControlSocket {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Accepts connections until the task is aborted (the daemon does so
     /// when it stops, which also removes the file); each request goes to
     /// `daemon` and its reply back to the client.

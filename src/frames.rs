@@ -136,10 +136,6 @@ impl FramePool {
         }
     }
 
-    pub fn frame_bytes(&self) -> usize {
-        self.inner.frame_bytes
-    }
-
     /// An empty buffer with room for one frame: a free one if there is one,
     /// else a new one; at the ceiling, waits for one to come back, for up to
     /// [`OVER_CAP_AFTER`]. However the buffer ends (shared and dropped, or
@@ -216,16 +212,19 @@ impl FramePool {
     }
 
     /// Buffers mapped now, in use or free.
+    #[cfg(test)]
     pub fn mapped(&self) -> usize {
         self.inner.mapped.load(Ordering::Relaxed)
     }
 
     /// Buffers ever mapped.
+    #[cfg(test)]
     pub fn ever_mapped(&self) -> u64 {
         self.inner.ever.load(Ordering::Relaxed)
     }
 
     /// Free buffers waiting for reuse.
+    #[cfg(test)]
     pub fn free(&self) -> usize {
         self.inner.free.lock().unwrap().len()
     }

@@ -2,15 +2,8 @@
 //! `WATCHDOG=1` while it makes progress, and a one-line `STATUS=`.
 //! Outside systemd (no `NOTIFY_SOCKET`) every call is a no-op.
 
-use std::time::Duration;
-
 use sd_notify::NotifyState;
 use tracing::debug;
-
-/// The watchdog interval systemd asked for, if any.
-pub fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled()
-}
 
 pub fn ready() {
     send(&[NotifyState::Ready]);

@@ -220,16 +220,11 @@ fn decide(policy: &Policy, form: &Form) -> Verdict {
 /// The running endpoint; dropping it stops it.
 #[derive(Debug)]
 pub struct Endpoint {
-    addr: SocketAddr,
     approvals: Approvals,
     task: JoinHandle<()>,
 }
 
 impl Endpoint {
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// The publishers it accepted.
     pub fn approvals(&self) -> Approvals {
         self.approvals.clone()
@@ -299,11 +294,7 @@ pub async fn start(
         let recorder = recorder.clone();
         async move { handle(req, &policy, &recorder).await }
     }));
-    Ok(Some(Endpoint {
-        addr,
-        approvals,
-        task,
-    }))
+    Ok(Some(Endpoint { approvals, task }))
 }
 
 /// Binds `addr`, retrying for a moment while it is in use: after a reload

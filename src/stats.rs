@@ -626,18 +626,6 @@ impl StatsClient {
         self
     }
 
-    pub fn url(&self) -> &str {
-        &self.url_text
-    }
-
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    pub fn max_body(&self) -> usize {
-        self.max_body
-    }
-
     /// One GET of the stat page, parsed. Bytes that are not UTF-8 (client
     /// supplied strings such as `flashver` are copied by nginx-rtmp as they
     /// come) are replaced rather than failing the whole page.
@@ -778,11 +766,6 @@ impl BitrateMeter {
         self.last = Some(sample);
         Some(u64::try_from(rate).unwrap_or(u64::MAX))
     }
-
-    /// Forgets the stored sample.
-    pub fn reset(&mut self) {
-        self.last = None;
-    }
 }
 
 #[cfg(test)]
@@ -888,8 +871,6 @@ mod tests {
         // a sample older than the stored one: reset
         assert_eq!(m.update(Some(9), 4_100, t0 + s(1)), None);
         assert_eq!(m.update(Some(9), 5_100, t0 + s(2)), Some(8_000));
-        m.reset();
-        assert_eq!(m.update(Some(9), 6_100, t0 + s(3)), None);
     }
 
     #[test]

@@ -140,7 +140,6 @@ fn client(url: &str, timeout: Duration) -> StatsClient {
 async fn fetches_and_parses_a_good_page() {
     let base = serve().await;
     let c = client(&format!("{base}/good"), Duration::from_secs(5));
-    assert_eq!(c.max_body(), DEFAULT_MAX_BODY);
     for _ in 0..3 {
         // several polls on the same client (connection reuse)
         let page = c.fetch().await.unwrap();
@@ -299,9 +298,9 @@ fn unusable_urls_are_refused() {
             other => panic!("{url:?}: {other:?}"),
         }
     }
-    let c = StatsClient::new("http://[::1]:8080/rtmp_stat", Duration::from_secs(1)).unwrap();
-    assert_eq!(c.url(), "http://[::1]:8080/rtmp_stat");
-    assert_eq!(c.timeout(), Duration::from_secs(1));
+    // An IPv6 literal is a usable host. (Messages name the URL as given and
+    // fetches keep to the timeout: see the fetch tests above.)
+    assert!(StatsClient::new("http://[::1]:8080/rtmp_stat", Duration::from_secs(1)).is_ok());
 }
 
 // --- a real nginx, when available --------------------------------------------
