@@ -1,11 +1,12 @@
 //! Switching the output: commands to the output FFmpeg's `zmq` filter.
 //!
 //! The filter is a ZMQ REP socket, so plain TCP (`nc`) does not work: we
-//! speak ZMTP as a REQ client. Facts measured on FFmpeg 5.1 (DESIGN.md):
-//! replies are text such as `0 Success`; a command FFmpeg cannot parse gets
-//! NO reply and would leave a REQ socket stuck, so every command uses a
-//! fresh socket and a timeout. Video and audio switches are two separate
-//! commands because target matching stops at the first matching filter.
+//! speak ZMTP as a REQ client. Measured on FFmpeg 5.1 (ARCHITECTURE.md,
+//! "Switching over ZMQ"): replies are text such as `0 Success`; a command
+//! FFmpeg cannot parse gets NO reply and would leave a REQ socket stuck, so
+//! every command uses a fresh socket and a timeout. Video and audio
+//! switches are two separate commands because target matching stops at the
+//! first matching filter.
 
 use std::time::Duration;
 

@@ -3,10 +3,10 @@
 //! output's raw format, to two pipes the daemon reads.
 //!
 //! nginx keeps a player connected when its publisher leaves and hands it
-//! the next publisher with restarted timestamps (DESIGN.md fact 4), so an
-//! ingest is never reused: the daemon stops it when its frames stop and
-//! starts a fresh one, which waits connected for the next publisher and
-//! gets its first keyframe at once.
+//! the next publisher with restarted timestamps (ARCHITECTURE.md, "One
+//! ingest per publisher"), so an ingest is never reused: the daemon stops
+//! it when its frames stop and starts a fresh one, which waits connected
+//! for the next publisher and gets its first keyframe at once.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -49,7 +49,7 @@ const COALESCE_WAIT: Duration = Duration::from_millis(1);
 const AUDIO_QUEUE_FRAMES: usize = VIDEO_QUEUE + 2;
 
 /// What the publisher sends, as far as we know: it decides how the ingest
-/// probes (DESIGN.md fact 5).
+/// probes (ARCHITECTURE.md, "Ingest start-up").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
     /// Audio and video (OBS and phones). FFmpeg stops probing as soon as it

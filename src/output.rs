@@ -1,12 +1,13 @@
 //! The output FFmpeg: the one long-lived process that holds the connection
 //! to the platform.
 //!
-//! Every one of its inputs flows forever (DESIGN.md fact 1): all four are
-//! raw pipes the daemon writes at wall-clock pace: live video and audio,
-//! filled with filler when there is no live feed, and offline video and
-//! audio from the offline source (`offline_source.rs`). That is what keeps
-//! the platform connection up while publishers come and go, and while the
-//! offline source restarts. Its health is read from `-progress` on stdout.
+//! Every one of its inputs flows forever (ARCHITECTURE.md, "Why every
+//! output input must flow"): all four are raw pipes the daemon writes at
+//! wall-clock pace: live video and audio, filled with filler when there is
+//! no live feed, and offline video and audio from the offline source
+//! (`offline_source.rs`). That is what keeps the platform connection up
+//! while publishers come and go, and while the offline source restarts.
+//! Its health is read from `-progress` on stdout.
 
 use std::io::Write;
 use std::os::fd::{OwnedFd, RawFd};

@@ -1,6 +1,6 @@
 //! The pump: relay's clock. Every frame interval it writes one video frame
 //! and the matching audio to each pair of the output's raw inputs, so that
-//! none of them ever stalls (DESIGN.md fact 3):
+//! none of them ever stalls (ARCHITECTURE.md, "Raw pipes and the pump"):
 //!
 //! - live (inputs 0, 1): live if the ingest delivered a fresh frame, else
 //!   filler (the last live frame, or black, and silence);

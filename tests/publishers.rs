@@ -4,8 +4,9 @@
 //! relay's output, stays on the green offline video) and must not cost an
 //! ingest FFmpeg; an allowed one goes on air (blue). "External" addresses
 //! come from a network namespace with a 198.51.100.x address, which the
-//! default rule must count as external (DESIGN.md fact 7: documentation
-//! ranges are not private). Relay itself always pulls from 127.0.0.1.
+//! default rule must count as external (documentation ranges are not
+//! private: ARCHITECTURE.md, "What counts as an external publisher").
+//! Relay itself always pulls from 127.0.0.1.
 
 #[allow(unused_imports)]
 mod common;
@@ -60,8 +61,9 @@ async fn refuse_loopback_publisher(
     hold: Duration,
 ) -> anyhow::Result<Publisher> {
     // Relay keeps an ingest waiting for the next publisher even while none
-    // is there (DESIGN.md fact 5). Seeing it first makes "no ingest for the
-    // refused publisher" below a real check rather than a vacuous one.
+    // is there (ARCHITECTURE.md, "One ingest per publisher"). Seeing it
+    // first makes "no ingest for the refused publisher" below a real check
+    // rather than a vacuous one.
     wait_for_ffmpeg_child(relay.pid(), &rig.live_path(), secs(15)).await?;
 
     let mark = relay.log_mark();

@@ -891,9 +891,9 @@ async fn probe_output_streams(url: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// DESIGN.md fact 6: going live must not flash black — the first live
-/// frames on air must be the publisher's, not the pump's filler. Watched at
-/// 30 fps, over two go-lives in one relay.
+/// Going live must not flash black (ARCHITECTURE.md, "Going live without a
+/// black flash"): the first live frames on air must be the publisher's, not
+/// the pump's filler. Watched at 30 fps, over two go-lives in one relay.
 ///
 /// This failed at OUT_RES=180 in most runs (1 to 5 black frames at 30 fps)
 /// while the output's video pipe was 1 MiB, 12 frames of 320x180: the

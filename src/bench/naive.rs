@@ -3,7 +3,8 @@
 //! `streamselect` + `astreamselect` with a `zmq` filter, encoded exactly as
 //! relay's output encodes (the encoder arguments are taken from
 //! `output::args`) and sent to the destination. It only runs while a
-//! publisher is live (DESIGN.md fact 1), so that is when it is measured.
+//! publisher is live (ARCHITECTURE.md, "Why every output input must
+//! flow"), so that is when it is measured.
 
 use std::path::Path;
 use std::process::Stdio;
