@@ -1,28 +1,14 @@
-//! The daemon: decides what is on air and keeps the children running.
+//! The daemon: the I/O shell around the switching policy.
 //!
-//! One task runs the state machine below; around it run the pump (the
-//! clock, see `pump.rs`), the output supervisor, the stat poller and one
-//! task per ingest. They talk to the state machine through channels, and
-//! every change of what is on air goes through [`Daemon::go_live`] or
-//! [`Daemon::go_offline`], each with a log line saying why.
-//!
-//! Going live needs two things: the stat page shows a publisher that
-//! ALLOWED_PUBLISHERS accepts, and its frames have flowed for the pump's
-//! pre-roll. Going offline needs one: live frames stopped — the pump says so
-//! within its gap (OFFLINE_AFTER_MS), whatever the stat page says.
-//!
-//! Two rules keep a bad street feed from flapping the output: frames that
-//! come back within [`RETURN_WINDOW`] of a failover are held off air until
-//! they have flowed for LIVE_STABLE_SECS, and with LOW_BITRATE_KBPS/SECS a
-//! publisher whose average bitrate stays under the threshold is taken off
-//! air and held until it recovers. The first go-live is never held.
-//!
-//! An operator can override this from the control socket (`api.rs`):
-//! `relay switch offline` holds the offline video whatever publishes;
-//! `relay switch live` holds the live feed, but only while its frames flow —
-//! when they stop, relay fails over as always and the override ends, since a
-//! frozen frame on air is worse than the offline video. `auto` hands the
-//! decision back at once.
+//! What is on air is decided in `policy/`, which is pure; this module runs
+//! everything around it. One task runs the event loop below; around it run
+//! the pump (the clock, see `pump.rs`), the output supervisor, the offline
+//! source, the stat poller and one task per ingest. They talk to the event
+//! loop through channels; the loop hands each thing that happened to the
+//! policy as an [`Event`] and carries out the [`Action`]s that come back:
+//! switching the output over ZMQ, starting and stopping ingests, timers,
+//! restarting the output. It also answers `relay status`, serves metrics
+//! and keeps systemd informed (READY, WATCHDOG, STATUS).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -35,9 +21,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
-use tracing::{error, info, warn, Instrument};
+use tracing::{info, warn, Instrument};
 
-use crate::api::{self, Call, LastSwitch, Mode, Reply, Request, StateName};
+use crate::api::{self, Call, LastSwitch, Reply, Request, StateName};
 use crate::config::Config;
 use crate::control::{Input, Switch};
 use crate::ffmpeg::RawFormat;
@@ -47,30 +33,20 @@ use crate::metrics;
 use crate::notify;
 use crate::output::{self, Progress};
 use crate::pipeframes::PipePool;
+use crate::policy::{self, Action, Event, Policy, StatSummary, Switched, Timer};
 use crate::preflight::OfflineInfo;
 use crate::publish_auth::{Approvals, Vouch};
 use crate::pump::{self, Event as PumpEvent};
-use crate::stats::{BitrateMeter, StatPage, StatsClient};
+use crate::stats::{StatPage, StatsClient};
 
 /// An output that has made no progress for this long is restarted.
 const OUTPUT_STALL: Duration = Duration::from_secs(15);
-/// A publisher whose stream gave no picture for this long gets a fresh
-/// ingest: the running one may be stuck on what an earlier publisher sent
-/// (a broken stream's codec configuration, timestamps hours ahead). Longer
-/// than any sane keyframe interval.
-const NO_PICTURE: Duration = Duration::from_secs(20);
 /// A child that ran this long without trouble resets its crash backoff.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// The crash backoff doubles up to CRASH_BACKOFF times this.
 const BACKOFF_CAP_FACTOR: u32 = 16;
 /// How often the status line and the watchdog are refreshed.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
-/// Live frames that come back within this long of a failover are a
-/// returning publisher: they must flow for LIVE_STABLE_SECS before going
-/// back on air. A flapping link reconnects within seconds (OBS retries
-/// after a few); a publisher back after longer is a new start and goes on
-/// air as fast as the first time.
-pub const RETURN_WINDOW: Duration = Duration::from_secs(60);
 
 /// How the daemon runs, beyond the configuration.
 #[derive(Debug, Clone)]
@@ -111,19 +87,6 @@ impl Default for Options {
     }
 }
 
-/// What is on air, and why.
-#[derive(Debug, Clone, PartialEq)]
-enum State {
-    /// The offline video is on air.
-    Offline,
-    /// A publisher's frames are on air.
-    Live {
-        session: u64,
-        publisher: Option<IpAddr>,
-        since: Instant,
-    },
-}
-
 /// What the output supervisor reports.
 #[derive(Debug)]
 enum OutputEvent {
@@ -150,8 +113,6 @@ struct IngestExit {
 struct IngestHandle {
     session: u64,
     pid: u32,
-    expect: Expect,
-    started: Instant,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -184,18 +145,6 @@ impl Backoff {
         self.current = (self.current * 2).min(self.base * BACKOFF_CAP_FACTOR);
         delay
     }
-}
-
-/// The publisher the stat page shows on our stream.
-#[derive(Debug, Clone, PartialEq)]
-struct Publisher {
-    id: u64,
-    address: Option<IpAddr>,
-    allowed: bool,
-    /// With PUBLISH_KEY set: nginx never asked relay's on_publish endpoint
-    /// about it (so it is not allowed either).
-    unchecked: bool,
-    has_audio: Option<bool>,
 }
 
 /// Runs relay until `shutdown` resolves. Returns once every child is gone.
@@ -369,13 +318,14 @@ pub async fn run(
     };
 
     let (ingest_ev_tx, ingest_ev_rx) = mpsc::channel(8);
+    let destinations = [DESTINATION];
+    let mut policy = Policy::new(settings(&config), std::time::Instant::now(), &destinations);
+    let first = policy.start();
     let mut daemon = Daemon {
         config: config.clone(),
         options,
-        state: State::Offline,
-        manual: None,
-        last_switch: None,
-        ingest_restarts: 0,
+        policy,
+        timers: BTreeMap::new(),
         switch: Switch::new(config.zmq_port),
         selection: selection_tx,
         restart_output: restart_tx,
@@ -387,38 +337,14 @@ pub async fn run(
         ingest: None,
         stopping: Vec::new(),
         ingest_events: ingest_ev_tx,
-        next_session: 1,
-        ingest_backoff: Backoff::new(config.crash_backoff),
-        last_drop: None,
-        flowing_since: None,
-        hold_until: None,
-        held: None,
-        bitrate_window: VecDeque::new(),
-        bitrate_publisher: None,
-        low_bitrate: None,
-        low_cleared_at: None,
-        switches: BTreeMap::new(),
         metrics: metrics_tx,
-        output_rates: None,
-        ingest_retry_at: Some(Instant::now()),
-        publisher_since: None,
-        no_picture: None,
         approvals,
-        publisher: None,
-        refused: None,
-        flowing: None,
-        ready: None,
-        bitrate: BitrateMeter::new(),
-        live_bps: None,
         stats_ok: true,
-        output_pid: None,
-        output_since: None,
-        output_restarts: 0,
-        last_progress: None,
+        output: OutputState::default(),
         ready_sent: false,
         last_status: String::new(),
-        output_in_backoff: false,
     };
+    daemon.carry_out(first).await;
 
     let result = daemon
         .event_loop(
@@ -446,7 +372,7 @@ pub async fn run(
     notify::stopping();
     info!("stopping");
     let _ = stop_tx.send(true);
-    daemon.stop_ingest();
+    daemon.stop_current_ingest();
     let (_, _, _) = tokio::join!(daemon.reap_ingests(), output_task, offline_task);
     poller_task.abort();
     drop(daemon);
@@ -455,16 +381,46 @@ pub async fn run(
     result
 }
 
+/// The destination the output FFmpeg sends to (KICK_URL).
+const DESTINATION: &str = "kick";
+
+/// The policy's settings, from the configuration.
+fn settings(config: &Config) -> policy::Settings {
+    policy::Settings {
+        offline_after: config.offline_after,
+        live_stable: config.live_stable,
+        low_bitrate: config.low_bitrate,
+        allowed_publishers: config.allowed_publishers.clone(),
+        crash_backoff: config.crash_backoff,
+        publish_auth_url: format!(
+            "http://127.0.0.1:{}{}",
+            config.publish_auth_port,
+            crate::publish_auth::PATH
+        ),
+    }
+}
+
+/// What the output FFmpeg is doing, as its supervisor reported it.
+#[derive(Debug, Default)]
+struct OutputState {
+    pid: Option<u32>,
+    since: Option<Instant>,
+    /// When the frame count last advanced, and to what.
+    last_progress: Option<(Instant, u64)>,
+    /// fps and speed from the last progress report.
+    rates: Option<(f64, f64)>,
+    restarts: u64,
+    in_backoff: bool,
+}
+
+/// The I/O shell around the policy: it turns what happens into
+/// [`policy::Event`]s and carries out the [`Action`]s that come back.
 struct Daemon {
     config: Arc<Config>,
     options: Options,
-    state: State,
-    /// The operator's override (`relay switch live|offline`); None: automatic.
-    manual: Option<Input>,
-    /// The last change of what is on air: when, to what, and why.
-    last_switch: Option<(Instant, Input, String, &'static str)>,
-    /// Ingests that exited on their own (not stopped by us).
-    ingest_restarts: u64,
+    policy: Policy,
+    /// The policy's timers and when each is due.
+    timers: BTreeMap<Timer, std::time::Instant>,
     switch: Switch,
     selection: watch::Sender<Input>,
     restart_output: mpsc::Sender<()>,
@@ -480,53 +436,13 @@ struct Daemon {
     /// Ingests told to stop and not yet gone.
     stopping: Vec<JoinHandle<()>>,
     ingest_events: mpsc::Sender<IngestExit>,
-    next_session: u64,
-    ingest_backoff: Backoff,
-    /// When live frames last stopped, or a low bitrate took live off air:
-    /// frames back within RETURN_WINDOW of it must be stable first.
-    last_drop: Option<Instant>,
-    /// When the current run of live frames started.
-    flowing_since: Option<Instant>,
-    /// When to look again at a publisher held off air until stable.
-    hold_until: Option<Instant>,
-    /// Why flowing live frames are held off air (session, kind, reason).
-    held: Option<(u64, &'static str, String)>,
-    /// `bytes_in` samples of `bitrate_publisher` over LOW_BITRATE_SECS.
-    bitrate_window: VecDeque<(Instant, u64)>,
-    bitrate_publisher: Option<u64>,
-    /// The average bitrate while it is below LOW_BITRATE_KBPS.
-    low_bitrate: Option<u64>,
-    /// When the bitrate last came back above LOW_BITRATE_KBPS.
-    low_cleared_at: Option<Instant>,
-    /// Changes of what is on air: (to, reason kind) → count.
-    switches: BTreeMap<(&'static str, &'static str), u64>,
     metrics: watch::Sender<metrics::Snapshot>,
-    /// fps and speed from the output's last progress report.
-    output_rates: Option<(f64, f64)>,
-    /// When to (re)start a standby ingest; None while one runs or none is wanted.
-    ingest_retry_at: Option<Instant>,
     /// What nginx's on_publish endpoint accepted, with PUBLISH_KEY set.
     approvals: Option<Approvals>,
-    /// The publisher on the last good stat page, and when it connected.
-    publisher: Option<Publisher>,
-    publisher_since: Option<Instant>,
-    /// The publisher whose stream gave no picture (warned once).
-    no_picture: Option<u64>,
-    /// A publisher id we refused (logged once, no ingest while it stays).
-    refused: Option<u64>,
-    /// The ingest session whose frames are flowing, and whether it is ready.
-    flowing: Option<u64>,
-    ready: Option<u64>,
-    bitrate: BitrateMeter,
-    live_bps: Option<u64>,
     stats_ok: bool,
-    output_pid: Option<u32>,
-    output_since: Option<Instant>,
-    output_restarts: u64,
-    last_progress: Option<(Instant, u64)>,
+    output: OutputState,
     ready_sent: bool,
     last_status: String,
-    output_in_backoff: bool,
 }
 
 impl Daemon {
@@ -544,11 +460,19 @@ impl Daemon {
         tokio::pin!(shutdown);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         loop {
-            let retry_at = self.ingest_retry_at;
-            let hold_until = self.hold_until;
+            let next_timer = self.timers.values().min().copied().map(Instant::from_std);
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
-                Some(ev) = pump_events.recv() => self.on_pump(ev).await,
+                Some(ev) = pump_events.recv() => {
+                    let event = match ev {
+                        PumpEvent::Flowing { session } => Event::Flowing { session },
+                        PumpEvent::Ready { session } => Event::Ready { session },
+                        PumpEvent::Stopped { session, silent_for } => {
+                            Event::Stopped { session, silent_for }
+                        }
+                    };
+                    self.dispatch(event).await;
+                }
                 Some(ev) = output_events.recv() => self.on_output(ev).await,
                 Some(page) = stat_pages.recv() => self.on_stats(page).await,
                 Some(ev) = ingest_events.recv() => self.on_ingest_exit(ev).await,
@@ -556,13 +480,8 @@ impl Daemon {
                     let answer = self.on_request(request).await;
                     let _ = reply.send(answer);
                 }
-                _ = sleep_until(retry_at.unwrap_or_else(far_future)), if retry_at.is_some() => {
-                    self.ingest_retry_at = None;
-                    self.start_ingest();
-                }
-                _ = sleep_until(hold_until.unwrap_or_else(far_future)), if hold_until.is_some() => {
-                    self.hold_until = None;
-                    self.maybe_go_live().await;
+                _ = sleep_until(next_timer.unwrap_or_else(far_future)), if next_timer.is_some() => {
+                    self.fire_timers().await;
                 }
                 _ = housekeeping.tick() => self.housekeeping(),
                 Ok(()) = updates.changed() => {
@@ -570,6 +489,83 @@ impl Daemon {
                     self.apply_tuning(new).await;
                 }
             }
+        }
+    }
+
+    /// Hands `event` to the policy and carries out what it decides;
+    /// returns the policy's answer to an operator, if it gave one.
+    async fn dispatch(&mut self, event: Event) -> Option<Reply> {
+        let actions = self.policy.handle(std::time::Instant::now(), event);
+        self.carry_out(actions).await
+    }
+
+    /// Carries out `actions` in order. A switch's result goes back to the
+    /// policy at once, and what it decides then is carried out too.
+    async fn carry_out(&mut self, actions: Vec<Action>) -> Option<Reply> {
+        let mut queue = VecDeque::from(actions);
+        let mut reply = None;
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Select(input) => {
+                    // A (re)starting output starts on the selection.
+                    let _ = self.selection.send(input);
+                    let result = self.select(input).await;
+                    let more = self
+                        .policy
+                        .handle(std::time::Instant::now(), Event::Switched { input, result });
+                    queue.extend(more);
+                }
+                Action::StartIngest {
+                    source: _,
+                    session,
+                    expect,
+                } => {
+                    if let Err(error) = self.start_ingest(session, expect) {
+                        let more = self.policy.handle(
+                            std::time::Instant::now(),
+                            Event::IngestFailed {
+                                session,
+                                error: error.to_string(),
+                            },
+                        );
+                        queue.extend(more);
+                    }
+                }
+                Action::StopIngest { session } => {
+                    if self.ingest.as_ref().is_some_and(|i| i.session == session) {
+                        self.stop_current_ingest();
+                    }
+                }
+                Action::SetTimer { timer, at } => match at {
+                    Some(at) => {
+                        self.timers.insert(timer, at);
+                    }
+                    None => {
+                        self.timers.remove(&timer);
+                    }
+                },
+                Action::RestartOutput => {
+                    let _ = self.restart_output.try_send(());
+                }
+                Action::PollNow => self.poll_now.notify_one(),
+                Action::Reply(r) => reply = Some(*r),
+            }
+        }
+        reply
+    }
+
+    /// Hands every timer that is due to the policy.
+    async fn fire_timers(&mut self) {
+        let now = std::time::Instant::now();
+        let due: Vec<Timer> = self
+            .timers
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(timer, _)| *timer)
+            .collect();
+        for timer in due {
+            self.timers.remove(&timer);
+            self.dispatch(Event::Timer(timer)).await;
         }
     }
 
@@ -583,9 +579,6 @@ impl Daemon {
                 .send(pump::Command::SetGap(new.offline_after))
                 .await;
         }
-        if old.crash_backoff != new.crash_backoff {
-            self.ingest_backoff = Backoff::new(new.crash_backoff);
-        }
         info!(
             offline_after_ms = new.offline_after.as_millis() as u64,
             live_stable_s = new.live_stable.as_secs_f64(),
@@ -595,80 +588,26 @@ impl Daemon {
             allowed_publishers = %new.allowed_publishers,
             "reload: new settings applied at once; the output keeps running"
         );
-        // Publishers are judged again on a fresh stat page: allowed ones
-        // go on air, refused ones off.
-        self.poll_now.notify_one();
-    }
-
-    async fn on_pump(&mut self, ev: PumpEvent) {
-        match ev {
-            PumpEvent::Flowing { session } => {
-                if self.current_session() != Some(session) {
-                    return;
-                }
-                self.flowing = Some(session);
-                self.flowing_since = Some(Instant::now());
-                info!(session, "live frames arriving");
-                // Confirm the publisher now rather than at the next poll.
-                self.poll_now.notify_one();
-            }
-            PumpEvent::Ready { session } => {
-                if self.current_session() != Some(session) {
-                    return;
-                }
-                self.ready = Some(session);
-                self.maybe_go_live().await;
-            }
-            PumpEvent::Stopped {
-                session,
-                silent_for,
-            } => {
-                if self.current_session() != Some(session) {
-                    return;
-                }
-                self.flowing = None;
-                self.ready = None;
-                self.flowing_since = None;
-                self.hold_until = None;
-                self.held = None;
-                self.last_drop = Some(Instant::now());
-                let mut reason = format!(
-                    "no live frame for {} ms (OFFLINE_AFTER_MS {})",
-                    silent_for.as_millis(),
-                    self.config.offline_after.as_millis()
-                );
-                // Viewers must not watch a frozen frame, whatever the
-                // operator asked: a manual live ends with its frames.
-                if self.manual == Some(Input::Live) {
-                    self.manual = None;
-                    reason.push_str("; manual live override ended, back to auto");
-                }
-                if matches!(self.state, State::Live { .. }) {
-                    self.go_offline(&reason, "frames_stopped").await;
-                }
-                // nginx keeps this player attached to the stream and would
-                // hand it the next publisher with restarted timestamps:
-                // replace it with a fresh one.
-                self.stop_ingest();
-                self.ingest_retry_at = Some(Instant::now());
-            }
-        }
+        self.dispatch(Event::Reconfigured(settings(&new))).await;
     }
 
     async fn on_output(&mut self, ev: OutputEvent) {
         match ev {
             OutputEvent::Started { pid } => {
-                self.output_pid = Some(pid);
-                self.output_since = Some(Instant::now());
-                self.last_progress = None;
-                self.output_in_backoff = false;
+                self.output.pid = Some(pid);
+                self.output.since = Some(Instant::now());
+                self.output.last_progress = None;
+                self.output.in_backoff = false;
             }
             OutputEvent::Progress(p) => {
-                self.output_rates = Some((p.fps, p.speed));
-                let advanced = self.last_progress.is_none_or(|(_, frame)| p.frame > frame);
+                self.output.rates = Some((p.fps, p.speed));
+                let advanced = self
+                    .output
+                    .last_progress
+                    .is_none_or(|(_, frame)| p.frame > frame);
                 if advanced && p.frame > 0 {
-                    let first = self.last_progress.is_none();
-                    self.last_progress = Some((Instant::now(), p.frame));
+                    let first = self.output.last_progress.is_none();
+                    self.output.last_progress = Some((Instant::now(), p.frame));
                     if first {
                         self.on_output_streaming().await;
                     }
@@ -682,24 +621,28 @@ impl Daemon {
                 // An output that streamed lost its connection (the platform
                 // ended the broadcast, the network dropped): a reconnect.
                 // One that never streamed is still trying to get through.
-                let again = if self.last_progress.is_some() {
+                let again = if self.output.last_progress.is_some() {
                     "reconnecting"
                 } else {
                     "retrying"
                 };
-                self.output_pid = None;
-                self.output_since = None;
-                self.last_progress = None;
-                self.output_rates = None;
-                self.output_restarts += 1;
-                self.output_in_backoff = true;
+                let restarts = self.output.restarts + 1;
+                self.output = OutputState {
+                    restarts,
+                    in_backoff: true,
+                    ..OutputState::default()
+                };
                 warn!(
                     uptime_s = uptime.as_secs(),
-                    restarts = self.output_restarts,
+                    restarts,
                     "output stopped: {reason}; {again} in {:.1} s{}",
                     retry_in.as_secs_f64(),
                     refusal_hint(&reason, uptime)
                 );
+                self.dispatch(Event::OutputStopped {
+                    destination: DESTINATION,
+                })
+                .await;
             }
         }
     }
@@ -708,7 +651,7 @@ impl Daemon {
     async fn on_output_streaming(&mut self) {
         let input = *self.selection.borrow();
         info!(
-            pid = self.output_pid,
+            pid = self.output.pid,
             on_air = input.name(),
             "output streaming"
         );
@@ -716,14 +659,10 @@ impl Daemon {
             self.ready_sent = true;
             notify::ready();
         }
-        // The output started with the selection current at its spawn; the
-        // state may have moved since (switches while it was not streaming
-        // only changed the selection). Unconfirmed, the wrong source could
-        // stay on air: retry, then restart the output.
-        if let Err(err) = self.switch.select(input).await {
-            warn!(%err, "could not re-assert the selection after the output started");
-            self.switch_failed().await;
-        }
+        self.dispatch(Event::OutputStreaming {
+            destination: DESTINATION,
+        })
+        .await;
     }
 
     async fn on_stats(&mut self, page: Result<StatPage, String>) {
@@ -747,398 +686,37 @@ impl Daemon {
         };
         let stream = page.stream(&self.config.rtmp_app, &self.config.rtmp_stream_name);
         let publisher = stream.and_then(|s| {
-            s.publisher().map(|p| {
-                let unchecked = self
+            s.publisher().map(|p| policy::Publisher {
+                id: p.id,
+                address: p.address,
+                unchecked: self
                     .approvals
                     .as_ref()
-                    .is_some_and(|a| a.vouch(p.id, p.time) == Vouch::NeverAsked);
-                Publisher {
-                    id: p.id,
-                    address: p.address,
-                    allowed: !unchecked
-                        && p.address
-                            .is_some_and(|a| self.config.allowed_publishers.allows(a)),
-                    unchecked,
-                    has_audio: s.has_audio(),
-                }
+                    .is_some_and(|a| a.vouch(p.id, p.time) == Vouch::NeverAsked),
+                has_audio: s.has_audio(),
             })
         });
-        let bytes_in = stream.map_or(0, |s| s.bytes_in);
-        self.live_bps = self.bitrate.update(
-            publisher.as_ref().map(|p| p.id),
-            bytes_in,
-            std::time::Instant::now(),
-        );
-        self.check_low_bitrate(publisher.as_ref().map(|p| p.id), bytes_in)
-            .await;
-        if publisher.as_ref().map(|p| p.id) != self.publisher.as_ref().map(|p| p.id) {
-            match &publisher {
-                Some(p) => {
-                    info!(
-                        publisher = %show_addr(p.address),
-                        client = p.id,
-                        allowed = p.allowed,
-                        "publisher connected"
-                    );
-                    // Ingest failures before this publisher (nginx down, a
-                    // broken stream) say nothing about it: don't make it
-                    // wait out their backoff.
-                    self.ingest_backoff.reset();
-                    if self.ingest.is_none() && p.allowed {
-                        self.ingest_retry_at = Some(Instant::now());
-                    }
-                }
-                None => {
-                    if let Some(old) = &self.publisher {
-                        info!(publisher = %show_addr(old.address), "publisher left");
-                    }
-                    // nginx hands its players on to the next publisher. An
-                    // ingest that got no picture out of this one may be
-                    // stuck on its stream: start the next one afresh. (One
-                    // with frames flowing is replaced when they stop.)
-                    if self.ingest.is_some() && self.flowing.is_none() {
-                        self.stop_ingest();
-                        self.ingest_retry_at = Some(Instant::now());
-                    }
-                }
-            }
-            self.publisher_since = Some(Instant::now());
-        }
-        self.publisher = publisher.clone();
-
-        match publisher {
-            Some(p) if !p.allowed => {
-                if self.refused != Some(p.id) {
-                    self.refused = Some(p.id);
-                    if p.unchecked {
-                        warn!(
-                            publisher = %show_addr(p.address),
-                            "publisher refused: nginx did not ask relay for its PUBLISH_KEY; add `on_publish http://127.0.0.1:{}{};` to the RTMP application; it stays off air",
-                            self.config.publish_auth_port,
-                            crate::publish_auth::PATH
-                        );
-                    } else {
-                        warn!(
-                            publisher = %show_addr(p.address),
-                            rule = %self.config.allowed_publishers,
-                            "publisher refused by ALLOWED_PUBLISHERS; it stays off air"
-                        );
-                    }
-                }
-                if matches!(self.state, State::Live { .. }) {
-                    self.go_offline("publisher not allowed", "publisher_refused")
-                        .await;
-                }
-                // Don't decode a feed that will never go on air.
-                if self.ingest.is_some() {
-                    self.stop_ingest();
-                }
-                self.ingest_retry_at = None;
-            }
-            Some(p) => {
-                self.refused = None;
-                let wanted = match p.has_audio {
-                    Some(false) => Expect::VideoOnly,
-                    _ => Expect::AudioVideo,
-                };
-                let mismatch = self
-                    .ingest
-                    .as_ref()
-                    .is_some_and(|i| i.expect != wanted && p.has_audio.is_some());
-                if mismatch && self.flowing.is_none() {
-                    info!(
-                        expect = ?wanted,
-                        "publisher sends video only; restarting the ingest to match"
-                    );
-                    self.stop_ingest();
-                    self.start_ingest();
-                } else if self.no_picture_for(NO_PICTURE) {
-                    let message = format!(
-                        "the publisher's stream gave no picture in {} s; restarting the ingest",
-                        NO_PICTURE.as_secs()
-                    );
-                    if self.no_picture != Some(p.id) {
-                        self.no_picture = Some(p.id);
-                        warn!(publisher = %show_addr(p.address), "{message}");
-                    } else {
-                        info!(publisher = %show_addr(p.address), "{message}");
-                    }
-                    self.stop_ingest();
-                    self.start_ingest();
-                } else if self.ingest.is_none() && self.ingest_retry_at.is_none() {
-                    self.ingest_retry_at = Some(Instant::now());
-                }
-                self.maybe_go_live().await;
-            }
-            None => {
-                self.refused = None;
-                if self.ingest.is_none() && self.ingest_retry_at.is_none() {
-                    self.ingest_retry_at = Some(Instant::now());
-                }
-            }
-        }
-    }
-
-    /// Whether the publisher and the ingest have both been there for `limit`
-    /// without a live frame.
-    fn no_picture_for(&self, limit: Duration) -> bool {
-        self.flowing.is_none()
-            && self.publisher_since.is_some_and(|t| t.elapsed() >= limit)
-            && self
-                .ingest
-                .as_ref()
-                .is_some_and(|i| i.started.elapsed() >= limit)
+        let summary = StatSummary {
+            publisher,
+            bytes_in: stream.map_or(0, |s| s.bytes_in),
+        };
+        self.dispatch(Event::StatPage(summary)).await;
     }
 
     async fn on_ingest_exit(&mut self, ev: IngestExit) {
-        if self.current_session() != Some(ev.session) {
-            return;
-        }
-        let ran_for = self
+        if self
             .ingest
             .as_ref()
-            .map_or(Duration::ZERO, |i| i.started.elapsed());
-        self.ingest = None;
-        if ev.requested {
-            return;
-        }
-        self.ingest_restarts += 1;
-        let delay = self.ingest_backoff.next(ran_for);
-        warn!(
-            session = ev.session,
-            retry_in_s = delay.as_secs_f64(),
-            "ingest exited: {}",
-            ev.reason
-        );
-        self.ingest_retry_at = Some(Instant::now() + delay);
-        // The pump's "no live frame" for this session would be ignored now
-        // that it is no longer current: fail over here (the host nginx
-        // restarted, say), or live would stay on air with nothing behind it.
-        if self.flowing == Some(ev.session) {
-            self.flowing = None;
-        }
-        if self.ready == Some(ev.session) {
-            self.ready = None;
-        }
-        if matches!(self.state, State::Live { session, .. } if session == ev.session) {
-            self.go_offline("the ingest of the live feed exited", "frames_stopped")
-                .await;
-        }
-    }
-
-    async fn maybe_go_live(&mut self) {
-        if matches!(self.state, State::Live { .. }) || self.manual == Some(Input::Offline) {
-            return;
-        }
-        let Some((session, address)) = self.live_candidate() else {
-            return;
-        };
-        if let Some((kind, why)) = self.hold_reason() {
-            if self
-                .held
-                .as_ref()
-                .is_none_or(|(s, k, _)| *s != session || *k != kind)
-            {
-                info!(session, "live frames held off air: {why}");
-            }
-            self.held = Some((session, kind, why));
-            return;
-        }
-        // Held and now let go: because its bitrate recovered during this
-        // run of frames, or because the run lasted LIVE_STABLE_SECS.
-        let recovered = self
-            .low_cleared_at
-            .zip(self.flowing_since)
-            .is_some_and(|(cleared, flowing)| cleared > flowing);
-        let (reason, kind) = match self.held.take() {
-            Some((s, _, _)) if s == session && recovered => (
-                "live bitrate back above LOW_BITRATE_KBPS".to_string(),
-                "bitrate_recovered",
-            ),
-            Some((s, _, _)) if s == session => (
-                format!(
-                    "publisher back and stable for {} s (LIVE_STABLE_SECS)",
-                    self.config.live_stable.as_secs_f64()
-                ),
-                "publisher_stable",
-            ),
-            _ => (
-                "publisher allowed and frames flowing".to_string(),
-                "publisher_live",
-            ),
-        };
-        self.go_live(session, address, &reason, kind).await;
-    }
-
-    /// Why an allowed publisher whose frames flow must stay off air for
-    /// now, if it must; sets the timer to look again.
-    fn hold_reason(&mut self) -> Option<(&'static str, String)> {
-        if let Some(bps) = self.low_bitrate {
-            return Some((
-                "low_bitrate",
-                format!(
-                    "live bitrate {} kb/s is below LOW_BITRATE_KBPS {}",
-                    bps / 1000,
-                    self.config.low_bitrate.map_or(0, |l| l.bps / 1000)
-                ),
-            ));
-        }
-        let stable = self.config.live_stable;
-        let since = self.flowing_since?;
-        let returning = self
-            .last_drop
-            .is_some_and(|drop| since.saturating_duration_since(drop) < RETURN_WINDOW);
-        if !returning || stable.is_zero() {
-            return None;
-        }
-        let from = match self.low_cleared_at {
-            Some(t) if t > since => t,
-            _ => since,
-        };
-        let until = from + stable;
-        if Instant::now() >= until {
-            return None;
-        }
-        self.hold_until = Some(until);
-        Some((
-            "unstable",
-            format!(
-                "back within {} s of a failover; on air after {} s of steady frames (LIVE_STABLE_SECS)",
-                RETURN_WINDOW.as_secs(),
-                stable.as_secs_f64()
-            ),
-        ))
-    }
-
-    /// LOW_BITRATE_KBPS + LOW_BITRATE_SECS: the publisher's average
-    /// bitrate into nginx over the window, from the stat page's bytes_in.
-    async fn check_low_bitrate(&mut self, publisher: Option<u64>, bytes_in: u64) {
-        let Some(rule) = self.config.low_bitrate else {
-            self.low_bitrate = None;
-            self.bitrate_window.clear();
-            return;
-        };
-        let now = Instant::now();
-        if publisher != self.bitrate_publisher {
-            self.bitrate_publisher = publisher;
-            self.bitrate_window.clear();
-            // A publisher back soon after a low-bitrate failover must prove
-            // its bitrate first; one long after starts with a clean slate.
-            if self.last_drop.is_none_or(|d| d.elapsed() >= RETURN_WINDOW) {
-                self.low_bitrate = None;
-            }
-        }
-        if publisher.is_none() {
-            return;
-        }
-        if self
-            .bitrate_window
-            .back()
-            .is_some_and(|&(_, b)| bytes_in < b)
+            .is_some_and(|i| i.session == ev.session)
         {
-            self.bitrate_window.clear();
+            self.ingest = None;
         }
-        self.bitrate_window.push_back((now, bytes_in));
-        while self.bitrate_window.len() >= 2 && self.bitrate_window[1].0 + rule.window <= now {
-            self.bitrate_window.pop_front();
-        }
-        let (t0, b0) = self.bitrate_window[0];
-        let span = now - t0;
-        if span < rule.window || span.is_zero() {
-            return;
-        }
-        let average = ((bytes_in - b0) as f64 * 8.0 / span.as_secs_f64()) as u64;
-        if average < rule.bps {
-            let was_low = self.low_bitrate.replace(average).is_some();
-            if !was_low && matches!(self.state, State::Live { .. }) && self.manual.is_none() {
-                self.last_drop = Some(now);
-                let reason = format!(
-                    "live bitrate {} kb/s below LOW_BITRATE_KBPS {} for {} s",
-                    average / 1000,
-                    rule.bps / 1000,
-                    rule.window.as_secs_f64()
-                );
-                self.go_offline(&reason, "low_bitrate").await;
-            }
-        } else if self.low_bitrate.take().is_some() {
-            self.low_cleared_at = Some(now);
-            info!(
-                "live bitrate {} kb/s is back above LOW_BITRATE_KBPS {}",
-                average / 1000,
-                rule.bps / 1000
-            );
-        }
-    }
-
-    /// The ingest session and publisher that could go on air now: an
-    /// allowed publisher whose frames have flowed for the pump's pre-roll.
-    fn live_candidate(&self) -> Option<(u64, Option<IpAddr>)> {
-        let session = self.ready.filter(|s| self.current_session() == Some(*s))?;
-        let publisher = self.publisher.as_ref().filter(|p| p.allowed)?;
-        Some((session, publisher.address))
-    }
-
-    async fn go_live(
-        &mut self,
-        session: u64,
-        publisher: Option<IpAddr>,
-        reason: &str,
-        kind: &'static str,
-    ) {
-        let _ = self.selection.send(Input::Live);
-        match self.select(Input::Live).await {
-            Ok(()) => {
-                info!(
-                    session,
-                    publisher = %show_addr(publisher),
-                    "on air: live ({reason})"
-                );
-                self.last_switch = Some((Instant::now(), Input::Live, reason.to_string(), kind));
-                self.held = None;
-                if !matches!(self.state, State::Live { .. }) {
-                    *self.switches.entry(("live", kind)).or_default() += 1;
-                }
-                self.state = State::Live {
-                    session,
-                    publisher,
-                    since: Instant::now(),
-                };
-            }
-            Err(err) => {
-                let _ = self.selection.send(Input::Offline);
-                error!(%err, "could not switch to live; staying offline");
-                self.switch_failed().await;
-            }
-        }
-    }
-
-    async fn go_offline(&mut self, reason: &str, kind: &'static str) {
-        // A manual live holds only while live is on air.
-        if self.manual == Some(Input::Live) {
-            self.manual = None;
-        }
-        let _ = self.selection.send(Input::Offline);
-        let was = std::mem::replace(&mut self.state, State::Offline);
-        let live_for = match was {
-            State::Live { since, .. } => {
-                *self.switches.entry(("offline", kind)).or_default() += 1;
-                since.elapsed()
-            }
-            State::Offline => Duration::ZERO,
-        };
-        match self.select(Input::Offline).await {
-            Ok(()) => {
-                info!(
-                    live_for_s = live_for.as_secs(),
-                    "on air: offline video ({reason})"
-                );
-                self.last_switch = Some((Instant::now(), Input::Offline, reason.to_string(), kind));
-            }
-            Err(err) => {
-                error!(%err, "could not switch to offline ({reason})");
-                self.switch_failed().await;
-            }
-        }
+        self.dispatch(Event::IngestExited {
+            session: ev.session,
+            requested: ev.requested,
+            reason: ev.reason,
+        })
+        .await;
     }
 
     /// Puts `input` on air through the output's zmq filter. An output that
@@ -1146,11 +724,14 @@ impl Daemon {
     /// refused it) has no filter to ask: it starts on the selection, which
     /// is re-asserted once it streams, so there is nothing to confirm — and
     /// nothing to restart, which would only cut its connection attempt.
-    async fn select(&self, input: Input) -> Result<(), crate::control::ControlError> {
-        if self.last_progress.is_none() || self.output_gone() {
-            return Ok(());
+    async fn select(&self, input: Input) -> Switched {
+        if self.output.last_progress.is_none() || self.output_gone() {
+            return Switched::NotStreaming;
         }
-        self.switch.select(input).await
+        match self.switch.select(input).await {
+            Ok(()) => Switched::Confirmed,
+            Err(err) => Switched::Failed(err.to_string()),
+        }
     }
 
     /// The output we last heard of has exited, though its supervisor's word
@@ -1160,62 +741,27 @@ impl Daemon {
     /// streaming; a go-live at that moment asked a dead filter, then
     /// restarted outputs that were already restarting.)
     fn output_gone(&self) -> bool {
-        self.output_pid.is_some_and(|pid| {
+        self.output.pid.is_some_and(|pid| {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None)
                 == Err(nix::errno::Errno::ESRCH)
         })
     }
 
-    /// The zmq filter did not confirm a switch: one more try on a fresh
-    /// socket, then restart the output, which starts on the selection.
-    async fn switch_failed(&mut self) {
-        let input = *self.selection.borrow();
-        if self.output_gone() {
-            info!(
-                on_air = input.name(),
-                "the output exited; it restarts on the selection"
-            );
-            return;
-        }
-        if self.select(input).await.is_ok() {
-            info!(on_air = input.name(), "switch confirmed on retry");
-            return;
-        }
-        error!("the output's zmq control does not answer; restarting the output");
-        let _ = self.restart_output.try_send(());
-    }
-
-    fn current_session(&self) -> Option<u64> {
-        self.ingest.as_ref().map(|i| i.session)
-    }
-
-    /// Starts a fresh ingest that waits for (or joins) the publisher.
-    fn start_ingest(&mut self) {
-        if self.ingest.is_some() || self.refused.is_some() {
-            return;
-        }
-        let expect = match self.publisher.as_ref().and_then(|p| p.has_audio) {
-            Some(false) => Expect::VideoOnly,
-            _ => Expect::AudioVideo,
+    /// Starts the ingest FFmpeg of session `session`, which waits for (or
+    /// joins) the publisher.
+    fn start_ingest(&mut self, session: u64, expect: policy::Expect) -> std::io::Result<()> {
+        let expect = match expect {
+            policy::Expect::AudioVideo => Expect::AudioVideo,
+            policy::Expect::VideoOnly => Expect::VideoOnly,
         };
-        let session = self.next_session;
-        self.next_session += 1;
-        let started = match ingest::spawn(
+        let started = ingest::spawn(
             &self.config,
             expect,
             session,
             &self.options.ffmpeg,
             &self.frames,
             self.pipes.as_ref(),
-        ) {
-            Ok(s) => s,
-            Err(err) => {
-                let delay = self.ingest_backoff.next(Duration::ZERO);
-                error!(%err, retry_in_s = delay.as_secs_f64(), "could not start the ingest ffmpeg");
-                self.ingest_retry_at = Some(Instant::now() + delay);
-                return;
-            }
-        };
+        )?;
         let pid = started.child.pid;
         info!(session, pid, expect = ?expect, "ingest waiting for live frames");
         let _ = self.pump.try_send(pump::Command::Feed(Some(started.feed)));
@@ -1253,26 +799,19 @@ impl Daemon {
         self.ingest = Some(IngestHandle {
             session,
             pid,
-            expect,
-            started: Instant::now(),
             stop: Some(stop_tx),
             task,
         });
+        Ok(())
     }
 
     /// Tells the current ingest to stop (SIGTERM, then SIGKILL after
     /// KILL_GRACE) without waiting for it.
-    fn stop_ingest(&mut self) {
+    fn stop_current_ingest(&mut self) {
         let Some(mut handle) = self.ingest.take() else {
             return;
         };
         let _ = self.pump.try_send(pump::Command::Feed(None));
-        if self.flowing == Some(handle.session) {
-            self.flowing = None;
-        }
-        self.ready = None;
-        self.held = None;
-        self.hold_until = None;
         if let Some(stop) = handle.stop.take() {
             let _ = stop.send(());
         }
@@ -1301,12 +840,14 @@ impl Daemon {
         // a crash backoff, which is relay working as designed (a dead
         // destination is not a hung daemon).
         let progressing = self
+            .output
             .last_progress
             .is_some_and(|(at, _)| at.elapsed() < OUTPUT_STALL);
         let starting = self
-            .output_since
+            .output
+            .since
             .is_some_and(|t| t.elapsed() < OUTPUT_STALL);
-        if progressing || starting || self.output_in_backoff {
+        if progressing || starting || self.output.in_backoff {
             notify::watchdog();
         }
     }
@@ -1315,130 +856,54 @@ impl Daemon {
     async fn on_request(&mut self, request: Request) -> Reply {
         match request {
             Request::Status => Reply::Status(self.status()),
-            Request::Switch { to } => self.manual_switch(to).await,
+            Request::Switch { to } => {
+                self.dispatch(Event::Manual(to))
+                    .await
+                    .unwrap_or_else(|| Reply::Error {
+                        message: "the switch was not answered".to_string(),
+                    })
+            }
         }
     }
 
-    /// `relay switch live|offline|auto`.
-    async fn manual_switch(&mut self, to: Mode) -> Reply {
-        let reason = format!("manual: relay switch {}", to.name());
-        match to {
-            Mode::Offline => {
-                self.manual = Some(Input::Offline);
-                // Also when already offline: it re-asserts the selection
-                // and the log shows the operator's decision.
-                self.go_offline(&reason, "manual").await;
-            }
-            Mode::Live => {
-                let Some((session, address)) = self.live_candidate() else {
-                    let why = if self.flowing.is_some() {
-                        "live frames only just started; try again in a moment"
-                    } else {
-                        "no live frames are flowing (nobody allowed is publishing)"
-                    };
-                    return Reply::Refused {
-                        message: format!("cannot switch to live: {why}"),
-                    };
-                };
-                self.manual = Some(Input::Live);
-                if matches!(self.state, State::Live { .. }) {
-                    info!("on air: live ({reason})");
-                    self.last_switch =
-                        Some((Instant::now(), Input::Live, reason.clone(), "manual"));
-                } else {
-                    self.go_live(session, address, &reason, "manual").await;
-                    if !matches!(self.state, State::Live { .. }) {
-                        self.manual = None;
-                        return Reply::Refused {
-                            message: "cannot switch to live: the output did not confirm the switch"
-                                .to_string(),
-                        };
-                    }
-                }
-            }
-            Mode::Auto => {
-                let was = self.manual.take().map_or("auto", Input::name);
-                // Re-evaluate at once: an allowed publisher already flowing
-                // goes on air now, not at its next event.
-                let candidate = self.live_candidate();
-                match (&self.state, candidate) {
-                    (State::Offline, Some((session, address))) => {
-                        let why = format!("{reason}; publisher allowed and frames flowing");
-                        self.go_live(session, address, &why, "manual").await;
-                    }
-                    // Nothing changes on air, but the log shows the decision.
-                    (State::Live { .. }, _) => info!(was, "on air: live ({reason})"),
-                    (State::Offline, None) => {
-                        info!(was, "on air: offline video ({reason}; nobody live)")
-                    }
-                }
-            }
-        }
-        let state = self.state_name();
-        Reply::Switched {
-            state,
-            message: format!("relay switch {}: now {}", to.name(), state.text()),
-        }
-    }
-
-    fn state_name(&self) -> StateName {
-        match (&self.state, self.manual) {
-            (State::Live { .. }, Some(Input::Live)) => StateName::ManualLive,
-            (State::Live { .. }, _) => StateName::Live,
-            (State::Offline, Some(Input::Offline)) => StateName::ManualOffline,
-            (State::Offline, _) => {
-                let starved = self
-                    .held
-                    .as_ref()
-                    .is_some_and(|(_, kind, _)| *kind == "low_bitrate");
-                if self.flowing.is_some()
-                    && self.publisher.as_ref().is_some_and(|p| p.allowed)
-                    && !starved
-                {
-                    StateName::GoingLive
-                } else {
-                    StateName::Offline
-                }
-            }
-        }
+    /// Seconds the output has been streaming, while it is.
+    fn streaming_since(&self) -> Option<Instant> {
+        self.output
+            .since
+            .filter(|_| self.output.last_progress.is_some())
     }
 
     /// What `relay status` shows.
     fn status(&self) -> api::Status {
-        let publisher = self.publisher.as_ref();
+        let publisher = self.policy.publisher();
+        let held = self.policy.held();
         api::Status {
             instance: self.config.instance.clone(),
-            state: self.state_name(),
-            publisher: publisher.map(|p| show_addr(p.address)),
-            publisher_allowed: publisher.map(|p| p.allowed),
-            live_bitrate_bps: self.live_bps.filter(|_| publisher.is_some()),
-            output_uptime_s: match (self.output_since, self.last_progress) {
-                (Some(since), Some(_)) => Some(since.elapsed().as_secs()),
-                _ => None,
-            },
-            output_restarts: self.output_restarts,
-            ingest_restarts: self.ingest_restarts,
-            last_switch: self
-                .last_switch
-                .as_ref()
-                .map(|(at, to, reason, kind)| LastSwitch {
-                    to: to.name().to_string(),
-                    seconds_ago: at.elapsed().as_secs(),
-                    reason: reason.clone(),
-                    kind: kind.to_string(),
-                }),
+            state: self.policy.state_name(),
+            publisher: publisher.map(|(p, _)| show_addr(p.address)),
+            publisher_allowed: publisher.map(|(_, allowed)| allowed),
+            live_bitrate_bps: self.policy.live_bitrate(),
+            output_uptime_s: self.streaming_since().map(|t| t.elapsed().as_secs()),
+            output_restarts: self.output.restarts,
+            ingest_restarts: self.policy.ingest_restarts(),
+            last_switch: self.policy.last_switch().map(|s| LastSwitch {
+                to: s.to.name().to_string(),
+                seconds_ago: s.at.elapsed().as_secs(),
+                reason: s.reason.clone(),
+                kind: s.why.name().to_string(),
+            }),
             live_frames: self.pump_stats.live_frames.load(Ordering::Relaxed),
             filler_frames: self.pump_stats.filler_frames.load(Ordering::Relaxed),
             dropped_ticks: self.pump_stats.dropped_ticks.load(Ordering::Relaxed),
-            held_off_air: self.held.as_ref().map(|(_, _, why)| why.clone()),
-            held_kind: self.held.as_ref().map(|(_, kind, _)| kind.to_string()),
+            held_off_air: held.map(|(_, why)| why.to_string()),
+            held_kind: held.map(|(hold, _)| hold.name().to_string()),
             policy: api::Policy {
                 offline_after_ms: self.config.offline_after.as_millis() as u64,
                 live_stable_s: self.config.live_stable.as_secs_f64(),
                 low_bitrate_kbps: self.config.low_bitrate.map(|l| l.bps / 1000),
                 low_bitrate_s: self.config.low_bitrate.map(|l| l.window.as_secs_f64()),
             },
-            output_pid: self.output_pid,
+            output_pid: self.output.pid,
             ingest_pid: self.ingest.as_ref().map(|i| i.pid),
             reloads: self.options.reloads.as_ref().map_or(0, |r| r.borrow().0),
             last_reload: self.options.reloads.as_ref().and_then(|r| {
@@ -1456,47 +921,46 @@ impl Daemon {
 
     /// What `/metrics` shows.
     fn snapshot(&self) -> metrics::Snapshot {
-        let streaming = self.output_since.filter(|_| self.last_progress.is_some());
         metrics::Snapshot {
             instance: self.config.instance.clone(),
-            state: self.state_name(),
-            switches: self.switches.iter().map(|(k, v)| (*k, *v)).collect(),
-            output_restarts: self.output_restarts,
-            ingest_restarts: self.ingest_restarts,
-            publisher_connected: self.publisher.is_some(),
-            live_bitrate_bps: self.live_bps.filter(|_| self.publisher.is_some()),
-            output_uptime_s: streaming.map(|t| t.elapsed().as_secs_f64()),
-            output_fps: self.output_rates.map(|(fps, _)| fps),
-            output_speed: self.output_rates.map(|(_, speed)| speed),
+            state: self.policy.state_name(),
+            switches: self
+                .policy
+                .switches()
+                .map(|(to, why, n)| ((to.name(), why.name()), n))
+                .collect(),
+            output_restarts: self.output.restarts,
+            ingest_restarts: self.policy.ingest_restarts(),
+            publisher_connected: self.policy.publisher().is_some(),
+            live_bitrate_bps: self.policy.live_bitrate(),
+            output_uptime_s: self.streaming_since().map(|t| t.elapsed().as_secs_f64()),
+            output_fps: self.output.rates.map(|(fps, _)| fps),
+            output_speed: self.output.rates.map(|(_, speed)| speed),
         }
     }
 
     fn status_line(&self) -> String {
-        let mut parts = vec![self.state_name().text().to_string()];
-        match &self.state {
-            State::Live { publisher, .. } => {
-                parts.push(format!("publisher {}", show_addr(*publisher)));
+        let mut parts = vec![self.policy.state_name().text().to_string()];
+        match (self.policy.on_air_publisher(), self.policy.publisher()) {
+            (Some(on_air), _) => parts.push(format!("publisher {}", show_addr(on_air))),
+            (None, Some((p, false))) => {
+                parts.push(format!("publisher {} refused", show_addr(p.address)))
             }
-            State::Offline => match &self.publisher {
-                Some(p) if !p.allowed => {
-                    parts.push(format!("publisher {} refused", show_addr(p.address)))
-                }
-                Some(p) => parts.push(format!("publisher {}", show_addr(p.address))),
-                None => parts.push("no publisher".to_string()),
-            },
+            (None, Some((p, true))) => parts.push(format!("publisher {}", show_addr(p.address))),
+            (None, None) => parts.push("no publisher".to_string()),
         }
-        if let Some(bps) = self.live_bps.filter(|_| self.publisher.is_some()) {
+        if let Some(bps) = self.policy.live_bitrate() {
             parts.push(format!("{:.1} Mb/s", bps as f64 / 1e6));
         }
-        match (self.output_since, self.last_progress) {
+        match (self.output.since, self.output.last_progress) {
             (Some(since), Some(_)) => {
                 parts.push(format!("output up {}", show_duration(since.elapsed())))
             }
             (Some(_), None) => parts.push("output starting".to_string()),
             _ => parts.push("output restarting".to_string()),
         }
-        if self.output_restarts > 0 {
-            parts.push(format!("{} output restarts", self.output_restarts));
+        if self.output.restarts > 0 {
+            parts.push(format!("{} output restarts", self.output.restarts));
         }
         parts.join(" · ")
     }
