@@ -1,6 +1,6 @@
 //! The switching policy: what is on air, and why, decided in one place.
 //!
-//! It is pure: no tokio, no I/O, no clock of its own. The daemon feeds
+//! It is pure: no async runtime, no I/O, no clock of its own. The daemon feeds
 //! [`Policy::handle`] every [`Event`] with the time it happened and carries
 //! out the [`Action`]s it returns, in order; the result of a switch comes
 //! back as [`Event::Switched`]. So every rule below is unit-tested with a
