@@ -16,23 +16,7 @@ use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 /// the next frame passes it, so well under a frame interval normally.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The output's streamselect/astreamselect input index of each source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Input {
-    /// The live raw pipes written by the daemon.
-    Live = 0,
-    /// The looping offline video.
-    Offline = 1,
-}
-
-impl Input {
-    pub fn name(self) -> &'static str {
-        match self {
-            Input::Live => "live",
-            Input::Offline => "offline",
-        }
-    }
-}
+pub use crate::policy::Input;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {

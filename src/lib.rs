@@ -35,6 +35,7 @@ pub mod ops;
 pub mod outpipes;
 pub mod output;
 pub mod pipeframes;
+pub mod policy;
 pub mod preflight;
 pub mod publish_auth;
 pub mod pump;

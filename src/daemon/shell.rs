@@ -1,0 +1,462 @@
+//! The event loop: what happens goes to the policy as events, and what the
+//! policy decides is carried out here.
+
+use super::*;
+
+/// The I/O shell around the policy: it turns what happens into
+/// [`policy::Event`]s and carries out the [`Action`]s that come back.
+pub(super) struct Daemon {
+    pub(super) config: Arc<Config>,
+    pub(super) options: Options,
+    pub(super) policy: Policy,
+    /// The policy's timers and when each is due.
+    pub(super) timers: BTreeMap<Timer, std::time::Instant>,
+    pub(super) switch: Switch,
+    pub(super) selection: watch::Sender<Input>,
+    pub(super) restart_output: mpsc::Sender<()>,
+    pub(super) pump: mpsc::Sender<pump::Command>,
+    pub(super) pump_stats: Arc<pump::Stats>,
+    /// Live frames' buffers, reused by every ingest of this pipeline.
+    pub(super) frames: FramePool,
+    /// Pipes that hold live frames instead (`None`: frames go through
+    /// `frames`).
+    pub(super) pipes: Option<PipePool>,
+    pub(super) poll_now: Arc<Notify>,
+    pub(super) ingest: Option<IngestHandle>,
+    /// Ingests told to stop and not yet gone.
+    pub(super) stopping: Vec<JoinHandle<()>>,
+    pub(super) ingest_events: mpsc::Sender<IngestExit>,
+    pub(super) metrics: watch::Sender<metrics::Snapshot>,
+    /// What nginx's on_publish endpoint accepted, with PUBLISH_KEY set.
+    pub(super) approvals: Option<Approvals>,
+    pub(super) stats_ok: bool,
+    pub(super) output: OutputState,
+    pub(super) ready_sent: bool,
+    pub(super) last_status: String,
+}
+
+impl Daemon {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn event_loop(
+        &mut self,
+        shutdown: impl Future<Output = ()>,
+        mut pump_events: mpsc::Receiver<PumpEvent>,
+        mut output_events: mpsc::Receiver<OutputEvent>,
+        mut stat_pages: mpsc::Receiver<Result<StatPage, String>>,
+        mut ingest_events: mpsc::Receiver<IngestExit>,
+        mut api_calls: mpsc::Receiver<Call>,
+        mut updates: watch::Receiver<Arc<Config>>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        loop {
+            let next_timer = self.timers.values().min().copied().map(Instant::from_std);
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                Some(ev) = pump_events.recv() => {
+                    let event = match ev {
+                        PumpEvent::Flowing { session } => Event::Flowing { session },
+                        PumpEvent::Ready { session } => Event::Ready { session },
+                        PumpEvent::Stopped { session, silent_for } => {
+                            Event::Stopped { session, silent_for }
+                        }
+                    };
+                    self.dispatch(event).await;
+                }
+                Some(ev) = output_events.recv() => self.on_output(ev).await,
+                Some(page) = stat_pages.recv() => self.on_stats(page).await,
+                Some(ev) = ingest_events.recv() => self.on_ingest_exit(ev).await,
+                Some((request, reply)) = api_calls.recv() => {
+                    let answer = self.on_request(request).await;
+                    let _ = reply.send(answer);
+                }
+                _ = sleep_until(next_timer.unwrap_or_else(far_future)), if next_timer.is_some() => {
+                    self.fire_timers().await;
+                }
+                _ = housekeeping.tick() => self.housekeeping(),
+                Ok(()) = updates.changed() => {
+                    let new = updates.borrow_and_update().clone();
+                    self.apply_tuning(new).await;
+                }
+            }
+        }
+    }
+
+    /// Hands `event` to the policy and carries out what it decides;
+    /// returns the policy's answer to an operator, if it gave one.
+    async fn dispatch(&mut self, event: Event) -> Option<Reply> {
+        let actions = self.policy.handle(std::time::Instant::now(), event);
+        self.carry_out(actions).await
+    }
+
+    /// Carries out `actions` in order. A switch's result goes back to the
+    /// policy at once, and what it decides then is carried out too.
+    pub(super) async fn carry_out(&mut self, actions: Vec<Action>) -> Option<Reply> {
+        let mut queue = VecDeque::from(actions);
+        let mut reply = None;
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Select(input) => {
+                    // A (re)starting output starts on the selection.
+                    let _ = self.selection.send(input);
+                    let result = self.select(input).await;
+                    let more = self
+                        .policy
+                        .handle(std::time::Instant::now(), Event::Switched { input, result });
+                    queue.extend(more);
+                }
+                Action::StartIngest {
+                    source: _,
+                    session,
+                    expect,
+                } => {
+                    if let Err(error) = self.start_ingest(session, expect) {
+                        let more = self.policy.handle(
+                            std::time::Instant::now(),
+                            Event::IngestFailed {
+                                session,
+                                error: error.to_string(),
+                            },
+                        );
+                        queue.extend(more);
+                    }
+                }
+                Action::StopIngest { session } => {
+                    if self.ingest.as_ref().is_some_and(|i| i.session == session) {
+                        self.stop_current_ingest();
+                    }
+                }
+                Action::SetTimer { timer, at } => match at {
+                    Some(at) => {
+                        self.timers.insert(timer, at);
+                    }
+                    None => {
+                        self.timers.remove(&timer);
+                    }
+                },
+                Action::RestartOutput => {
+                    let _ = self.restart_output.try_send(());
+                }
+                Action::PollNow => self.poll_now.notify_one(),
+                Action::Reply(r) => reply = Some(*r),
+            }
+        }
+        reply
+    }
+
+    /// Hands every timer that is due to the policy.
+    async fn fire_timers(&mut self) {
+        let now = std::time::Instant::now();
+        let due: Vec<Timer> = self
+            .timers
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(timer, _)| *timer)
+            .collect();
+        for timer in due {
+            self.timers.remove(&timer);
+            self.dispatch(Event::Timer(timer)).await;
+        }
+    }
+
+    /// A reload that changed only what applies at once
+    /// ([`Config::only_tuning_differs`]): no child is restarted.
+    async fn apply_tuning(&mut self, new: Arc<Config>) {
+        let old = std::mem::replace(&mut self.config, new.clone());
+        if old.offline_after != new.offline_after {
+            let _ = self
+                .pump
+                .send(pump::Command::SetGap(new.offline_after))
+                .await;
+        }
+        info!(
+            offline_after_ms = new.offline_after.as_millis() as u64,
+            live_stable_s = new.live_stable.as_secs_f64(),
+            low_bitrate_kbps = new.low_bitrate.map(|l| l.bps / 1000),
+            low_bitrate_s = new.low_bitrate.map(|l| l.window.as_secs_f64()),
+            poll_interval_s = new.poll_interval.as_secs_f64(),
+            allowed_publishers = %new.allowed_publishers,
+            "reload: new settings applied at once; the output keeps running"
+        );
+        self.dispatch(Event::Reconfigured(settings(&new))).await;
+    }
+
+    async fn on_output(&mut self, ev: OutputEvent) {
+        match ev {
+            OutputEvent::Started { pid } => {
+                self.output.pid = Some(pid);
+                self.output.since = Some(Instant::now());
+                self.output.last_progress = None;
+                self.output.in_backoff = false;
+            }
+            OutputEvent::Progress(p) => {
+                self.output.rates = Some((p.fps, p.speed));
+                let advanced = self
+                    .output
+                    .last_progress
+                    .is_none_or(|(_, frame)| p.frame > frame);
+                if advanced && p.frame > 0 {
+                    let first = self.output.last_progress.is_none();
+                    self.output.last_progress = Some((Instant::now(), p.frame));
+                    if first {
+                        self.on_output_streaming().await;
+                    }
+                }
+            }
+            OutputEvent::Exited {
+                reason,
+                uptime,
+                retry_in,
+            } => {
+                // An output that streamed lost its connection (the platform
+                // ended the broadcast, the network dropped): a reconnect.
+                // One that never streamed is still trying to get through.
+                let again = if self.output.last_progress.is_some() {
+                    "reconnecting"
+                } else {
+                    "retrying"
+                };
+                let restarts = self.output.restarts + 1;
+                self.output = OutputState {
+                    restarts,
+                    in_backoff: true,
+                    ..OutputState::default()
+                };
+                warn!(
+                    uptime_s = uptime.as_secs(),
+                    restarts,
+                    "output stopped: {reason}; {again} in {:.1} s{}",
+                    retry_in.as_secs_f64(),
+                    refusal_hint(&reason, uptime)
+                );
+                self.dispatch(Event::OutputStopped {
+                    destination: DESTINATION,
+                })
+                .await;
+            }
+        }
+    }
+
+    /// The output's first frame went out: tell systemd, re-assert the selection.
+    async fn on_output_streaming(&mut self) {
+        let input = *self.selection.borrow();
+        info!(
+            pid = self.output.pid,
+            on_air = input.name(),
+            "output streaming"
+        );
+        if !self.ready_sent {
+            self.ready_sent = true;
+            notify::ready();
+        }
+        self.dispatch(Event::OutputStreaming {
+            destination: DESTINATION,
+        })
+        .await;
+    }
+
+    async fn on_stats(&mut self, page: Result<StatPage, String>) {
+        let page = match page {
+            Ok(page) => {
+                if !self.stats_ok {
+                    info!("stat page answers again");
+                    self.stats_ok = true;
+                }
+                page
+            }
+            Err(err) => {
+                // Keep what is on air: live frames, not the stat page,
+                // decide failover.
+                if self.stats_ok {
+                    warn!(url = %self.config.stats_url, "stat page unavailable: {err}");
+                    self.stats_ok = false;
+                }
+                return;
+            }
+        };
+        let stream = page.stream(&self.config.rtmp_app, &self.config.rtmp_stream_name);
+        let publisher = stream.and_then(|s| {
+            s.publisher().map(|p| policy::Publisher {
+                id: p.id,
+                address: p.address,
+                unchecked: self
+                    .approvals
+                    .as_ref()
+                    .is_some_and(|a| a.vouch(p.id, p.time) == Vouch::NeverAsked),
+                has_audio: s.has_audio(),
+            })
+        });
+        let summary = StatSummary {
+            publisher,
+            bytes_in: stream.map_or(0, |s| s.bytes_in),
+        };
+        self.dispatch(Event::StatPage(summary)).await;
+    }
+
+    async fn on_ingest_exit(&mut self, ev: IngestExit) {
+        if self
+            .ingest
+            .as_ref()
+            .is_some_and(|i| i.session == ev.session)
+        {
+            self.ingest = None;
+        }
+        self.dispatch(Event::IngestExited {
+            session: ev.session,
+            requested: ev.requested,
+            reason: ev.reason,
+        })
+        .await;
+    }
+
+    /// Puts `input` on air through the output's zmq filter. An output that
+    /// is not streaming (starting, or waiting to retry a destination that
+    /// refused it) has no filter to ask: it starts on the selection, which
+    /// is re-asserted once it streams, so there is nothing to confirm — and
+    /// nothing to restart, which would only cut its connection attempt.
+    async fn select(&self, input: Input) -> Switched {
+        if self.output.last_progress.is_none() || self.output_gone() {
+            return Switched::NotStreaming;
+        }
+        match self.switch.select(input).await {
+            Ok(()) => Switched::Confirmed,
+            Err(err) => Switched::Failed(err.to_string()),
+        }
+    }
+
+    /// The output we last heard of has exited, though its supervisor's word
+    /// may still be queued behind the event being handled: it restarts on
+    /// the selection, so there is no filter to ask. (A destination that
+    /// refuses the stream kills the output right after it starts
+    /// streaming; a go-live at that moment asked a dead filter, then
+    /// restarted outputs that were already restarting.)
+    fn output_gone(&self) -> bool {
+        self.output.pid.is_some_and(|pid| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None)
+                == Err(nix::errno::Errno::ESRCH)
+        })
+    }
+
+    /// Starts the ingest FFmpeg of session `session`, which waits for (or
+    /// joins) the publisher.
+    fn start_ingest(&mut self, session: u64, expect: policy::Expect) -> std::io::Result<()> {
+        let expect = match expect {
+            policy::Expect::AudioVideo => Expect::AudioVideo,
+            policy::Expect::VideoOnly => Expect::VideoOnly,
+        };
+        let started = ingest::spawn(
+            &self.config,
+            expect,
+            session,
+            &self.options.ffmpeg,
+            &self.frames,
+            self.pipes.as_ref(),
+        )?;
+        let pid = started.child.pid;
+        info!(session, pid, expect = ?expect, "ingest waiting for live frames");
+        let _ = self.pump.try_send(pump::Command::Feed(Some(started.feed)));
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let grace = self.config.kill_grace;
+        let events = self.ingest_events.clone();
+        let mut child = started.child;
+        let task = tokio::spawn(
+            async move {
+                let exited = tokio::select! {
+                    status = child.wait() => Some(status),
+                    _ = stop_rx => None,
+                };
+                let (reason, requested) = match exited {
+                    Some(status) => {
+                        let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                        let last = child.last_lines();
+                        (format!("{status} {last}").trim().to_string(), false)
+                    }
+                    None => {
+                        child.stop(grace).await;
+                        ("stopped".to_string(), true)
+                    }
+                };
+                let _ = events
+                    .send(IngestExit {
+                        session,
+                        reason,
+                        requested,
+                    })
+                    .await;
+            }
+            .instrument(tracing::info_span!("ingest", session)),
+        );
+        self.ingest = Some(IngestHandle {
+            session,
+            pid,
+            stop: Some(stop_tx),
+            task,
+        });
+        Ok(())
+    }
+
+    /// Tells the current ingest to stop (SIGTERM, then SIGKILL after
+    /// KILL_GRACE) without waiting for it.
+    pub(super) fn stop_current_ingest(&mut self) {
+        let Some(mut handle) = self.ingest.take() else {
+            return;
+        };
+        let _ = self.pump.try_send(pump::Command::Feed(None));
+        if let Some(stop) = handle.stop.take() {
+            let _ = stop.send(());
+        }
+        // The ingest task stops the child in the background; shutdown
+        // waits for all of them.
+        self.stopping.retain(|t| !t.is_finished());
+        self.stopping.push(handle.task);
+    }
+
+    /// Waits until every ingest being stopped is gone.
+    pub(super) async fn reap_ingests(&mut self) {
+        let deadline = self.config.kill_grace + Duration::from_secs(1);
+        for task in self.stopping.drain(..) {
+            let _ = tokio::time::timeout(deadline, task).await;
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        self.metrics.send_replace(self.snapshot());
+        let status = self.status_line();
+        if status != self.last_status {
+            notify::status(&status);
+            self.last_status = status;
+        }
+        // WATCHDOG=1 only while the output advances — or while it waits out
+        // a crash backoff, which is relay working as designed (a dead
+        // destination is not a hung daemon).
+        let progressing = self
+            .output
+            .last_progress
+            .is_some_and(|(at, _)| at.elapsed() < OUTPUT_STALL);
+        let starting = self
+            .output
+            .since
+            .is_some_and(|t| t.elapsed() < OUTPUT_STALL);
+        if progressing || starting || self.output.in_backoff {
+            notify::watchdog();
+        }
+    }
+
+    /// An operator's request from the control socket.
+    async fn on_request(&mut self, request: Request) -> Reply {
+        match request {
+            Request::Status => Reply::Status(self.status()),
+            Request::Switch { to } => {
+                self.dispatch(Event::Manual(to))
+                    .await
+                    .unwrap_or_else(|| Reply::Error {
+                        message: "the switch was not answered".to_string(),
+                    })
+            }
+        }
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}

@@ -1,0 +1,176 @@
+//! The stat page's publishers: who is connected, who may go on air, and the
+//! low-bitrate rule (LOW_BITRATE_KBPS/SECS) on their byte counts.
+
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::source::Seen;
+use super::{OnAir, Policy, SourceKind, StatSummary, Why, NO_PICTURE, RETURN_WINDOW};
+
+impl Policy {
+    pub(super) fn on_stat_page(&mut self, now: Instant, page: StatSummary) {
+        let kind = SourceKind::Rtmp;
+        let allowed_publishers = &self.settings.allowed_publishers;
+        let seen = page.publisher.map(|p| Seen {
+            allowed: !p.unchecked && p.address.is_some_and(|a| allowed_publishers.allows(a)),
+            publisher: p,
+        });
+        let id = seen.as_ref().map(|s| s.publisher.id);
+
+        let keep = self
+            .settings
+            .low_bitrate
+            .map_or(Duration::ZERO, |rule| rule.window);
+        let source = self.source_mut(kind);
+        let bytes_of_new_publisher = id != source.bytes.publisher();
+        source.live_bps = source.bytes.update(id, page.bytes_in, now, keep);
+        self.check_low_bitrate(now, kind, bytes_of_new_publisher);
+
+        let source = self.source_mut(kind);
+        let old = source.publisher.take();
+        if id != old.as_ref().map(|s| s.publisher.id) {
+            source.publisher_since = Some(now);
+            match &seen {
+                Some(s) => {
+                    info!(
+                        publisher = %super::show_addr(s.publisher.address),
+                        client = s.publisher.id,
+                        allowed = s.allowed,
+                        "publisher connected"
+                    );
+                    // Ingest failures before this publisher (nginx down, a
+                    // broken stream) say nothing about it: don't make it
+                    // wait out their backoff.
+                    source.backoff.reset();
+                    if source.ingest.is_none() && s.allowed {
+                        self.set_retry(kind, Some(now));
+                    }
+                }
+                None => {
+                    if let Some(old) = &old {
+                        info!(publisher = %super::show_addr(old.publisher.address), "publisher left");
+                    }
+                    // nginx hands its players on to the next publisher. An
+                    // ingest that got no picture out of this one may be
+                    // stuck on its stream: start the next one afresh. (One
+                    // with frames flowing is replaced when they stop.)
+                    if source.ingest.is_some() && source.flowing.is_none() {
+                        self.stop_ingest(kind);
+                        self.set_retry(kind, Some(now));
+                    }
+                }
+            }
+        }
+        let source = self.source_mut(kind);
+        source.publisher = seen.clone();
+
+        match seen {
+            Some(s) if !s.allowed => {
+                if source.refused != Some(s.publisher.id) {
+                    source.refused = Some(s.publisher.id);
+                    let address = super::show_addr(s.publisher.address);
+                    if s.publisher.unchecked {
+                        warn!(
+                            publisher = %address,
+                            "publisher refused: nginx did not ask relay for its PUBLISH_KEY; add `on_publish {};` to the RTMP application; it stays off air",
+                            self.settings.publish_auth_url
+                        );
+                    } else {
+                        warn!(
+                            publisher = %address,
+                            rule = %self.settings.allowed_publishers,
+                            "publisher refused by ALLOWED_PUBLISHERS; it stays off air"
+                        );
+                    }
+                }
+                if matches!(self.on_air, OnAir::Live { .. }) {
+                    self.go_offline(now, "publisher not allowed", Why::PublisherRefused);
+                }
+                // Don't decode a feed that will never go on air.
+                self.stop_ingest(kind);
+                self.set_retry(kind, None);
+            }
+            Some(s) => {
+                source.refused = None;
+                let wanted = source.expect();
+                let mismatch = source.ingest.as_ref().is_some_and(|i| i.expect != wanted)
+                    && s.publisher.has_audio.is_some();
+                if mismatch && source.flowing.is_none() {
+                    info!(
+                        expect = ?wanted,
+                        "publisher sends video only; restarting the ingest to match"
+                    );
+                    self.restart_ingest(kind, now);
+                } else if source.no_picture_for(NO_PICTURE, now) {
+                    let message = format!(
+                        "the publisher's stream gave no picture in {} s; restarting the ingest",
+                        NO_PICTURE.as_secs()
+                    );
+                    let address = super::show_addr(s.publisher.address);
+                    if source.no_picture != Some(s.publisher.id) {
+                        source.no_picture = Some(s.publisher.id);
+                        warn!(publisher = %address, "{message}");
+                    } else {
+                        info!(publisher = %address, "{message}");
+                    }
+                    self.restart_ingest(kind, now);
+                } else if source.ingest.is_none() && source.retry_at.is_none() {
+                    self.set_retry(kind, Some(now));
+                }
+                self.maybe_go_live(now);
+            }
+            None => {
+                source.refused = None;
+                if source.ingest.is_none() && source.retry_at.is_none() {
+                    self.set_retry(kind, Some(now));
+                }
+            }
+        }
+    }
+
+    /// LOW_BITRATE_KBPS + LOW_BITRATE_SECS: the publisher's average bitrate
+    /// into nginx over the window.
+    fn check_low_bitrate(&mut self, now: Instant, kind: SourceKind, new_publisher: bool) {
+        let Some(rule) = self.settings.low_bitrate else {
+            self.low_bitrate = None;
+            return;
+        };
+        // A publisher back soon after a low-bitrate failover must prove its
+        // bitrate first; one long after starts with a clean slate.
+        if new_publisher
+            && self
+                .last_drop
+                .is_none_or(|d| now.saturating_duration_since(d) >= RETURN_WINDOW)
+        {
+            self.low_bitrate = None;
+        }
+        let source = self.source_mut(kind);
+        if source.bytes.publisher().is_none() {
+            return;
+        }
+        let Some(average) = source.bytes.average(rule.window) else {
+            return;
+        };
+        if average < rule.bps {
+            let was_low = self.low_bitrate.replace(average).is_some();
+            if !was_low && matches!(self.on_air, OnAir::Live { .. }) && self.manual.is_none() {
+                self.last_drop = Some(now);
+                let reason = format!(
+                    "live bitrate {} kb/s below LOW_BITRATE_KBPS {} for {} s",
+                    average / 1000,
+                    rule.bps / 1000,
+                    rule.window.as_secs_f64()
+                );
+                self.go_offline(now, &reason, Why::LowBitrate);
+            }
+        } else if self.low_bitrate.take().is_some() {
+            self.low_cleared_at = Some(now);
+            info!(
+                "live bitrate {} kb/s is back above LOW_BITRATE_KBPS {}",
+                average / 1000,
+                rule.bps / 1000
+            );
+        }
+    }
+}

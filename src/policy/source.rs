@@ -1,0 +1,193 @@
+//! Live sources: each has at most one ingest at a time, the publisher the
+//! stat page shows, and whether its frames flow.
+
+use std::time::{Duration, Instant};
+
+use super::{Action, ByteCounter, Expect, Policy, Publisher, Timer};
+use crate::daemon::Backoff;
+
+/// A kind of live source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SourceKind {
+    /// A publisher of nginx-rtmp's stream, pulled by an ingest FFmpeg.
+    Rtmp,
+}
+
+impl SourceKind {
+    /// Every kind, in the default priority order.
+    pub const ALL: [SourceKind; 1] = [SourceKind::Rtmp];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Rtmp => "rtmp",
+        }
+    }
+}
+
+/// The ingest of a source: one FFmpeg per publisher.
+#[derive(Debug, Clone)]
+pub(super) struct Ingest {
+    pub session: u64,
+    pub expect: Expect,
+    pub started: Instant,
+}
+
+/// A publisher seen on the stat page, as judged.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Seen {
+    pub publisher: Publisher,
+    pub allowed: bool,
+}
+
+/// One live source's state.
+#[derive(Debug)]
+pub(super) struct Source {
+    pub kind: SourceKind,
+    pub ingest: Option<Ingest>,
+    /// When to (re)start an ingest; `None` while one runs or none is wanted.
+    pub retry_at: Option<Instant>,
+    pub backoff: Backoff,
+    /// Ingests that exited on their own.
+    pub restarts: u64,
+    /// The session whose frames flow, since when, and whether it has
+    /// flowed for the pump's pre-roll.
+    pub flowing: Option<u64>,
+    pub flowing_since: Option<Instant>,
+    pub ready: Option<u64>,
+    /// The publisher on the last good stat page, and since when.
+    pub publisher: Option<Seen>,
+    pub publisher_since: Option<Instant>,
+    /// A publisher we refused (logged once, no ingest while it stays).
+    pub refused: Option<u64>,
+    /// The publisher whose stream gave no picture (warned once).
+    pub no_picture: Option<u64>,
+    pub bytes: ByteCounter,
+    pub live_bps: Option<u64>,
+}
+
+impl Source {
+    pub fn new(kind: SourceKind, crash_backoff: Duration) -> Source {
+        Source {
+            kind,
+            ingest: None,
+            retry_at: None,
+            backoff: Backoff::new(crash_backoff),
+            restarts: 0,
+            flowing: None,
+            flowing_since: None,
+            ready: None,
+            publisher: None,
+            publisher_since: None,
+            refused: None,
+            no_picture: None,
+            bytes: ByteCounter::new(),
+            live_bps: None,
+        }
+    }
+
+    pub fn session(&self) -> Option<u64> {
+        self.ingest.as_ref().map(|i| i.session)
+    }
+
+    /// Whether the publisher and the ingest have both been there for
+    /// `limit` without a live frame.
+    pub fn no_picture_for(&self, limit: Duration, now: Instant) -> bool {
+        let since = |t: Instant| now.saturating_duration_since(t) >= limit;
+        self.flowing.is_none()
+            && self.publisher_since.is_some_and(since)
+            && self.ingest.as_ref().is_some_and(|i| since(i.started))
+    }
+
+    /// What the ingest should expect from the publisher.
+    pub fn expect(&self) -> Expect {
+        match self.publisher.as_ref().and_then(|p| p.publisher.has_audio) {
+            Some(false) => Expect::VideoOnly,
+            _ => Expect::AudioVideo,
+        }
+    }
+}
+
+impl Policy {
+    /// The source whose current ingest is `session`; events of an ingest
+    /// that was replaced are stale and ignored.
+    pub(super) fn source_of(&self, session: u64) -> Option<usize> {
+        self.sources
+            .iter()
+            .position(|s| s.session() == Some(session))
+    }
+
+    pub(super) fn source_mut(&mut self, kind: SourceKind) -> &mut Source {
+        self.sources
+            .iter_mut()
+            .find(|s| s.kind == kind)
+            .expect("every source kind the policy was made with")
+    }
+
+    /// Sets (or with `None` cancels) when to start the source's next ingest.
+    pub(super) fn set_retry(&mut self, kind: SourceKind, at: Option<Instant>) {
+        let source = self.source_mut(kind);
+        if source.retry_at != at {
+            source.retry_at = at;
+            self.out.push(Action::SetTimer {
+                timer: Timer::IngestRetry(kind),
+                at,
+            });
+        }
+    }
+
+    /// Sets (or cancels) when to look again at a held publisher.
+    pub(super) fn set_hold_timer(&mut self, at: Option<Instant>) {
+        if self.hold_until != at {
+            self.hold_until = at;
+            self.out.push(Action::SetTimer {
+                timer: Timer::Hold,
+                at,
+            });
+        }
+    }
+
+    /// Starts a fresh ingest that waits for (or joins) the publisher.
+    pub(super) fn start_ingest(&mut self, kind: SourceKind, now: Instant) {
+        let session = self.next_session;
+        let source = self.source_mut(kind);
+        if source.ingest.is_some() || source.refused.is_some() {
+            return;
+        }
+        let expect = source.expect();
+        source.ingest = Some(Ingest {
+            session,
+            expect,
+            started: now,
+        });
+        self.next_session += 1;
+        self.set_retry(kind, None);
+        self.out.push(Action::StartIngest {
+            source: kind,
+            session,
+            expect,
+        });
+    }
+
+    /// Stops the source's ingest, if one runs, without waiting for it.
+    pub(super) fn stop_ingest(&mut self, kind: SourceKind) {
+        let source = self.source_mut(kind);
+        let Some(ingest) = source.ingest.take() else {
+            return;
+        };
+        if source.flowing == Some(ingest.session) {
+            source.flowing = None;
+        }
+        source.ready = None;
+        self.held = None;
+        self.set_hold_timer(None);
+        self.out.push(Action::StopIngest {
+            session: ingest.session,
+        });
+    }
+
+    /// Replaces the source's ingest with a fresh one at once.
+    pub(super) fn restart_ingest(&mut self, kind: SourceKind, now: Instant) {
+        self.stop_ingest(kind);
+        self.start_ingest(kind, now);
+    }
+}
