@@ -80,7 +80,7 @@ pub struct Options {
     /// Where to listen for `relay status` / `relay switch`; `None`: nowhere.
     pub control_socket: Option<PathBuf>,
     /// A reloaded configuration that differs only in keys the daemon
-    /// applies at once ([`Config::only_tuning_differs`]).
+    /// applies at once ([`crate::config::classify`]).
     pub reconfigure: Option<watch::Receiver<Arc<Config>>>,
     /// Where to keep the private copy of the offline video the offline
     /// source reads (`offline.rs`); `None`: it reads the file in place.
@@ -208,8 +208,8 @@ pub async fn run(
     let config = Arc::new(config);
     let format = RawFormat::of(&config);
     let stats_client = StatsClient::new(
-        &config.stats_url,
-        config.poll_interval.max(Duration::from_secs(1)),
+        &config.live.stats_url,
+        config.live.poll_interval.max(Duration::from_secs(1)),
     )?;
     info!(
         instance = %config.instance,
@@ -217,7 +217,7 @@ pub async fn run(
         live = %config.live_url(),
         offline = %config.offline_video_path.display(),
         format = %format!("{}x{}@{}", format.width, format.height, format.fps),
-        allowed_publishers = %config.allowed_publishers,
+        allowed_publishers = %config.live.allowed_publishers,
         "relay starting"
     );
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -235,7 +235,7 @@ pub async fn run(
     // With a key, only publishers the endpoint accepted go on air.
     let approvals = publish_auth
         .as_ref()
-        .filter(|_| !config.publish_key.is_empty())
+        .filter(|_| !config.live.publish_key.is_empty())
         .map(crate::publish_auth::Endpoint::approvals);
     let (selection_tx, selection_rx) = watch::channel(Input::Offline);
     let pump_stats = Arc::new(pump::Stats::default());
@@ -263,7 +263,7 @@ pub async fn run(
         pump::run(
             format,
             pump::Timing {
-                gap: config.offline_after,
+                gap: config.policy.offline_after,
                 ..options.timing
             },
             pump_rx,
@@ -318,7 +318,7 @@ pub async fn run(
     let (stat_tx, stat_rx) = mpsc::channel(4);
     let poller_task = tokio::spawn(poll_stats(
         stats_client,
-        config.poll_interval,
+        config.live.poll_interval,
         poll_now.clone(),
         stat_tx,
         updates.clone(),
@@ -353,7 +353,7 @@ pub async fn run(
         output_fps: None,
         output_speed: None,
     });
-    let metrics_task = match config.metrics_addr {
+    let metrics_task = match config.endpoints.metrics_addr {
         Some(addr) => match metrics::serve(addr, metrics_rx, pump_stats.clone()).await {
             Ok(task) => {
                 info!("metrics at http://{addr}/metrics");
@@ -376,7 +376,7 @@ pub async fn run(
         manual: None,
         last_switch: None,
         ingest_restarts: 0,
-        switch: Switch::new(config.zmq_port),
+        switch: Switch::new(config.endpoints.zmq_port),
         selection: selection_tx,
         restart_output: restart_tx,
         pump: pump_tx,
@@ -388,7 +388,7 @@ pub async fn run(
         stopping: Vec::new(),
         ingest_events: ingest_ev_tx,
         next_session: 1,
-        ingest_backoff: Backoff::new(config.crash_backoff),
+        ingest_backoff: Backoff::new(config.supervision.crash_backoff),
         last_drop: None,
         flowing_since: None,
         hold_until: None,
@@ -574,25 +574,25 @@ impl Daemon {
     }
 
     /// A reload that changed only what applies at once
-    /// ([`Config::only_tuning_differs`]): no child is restarted.
+    /// ([`crate::config::classify`]): no child is restarted.
     async fn apply_tuning(&mut self, new: Arc<Config>) {
         let old = std::mem::replace(&mut self.config, new.clone());
-        if old.offline_after != new.offline_after {
+        if old.policy.offline_after != new.policy.offline_after {
             let _ = self
                 .pump
-                .send(pump::Command::SetGap(new.offline_after))
+                .send(pump::Command::SetGap(new.policy.offline_after))
                 .await;
         }
-        if old.crash_backoff != new.crash_backoff {
-            self.ingest_backoff = Backoff::new(new.crash_backoff);
+        if old.supervision.crash_backoff != new.supervision.crash_backoff {
+            self.ingest_backoff = Backoff::new(new.supervision.crash_backoff);
         }
         info!(
-            offline_after_ms = new.offline_after.as_millis() as u64,
-            live_stable_s = new.live_stable.as_secs_f64(),
-            low_bitrate_kbps = new.low_bitrate.map(|l| l.bps / 1000),
-            low_bitrate_s = new.low_bitrate.map(|l| l.window.as_secs_f64()),
-            poll_interval_s = new.poll_interval.as_secs_f64(),
-            allowed_publishers = %new.allowed_publishers,
+            offline_after_ms = new.policy.offline_after.as_millis() as u64,
+            live_stable_s = new.policy.live_stable.as_secs_f64(),
+            low_bitrate_kbps = new.policy.low_bitrate.map(|l| l.bps / 1000),
+            low_bitrate_s = new.policy.low_bitrate.map(|l| l.window.as_secs_f64()),
+            poll_interval_s = new.live.poll_interval.as_secs_f64(),
+            allowed_publishers = %new.live.allowed_publishers,
             "reload: new settings applied at once; the output keeps running"
         );
         // Publishers are judged again on a fresh stat page: allowed ones
@@ -635,7 +635,7 @@ impl Daemon {
                 let mut reason = format!(
                     "no live frame for {} ms (OFFLINE_AFTER_MS {})",
                     silent_for.as_millis(),
-                    self.config.offline_after.as_millis()
+                    self.config.policy.offline_after.as_millis()
                 );
                 // Viewers must not watch a frozen frame, whatever the
                 // operator asked: a manual live ends with its frames.
@@ -739,13 +739,16 @@ impl Daemon {
                 // Keep what is on air: live frames, not the stat page,
                 // decide failover.
                 if self.stats_ok {
-                    warn!(url = %self.config.stats_url, "stat page unavailable: {err}");
+                    warn!(url = %self.config.live.stats_url, "stat page unavailable: {err}");
                     self.stats_ok = false;
                 }
                 return;
             }
         };
-        let stream = page.stream(&self.config.rtmp_app, &self.config.rtmp_stream_name);
+        let stream = page.stream(
+            &self.config.live.rtmp_app,
+            &self.config.live.rtmp_stream_name,
+        );
         let publisher = stream.and_then(|s| {
             s.publisher().map(|p| {
                 let unchecked = self
@@ -757,7 +760,7 @@ impl Daemon {
                     address: p.address,
                     allowed: !unchecked
                         && p.address
-                            .is_some_and(|a| self.config.allowed_publishers.allows(a)),
+                            .is_some_and(|a| self.config.live.allowed_publishers.allows(a)),
                     unchecked,
                     has_audio: s.has_audio(),
                 }
@@ -814,13 +817,13 @@ impl Daemon {
                         warn!(
                             publisher = %show_addr(p.address),
                             "publisher refused: nginx did not ask relay for its PUBLISH_KEY; add `on_publish http://127.0.0.1:{}{};` to the RTMP application; it stays off air",
-                            self.config.publish_auth_port,
+                            self.config.endpoints.publish_auth_port,
                             crate::publish_auth::PATH
                         );
                     } else {
                         warn!(
                             publisher = %show_addr(p.address),
-                            rule = %self.config.allowed_publishers,
+                            rule = %self.config.live.allowed_publishers,
                             "publisher refused by ALLOWED_PUBLISHERS; it stays off air"
                         );
                     }
@@ -958,7 +961,7 @@ impl Daemon {
             Some((s, _, _)) if s == session => (
                 format!(
                     "publisher back and stable for {} s (LIVE_STABLE_SECS)",
-                    self.config.live_stable.as_secs_f64()
+                    self.config.policy.live_stable.as_secs_f64()
                 ),
                 "publisher_stable",
             ),
@@ -979,11 +982,11 @@ impl Daemon {
                 format!(
                     "live bitrate {} kb/s is below LOW_BITRATE_KBPS {}",
                     bps / 1000,
-                    self.config.low_bitrate.map_or(0, |l| l.bps / 1000)
+                    self.config.policy.low_bitrate.map_or(0, |l| l.bps / 1000)
                 ),
             ));
         }
-        let stable = self.config.live_stable;
+        let stable = self.config.policy.live_stable;
         let since = self.flowing_since?;
         let returning = self
             .last_drop
@@ -1013,7 +1016,7 @@ impl Daemon {
     /// LOW_BITRATE_KBPS + LOW_BITRATE_SECS: the publisher's average
     /// bitrate into nginx over the window, from the stat page's bytes_in.
     async fn check_low_bitrate(&mut self, publisher: Option<u64>, bytes_in: u64) {
-        let Some(rule) = self.config.low_bitrate else {
+        let Some(rule) = self.config.policy.low_bitrate else {
             self.low_bitrate = None;
             self.bitrate_window.clear();
             return;
@@ -1220,7 +1223,7 @@ impl Daemon {
         info!(session, pid, expect = ?expect, "ingest waiting for live frames");
         let _ = self.pump.try_send(pump::Command::Feed(Some(started.feed)));
         let (stop_tx, stop_rx) = oneshot::channel();
-        let grace = self.config.kill_grace;
+        let grace = self.config.supervision.kill_grace;
         let events = self.ingest_events.clone();
         let mut child = started.child;
         let task = tokio::spawn(
@@ -1284,7 +1287,7 @@ impl Daemon {
 
     /// Waits until every ingest being stopped is gone.
     async fn reap_ingests(&mut self) {
-        let deadline = self.config.kill_grace + Duration::from_secs(1);
+        let deadline = self.config.supervision.kill_grace + Duration::from_secs(1);
         for task in self.stopping.drain(..) {
             let _ = tokio::time::timeout(deadline, task).await;
         }
@@ -1433,10 +1436,14 @@ impl Daemon {
             held_off_air: self.held.as_ref().map(|(_, _, why)| why.clone()),
             held_kind: self.held.as_ref().map(|(_, kind, _)| kind.to_string()),
             policy: api::Policy {
-                offline_after_ms: self.config.offline_after.as_millis() as u64,
-                live_stable_s: self.config.live_stable.as_secs_f64(),
-                low_bitrate_kbps: self.config.low_bitrate.map(|l| l.bps / 1000),
-                low_bitrate_s: self.config.low_bitrate.map(|l| l.window.as_secs_f64()),
+                offline_after_ms: self.config.policy.offline_after.as_millis() as u64,
+                live_stable_s: self.config.policy.live_stable.as_secs_f64(),
+                low_bitrate_kbps: self.config.policy.low_bitrate.map(|l| l.bps / 1000),
+                low_bitrate_s: self
+                    .config
+                    .policy
+                    .low_bitrate
+                    .map(|l| l.window.as_secs_f64()),
             },
             output_pid: self.output_pid,
             ingest_pid: self.ingest.as_ref().map(|i| i.pid),
@@ -1535,11 +1542,11 @@ async fn supervise_output(
     updates: watch::Receiver<Arc<Config>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(config.crash_backoff);
+    let mut backoff = Backoff::new(config.supervision.crash_backoff);
     loop {
         // KILL_GRACE and CRASH_BACKOFF may change on reload; nothing else
         // the output uses can without restarting the pipeline.
-        let crash_backoff = updates.borrow().crash_backoff;
+        let crash_backoff = updates.borrow().supervision.crash_backoff;
         if backoff.base != crash_backoff {
             backoff = Backoff::new(crash_backoff);
         }
@@ -1580,7 +1587,7 @@ async fn supervise_output(
                         _ = stop.changed() => break Why::Shutdown,
                     }
                 };
-                let kill_grace = updates.borrow().kill_grace;
+                let kill_grace = updates.borrow().supervision.kill_grace;
                 match why {
                     Why::Shutdown => {
                         child.stop(kill_grace).await;
@@ -1636,7 +1643,7 @@ async fn poll_stats(
             _ = ticker.tick() => {}
             _ = now.notified() => {}
             Ok(()) = updates.changed() => {
-                let new = updates.borrow_and_update().poll_interval;
+                let new = updates.borrow_and_update().live.poll_interval;
                 if new != interval {
                     interval = new;
                     ticker = tokio::time::interval(interval);
