@@ -155,7 +155,7 @@ pub static KEYS: [Key; 28] = [
         default: Fallback::Text("1936"),
         applies: Applies::Restart,
         secrecy: Secrecy::Public,
-        doc: "RTMP port of that nginx.",
+        doc: "RTMP port of the local nginx-rtmp the live feed is pulled from.",
         parse: |d, v| put(&mut d.config.live.rtmp_port, parse_port(v)),
         value: |c| c.live.rtmp_port.to_string(),
     },

@@ -515,6 +515,21 @@ fn readme_documents_every_key() {
     }
 }
 
+/// The README's reload section names exactly the keys that apply at once.
+#[test]
+fn readme_names_the_keys_a_reload_applies_at_once() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md next to Cargo.toml");
+    let start = readme.find("- Only `").expect("the reload section");
+    let item = &readme[start..];
+    let item = &item[..item.find("\n- ").expect("the next item")];
+    for key in &KEYS {
+        let named = item.contains(&format!("`{}`", key.name));
+        let at_once = matches!(key.applies, Applies::AtOnce | Applies::AtOnceWhileSet);
+        assert_eq!(named, at_once, "{}", key.name);
+    }
+}
+
 #[test]
 fn debug_shows_every_key_and_masks_secrets() {
     let c = with(&[
