@@ -25,12 +25,8 @@ use crate::{api, cli, daemon, offline};
 /// What a SIGHUP found.
 enum Reload {
     Rejected(String),
-    Unchanged,
-    /// Only settings the running daemon applies at once.
-    Tuned(Box<Config>),
-    /// A new offline video, and perhaps settings that apply at once.
-    NewOffline(Box<Config>, OfflineInfo),
-    Changed(Box<Config>, OfflineInfo),
+    /// A valid configuration, its offline video, and what to do with them.
+    Valid(ReloadPlan, Box<Config>, OfflineInfo),
 }
 
 /// Runs the instance until SIGTERM or SIGINT; returns the exit status.
@@ -77,19 +73,19 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
                         reloaded("rejected", why);
                         continue;
                     }
-                    Reload::Unchanged => {
+                    Reload::Valid(ReloadPlan::Unchanged, _, _) => {
                         info!("reload: the configuration is unchanged");
                         reloaded("unchanged", String::new());
                         continue;
                     }
-                    Reload::Tuned(new) => {
+                    Reload::Valid(ReloadPlan::ApplyAtOnce, new, _) => {
                         info!("reload: only settings that apply at once changed; the output is not restarted");
                         config = *new;
                         tune_tx.send_replace(Arc::new(config.clone()));
                         reloaded("applied", String::new());
                         continue;
                     }
-                    Reload::NewOffline(new, new_offline) => {
+                    Reload::Valid(ReloadPlan::NewOfflineVideo { .. }, new, new_offline) => {
                         info!("reload: a new offline video; only the offline source restarts, the output keeps running");
                         config = *new;
                         offline = new_offline;
@@ -99,7 +95,7 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
                         reloaded("new_offline_video", String::new());
                         continue;
                     }
-                    Reload::Changed(new, new_offline) => {
+                    Reload::Valid(ReloadPlan::Restart, new, new_offline) => {
                         info!("reload: applying the new configuration (the output reconnects once)");
                         if let Some(tx) = stop_tx.take() {
                             let _ = tx.send(());
@@ -156,20 +152,13 @@ async fn reload(
             let mut plan = config::classify(running, &config);
             if file_replaced {
                 plan = plan.with_offline_file_replaced();
-            }
-            match plan {
-                ReloadPlan::Unchanged => Reload::Unchanged,
-                ReloadPlan::ApplyAtOnce => Reload::Tuned(Box::new(config)),
-                ReloadPlan::NewOfflineVideo { .. } => {
-                    Reload::NewOffline(Box::new(config), new_offline)
-                }
-                ReloadPlan::Restart => {
-                    if file_replaced && config.offline_video_path == running.offline_video_path {
-                        warn!("reload: the offline video file changed");
-                    }
-                    Reload::Changed(Box::new(config), new_offline)
+                if plan == ReloadPlan::Restart
+                    && config.offline_video_path == running.offline_video_path
+                {
+                    warn!("reload: the offline video file changed");
                 }
             }
+            Reload::Valid(plan, Box::new(config), new_offline)
         }
     }
 }

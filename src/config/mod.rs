@@ -20,6 +20,13 @@
 //! Any problem is a [`ConfigError`] whose message is one line naming the key
 //! or file, so the daemon can print it and exit with [`EX_CONFIG`]. The
 //! stream key never appears in a message or in `Debug` output.
+//!
+//! The parts: `keys.rs` declares every key once (name, default, parser,
+//! reload class, secrecy, documentation); `sources.rs` and `env_file.rs`
+//! read the layers; `parse.rs` turns one value's text into its type;
+//! `validate.rs` applies the layers, the parsers and the rules between
+//! keys; `reload.rs` decides what a reload does; `secret.rs` keeps secrets
+//! out of logs.
 
 mod env_file;
 mod keys;
