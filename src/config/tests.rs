@@ -159,8 +159,8 @@ fn defaults() {
 
 #[test]
 fn every_key_is_read_into_its_field() {
-    // Also proves KEYS and RawSettings agree: a key missing from either
-    // would be refused or keep its default.
+    // Also proves each key's parser in KEYS sets its own field: one that
+    // set another would leave a default below.
     let c = with(&[
         ("KICK_URL", "rtmp://a.example/app/"),
         ("KICK_KEY", "sk_1"),
