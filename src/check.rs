@@ -88,7 +88,12 @@ fn report(what: &str, result: Result<String, String>) -> bool {
 
 /// RTMPS needs FFmpeg built with TLS; plain RTMP does not.
 fn check_tls(config: &Config, ffmpeg: &Path) -> Result<String, String> {
-    if !config.kick_url.to_ascii_lowercase().starts_with("rtmps://") {
+    if !config
+        .destination
+        .url
+        .to_ascii_lowercase()
+        .starts_with("rtmps://")
+    {
         return Ok("not needed (KICK_URL is not rtmps://)".to_string());
     }
     preflight::check_protocol(ffmpeg, "rtmps")
@@ -119,33 +124,34 @@ fn check_offline(config: &Config) -> Result<String, String> {
 
 /// The stat page answers, and whether our stream is published right now.
 async fn check_stats(config: &Config) -> Result<String, String> {
-    let client = StatsClient::new(&config.stats_url, STATS_TIMEOUT).map_err(|e| e.to_string())?;
+    let client =
+        StatsClient::new(&config.live.stats_url, STATS_TIMEOUT).map_err(|e| e.to_string())?;
     let page = client.fetch().await.map_err(|e| e.to_string())?;
-    let (app, name) = (&config.rtmp_app, &config.rtmp_stream_name);
+    let (app, name) = (&config.live.rtmp_app, &config.live.rtmp_stream_name);
     let publisher = page.stream(app, name).and_then(|s| s.publisher());
     let now = match publisher {
         Some(p) => {
             let addr = p.address.map_or("unknown".to_string(), |a| a.to_string());
             let verdict = match p.address {
-                Some(a) if config.allowed_publishers.allows(a) => "allowed",
+                Some(a) if config.live.allowed_publishers.allows(a) => "allowed",
                 _ => "refused by ALLOWED_PUBLISHERS",
             };
             format!("{app}/{name} is published now by {addr} ({verdict})")
         }
         None => format!("{app}/{name} is not published now"),
     };
-    Ok(format!("{} answers; {now}", config.stats_url))
+    Ok(format!("{} answers; {now}", config.live.stats_url))
 }
 
 /// Whether publishers need a key, and who checks it.
 fn publish_key_report(config: &Config) -> Result<String, String> {
-    let stream = format!("{}/{}", config.rtmp_app, config.rtmp_stream_name);
-    if config.publish_key.is_empty() {
+    let stream = format!("{}/{}", config.live.rtmp_app, config.live.rtmp_stream_name);
+    if config.live.publish_key.is_empty() {
         return Err(format!(
             "not set: anyone who can reach nginx's RTMP port and knows the stream name {stream} can publish"
         ));
     }
-    Ok(match config.publish_auth_port {
+    Ok(match config.endpoints.publish_auth_port {
         0 => "set, but PUBLISH_AUTH_PORT=0: only another instance that nginx's on_publish asks can check it".to_string(),
         port => format!(
             "required for {stream}; nginx's on_publish must ask http://127.0.0.1:{port}{}",

@@ -39,10 +39,10 @@ pub struct RawFormat {
 impl RawFormat {
     pub fn of(config: &Config) -> RawFormat {
         RawFormat {
-            width: config.out_width,
-            height: config.out_height,
-            fps: config.out_fps,
-            sample_rate: config.audio_samplerate,
+            width: config.encoding.width,
+            height: config.encoding.height,
+            fps: config.encoding.fps,
+            sample_rate: config.encoding.audio_samplerate,
         }
     }
 

@@ -3,33 +3,30 @@
 //!
 //! A reload re-reads the configuration and checks it as at start-up. An
 //! invalid one is rejected with the reason logged, and the running
-//! configuration stays. An unchanged one changes nothing. One that changes
-//! only the switching policy, POLL_INTERVAL, ALLOWED_PUBLISHERS, KILL_GRACE
-//! or CRASH_BACKOFF ([`Config::only_tuning_differs`]) goes to the running
-//! daemon, which applies it at once without restarting any FFmpeg. A new
-//! offline video (OFFLINE_VIDEO_PATH, or its file replaced), with or
-//! without such settings, restarts only the offline source. Any other
-//! change restarts the pipeline in this process with it: the output
-//! reconnects once, the unit stays active.
+//! configuration stays. What a valid one does is [`config::classify`]'s
+//! decision, from the key table: nothing when unchanged; settings that
+//! apply at once (the switching policy, POLL_INTERVAL, ALLOWED_PUBLISHERS,
+//! KILL_GRACE, CRASH_BACKOFF, a replaced PUBLISH_KEY) go to the running
+//! daemon without restarting any FFmpeg; a new offline video
+//! (OFFLINE_VIDEO_PATH, or its file replaced), with or without such
+//! settings, restarts only the offline source; any other change restarts
+//! the pipeline in this process with it: the output reconnects once, the
+//! unit stays active.
 
 use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Source};
+use crate::config::{self, Config, ReloadPlan, Source};
 use crate::preflight::OfflineInfo;
 use crate::{api, cli, daemon, offline};
 
 /// What a SIGHUP found.
 enum Reload {
     Rejected(String),
-    Unchanged,
-    /// Only settings the running daemon applies at once.
-    Tuned(Box<Config>),
-    /// A new offline video, and perhaps settings that apply at once.
-    NewOffline(Box<Config>, OfflineInfo),
-    Changed(Box<Config>, OfflineInfo),
+    /// A valid configuration, its offline video, and what to do with them.
+    Valid(ReloadPlan, Box<Config>, OfflineInfo),
 }
 
 /// Runs the instance until SIGTERM or SIGINT; returns the exit status.
@@ -76,19 +73,19 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
                         reloaded("rejected", why);
                         continue;
                     }
-                    Reload::Unchanged => {
+                    Reload::Valid(ReloadPlan::Unchanged, _, _) => {
                         info!("reload: the configuration is unchanged");
                         reloaded("unchanged", String::new());
                         continue;
                     }
-                    Reload::Tuned(new) => {
+                    Reload::Valid(ReloadPlan::ApplyAtOnce, new, _) => {
                         info!("reload: only settings that apply at once changed; the output is not restarted");
                         config = *new;
                         tune_tx.send_replace(Arc::new(config.clone()));
                         reloaded("applied", String::new());
                         continue;
                     }
-                    Reload::NewOffline(new, new_offline) => {
+                    Reload::Valid(ReloadPlan::NewOfflineVideo { .. }, new, new_offline) => {
                         info!("reload: a new offline video; only the offline source restarts, the output keeps running");
                         config = *new;
                         offline = new_offline;
@@ -98,7 +95,7 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
                         reloaded("new_offline_video", String::new());
                         continue;
                     }
-                    Reload::Changed(new, new_offline) => {
+                    Reload::Valid(ReloadPlan::Restart, new, new_offline) => {
                         info!("reload: applying the new configuration (the output reconnects once)");
                         if let Some(tx) = stop_tx.take() {
                             let _ = tx.send(());
@@ -147,27 +144,21 @@ async fn reload(
         Err(err) => Reload::Rejected(format!("the check did not finish: {err}")),
         Ok(Err(why)) => Reload::Rejected(why),
         Ok(Ok((config, new_offline))) => {
-            let same_file = file_stamp(&config.offline_video_path) == stamp;
-            if config == *running && same_video(&new_offline, offline) && same_file {
-                Reload::Unchanged
-            } else if same_video(&new_offline, offline)
-                && same_file
-                && running.only_tuning_differs(&config)
-            {
-                Reload::Tuned(Box::new(config))
-            } else if running.only_tuning_differs(&Config {
-                offline_video_path: running.offline_video_path.clone(),
-                ..config.clone()
-            }) {
-                Reload::NewOffline(Box::new(config), new_offline)
-            } else {
-                if config.offline_video_path == running.offline_video_path
-                    && !(same_video(&new_offline, offline) && same_file)
+            // The offline source plays a copy of the file made at start, so
+            // a file replaced in place (a new probe or a new size and time)
+            // counts as a new offline video although no key changed.
+            let file_replaced = !same_video(&new_offline, offline)
+                || file_stamp(&config.offline_video_path) != stamp;
+            let mut plan = config::classify(running, &config);
+            if file_replaced {
+                plan = plan.with_offline_file_replaced();
+                if plan == ReloadPlan::Restart
+                    && config.offline_video_path == running.offline_video_path
                 {
                     warn!("reload: the offline video file changed");
                 }
-                Reload::Changed(Box::new(config), new_offline)
             }
+            Reload::Valid(plan, Box::new(config), new_offline)
         }
     }
 }

@@ -345,7 +345,7 @@ pub struct Supervision {
 /// crash backoff when it exits, starts it afresh on a new offline video
 /// (a reload), and tells the pump which source to read.
 pub async fn supervise(mut s: Supervision, mut stop: watch::Receiver<bool>) {
-    let mut backoff = Backoff::new(s.config.crash_backoff);
+    let mut backoff = Backoff::new(s.config.supervision.crash_backoff);
     let mut source_path = s.config.offline_video_path.clone();
     let mut copy = make_copy(&s, &source_path).await;
     loop {
@@ -369,7 +369,7 @@ pub async fn supervise(mut s: Supervision, mut stop: watch::Receiver<bool>) {
                     _ = stop.changed() => Why::Stop,
                 };
                 let _ = s.pump.send(pump::Command::Offline(None)).await;
-                let grace = s.updates.borrow().kill_grace;
+                let grace = s.updates.borrow().supervision.kill_grace;
                 match why {
                     Why::Stop => {
                         child.stop(grace).await;

@@ -63,7 +63,10 @@ pub async fn zmq(config: &Config, command: &str) -> i32 {
         eprintln!("relay: not sending {command:?}: {why}");
         return EX_FAILED;
     }
-    match Switch::new(config.zmq_port).command(command).await {
+    match Switch::new(config.endpoints.zmq_port)
+        .command(command)
+        .await
+    {
         Ok(reply) => {
             println!("{reply}");
             if reply == "0" || reply.starts_with("0 ") {

@@ -48,7 +48,7 @@ pub fn args(config: &Config, select: Input) -> Vec<String> {
         ffmpeg::OUTPUT_GRAPH,
         &[
             ("MAP", (select as u8).to_string()),
-            ("ZMQ_PORT", config.zmq_port.to_string()),
+            ("ZMQ_PORT", config.endpoints.zmq_port.to_string()),
         ],
     );
     let mut a: Vec<String> = Vec::new();
@@ -86,7 +86,7 @@ pub fn args(config: &Config, select: Input) -> Vec<String> {
 /// uses them too, so that both encode alike.
 pub fn encoder_args(config: &Config) -> Vec<String> {
     let f = RawFormat::of(config);
-    let gop = (config.out_fps * KEYFRAME_SECONDS).to_string();
+    let gop = (config.encoding.fps * KEYFRAME_SECONDS).to_string();
     let sample_rate = f.sample_rate.to_string();
     [
         "-c:v",
@@ -96,11 +96,11 @@ pub fn encoder_args(config: &Config) -> Vec<String> {
         "-pix_fmt",
         "yuv420p",
         "-b:v",
-        &config.vid_bitrate.text,
+        &config.encoding.vid_bitrate.text,
         "-maxrate",
-        &config.max_bitrate.text,
+        &config.encoding.max_bitrate.text,
         "-bufsize",
-        &config.buffer_size.text,
+        &config.encoding.buffer_size.text,
         "-g",
         &gop,
         "-keyint_min",
@@ -110,7 +110,7 @@ pub fn encoder_args(config: &Config) -> Vec<String> {
         "-c:a",
         "aac",
         "-b:a",
-        &config.audio_bitrate.text,
+        &config.encoding.audio_bitrate.text,
         "-ar",
         &sample_rate,
         "-ac",

@@ -79,9 +79,9 @@ pub struct Policy {
 impl Policy {
     pub fn of(config: &Config) -> Policy {
         Policy {
-            app: config.rtmp_app.clone(),
-            name: config.rtmp_stream_name.clone(),
-            key: config.publish_key.clone(),
+            app: config.live.rtmp_app.clone(),
+            name: config.live.rtmp_stream_name.clone(),
+            key: config.live.publish_key.clone(),
         }
     }
 }
@@ -248,7 +248,7 @@ pub async fn start(
 ) -> anyhow::Result<Option<Endpoint>> {
     let policy = Policy::of(config);
     let stream = format!("{}/{}", policy.app, policy.name);
-    let port = config.publish_auth_port;
+    let port = config.endpoints.publish_auth_port;
     if policy.key.is_empty() {
         warn!(
             "no PUBLISH_KEY: anyone who can reach nginx's RTMP port and knows the stream name {stream} can publish; set PUBLISH_KEY and publish to {stream}?key=PUBLISH_KEY"

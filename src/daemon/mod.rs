@@ -62,7 +62,7 @@ pub struct Options {
     /// Where to listen for `relay status` / `relay switch`; `None`: nowhere.
     pub control_socket: Option<PathBuf>,
     /// A reloaded configuration that differs only in keys the daemon
-    /// applies at once ([`Config::only_tuning_differs`]).
+    /// applies at once ([`crate::config::classify`]).
     pub reconfigure: Option<watch::Receiver<Arc<Config>>>,
     /// Where to keep the private copy of the offline video the offline
     /// source reads (`offline.rs`); `None`: it reads the file in place.
@@ -163,8 +163,8 @@ pub async fn run(
     let config = Arc::new(config);
     let format = RawFormat::of(&config);
     let stats_client = StatsClient::new(
-        &config.stats_url,
-        config.poll_interval.max(Duration::from_secs(1)),
+        &config.live.stats_url,
+        config.live.poll_interval.max(Duration::from_secs(1)),
     )?;
     info!(
         instance = %config.instance,
@@ -172,7 +172,7 @@ pub async fn run(
         live = %config.live_url(),
         offline = %config.offline_video_path.display(),
         format = %format!("{}x{}@{}", format.width, format.height, format.fps),
-        allowed_publishers = %config.allowed_publishers,
+        allowed_publishers = %config.live.allowed_publishers,
         "relay starting"
     );
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -190,7 +190,7 @@ pub async fn run(
     // With a key, only publishers the endpoint accepted go on air.
     let approvals = publish_auth
         .as_ref()
-        .filter(|_| !config.publish_key.is_empty())
+        .filter(|_| !config.live.publish_key.is_empty())
         .map(crate::publish_auth::Endpoint::approvals);
     let (selection_tx, selection_rx) = watch::channel(Input::Offline);
     let pump_stats = Arc::new(pump::Stats::default());
@@ -218,7 +218,7 @@ pub async fn run(
         pump::run(
             format,
             pump::Timing {
-                gap: config.offline_after,
+                gap: config.policy.offline_after,
                 ..options.timing
             },
             pump_rx,
@@ -273,7 +273,7 @@ pub async fn run(
     let (stat_tx, stat_rx) = mpsc::channel(4);
     let poller_task = tokio::spawn(poll_stats(
         stats_client,
-        config.poll_interval,
+        config.live.poll_interval,
         poll_now.clone(),
         stat_tx,
         updates.clone(),
@@ -308,7 +308,7 @@ pub async fn run(
         output_fps: None,
         output_speed: None,
     });
-    let metrics_task = match config.metrics_addr {
+    let metrics_task = match config.endpoints.metrics_addr {
         Some(addr) => match metrics::serve(addr, metrics_rx, pump_stats.clone()).await {
             Ok(task) => {
                 info!("metrics at http://{addr}/metrics");
@@ -332,7 +332,7 @@ pub async fn run(
         options,
         policy,
         timers: BTreeMap::new(),
-        switch: Switch::new(config.zmq_port),
+        switch: Switch::new(config.endpoints.zmq_port),
         selection: selection_tx,
         restart_output: restart_tx,
         pump: pump_tx,
@@ -393,14 +393,14 @@ const DESTINATION: &str = "kick";
 /// The policy's settings, from the configuration.
 fn settings(config: &Config) -> policy::Settings {
     policy::Settings {
-        offline_after: config.offline_after,
-        live_stable: config.live_stable,
-        low_bitrate: config.low_bitrate,
-        allowed_publishers: config.allowed_publishers.clone(),
-        crash_backoff: config.crash_backoff,
+        offline_after: config.policy.offline_after,
+        live_stable: config.policy.live_stable,
+        low_bitrate: config.policy.low_bitrate,
+        allowed_publishers: config.live.allowed_publishers.clone(),
+        crash_backoff: config.supervision.crash_backoff,
         publish_auth_url: format!(
             "http://127.0.0.1:{}{}",
-            config.publish_auth_port,
+            config.endpoints.publish_auth_port,
             crate::publish_auth::PATH
         ),
     }
@@ -432,11 +432,11 @@ async fn supervise_output(
     updates: watch::Receiver<Arc<Config>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(config.crash_backoff);
+    let mut backoff = Backoff::new(config.supervision.crash_backoff);
     loop {
         // KILL_GRACE and CRASH_BACKOFF may change on reload; nothing else
         // the output uses can without restarting the pipeline.
-        let crash_backoff = updates.borrow().crash_backoff;
+        let crash_backoff = updates.borrow().supervision.crash_backoff;
         if backoff.base != crash_backoff {
             backoff = Backoff::new(crash_backoff);
         }
@@ -477,7 +477,7 @@ async fn supervise_output(
                         _ = stop.changed() => break Why::Shutdown,
                     }
                 };
-                let kill_grace = updates.borrow().kill_grace;
+                let kill_grace = updates.borrow().supervision.kill_grace;
                 match why {
                     Why::Shutdown => {
                         child.stop(kill_grace).await;
@@ -533,7 +533,7 @@ async fn poll_stats(
             _ = ticker.tick() => {}
             _ = now.notified() => {}
             Ok(()) = updates.changed() => {
-                let new = updates.borrow_and_update().poll_interval;
+                let new = updates.borrow_and_update().live.poll_interval;
                 if new != interval {
                     interval = new;
                     ticker = tokio::time::interval(interval);

@@ -160,22 +160,23 @@ impl Daemon {
     }
 
     /// A reload that changed only what applies at once
-    /// ([`Config::only_tuning_differs`]): no child is restarted.
+    /// ([`ReloadPlan::ApplyAtOnce`](crate::config::ReloadPlan)): no child is
+    /// restarted.
     async fn apply_tuning(&mut self, new: Arc<Config>) {
         let old = std::mem::replace(&mut self.config, new.clone());
-        if old.offline_after != new.offline_after {
+        if old.policy.offline_after != new.policy.offline_after {
             let _ = self
                 .pump
-                .send(pump::Command::SetGap(new.offline_after))
+                .send(pump::Command::SetGap(new.policy.offline_after))
                 .await;
         }
         info!(
-            offline_after_ms = new.offline_after.as_millis() as u64,
-            live_stable_s = new.live_stable.as_secs_f64(),
-            low_bitrate_kbps = new.low_bitrate.map(|l| l.bps / 1000),
-            low_bitrate_s = new.low_bitrate.map(|l| l.window.as_secs_f64()),
-            poll_interval_s = new.poll_interval.as_secs_f64(),
-            allowed_publishers = %new.allowed_publishers,
+            offline_after_ms = new.policy.offline_after.as_millis() as u64,
+            live_stable_s = new.policy.live_stable.as_secs_f64(),
+            low_bitrate_kbps = new.policy.low_bitrate.map(|l| l.bps / 1000),
+            low_bitrate_s = new.policy.low_bitrate.map(|l| l.window.as_secs_f64()),
+            poll_interval_s = new.live.poll_interval.as_secs_f64(),
+            allowed_publishers = %new.live.allowed_publishers,
             "reload: new settings applied at once; the output keeps running"
         );
         self.dispatch(Event::Reconfigured(settings(&new))).await;
@@ -268,13 +269,16 @@ impl Daemon {
                 // Keep what is on air: live frames, not the stat page,
                 // decide failover.
                 if self.stats_ok {
-                    warn!(url = %self.config.stats_url, "stat page unavailable: {err}");
+                    warn!(url = %self.config.live.stats_url, "stat page unavailable: {err}");
                     self.stats_ok = false;
                 }
                 return;
             }
         };
-        let stream = page.stream(&self.config.rtmp_app, &self.config.rtmp_stream_name);
+        let stream = page.stream(
+            &self.config.live.rtmp_app,
+            &self.config.live.rtmp_stream_name,
+        );
         let publisher = stream.and_then(|s| {
             s.publisher().map(|p| policy::Publisher {
                 id: p.id,
@@ -356,7 +360,7 @@ impl Daemon {
         info!(session, pid, expect = ?expect, "ingest waiting for live frames");
         let _ = self.pump.try_send(pump::Command::Feed(Some(started.feed)));
         let (stop_tx, stop_rx) = oneshot::channel();
-        let grace = self.config.kill_grace;
+        let grace = self.config.supervision.kill_grace;
         let events = self.ingest_events.clone();
         let mut child = started.child;
         let task = tokio::spawn(
@@ -413,7 +417,7 @@ impl Daemon {
 
     /// Waits until every ingest being stopped is gone.
     pub(super) async fn reap_ingests(&mut self) {
-        let deadline = self.config.kill_grace + Duration::from_secs(1);
+        let deadline = self.config.supervision.kill_grace + Duration::from_secs(1);
         for task in self.stopping.drain(..) {
             let _ = tokio::time::timeout(deadline, task).await;
         }

@@ -36,10 +36,14 @@ impl Daemon {
             held_off_air: held.map(|(_, why)| why.to_string()),
             held_kind: held.map(|(hold, _)| hold.name().to_string()),
             policy: api::Policy {
-                offline_after_ms: self.config.offline_after.as_millis() as u64,
-                live_stable_s: self.config.live_stable.as_secs_f64(),
-                low_bitrate_kbps: self.config.low_bitrate.map(|l| l.bps / 1000),
-                low_bitrate_s: self.config.low_bitrate.map(|l| l.window.as_secs_f64()),
+                offline_after_ms: self.config.policy.offline_after.as_millis() as u64,
+                live_stable_s: self.config.policy.live_stable.as_secs_f64(),
+                low_bitrate_kbps: self.config.policy.low_bitrate.map(|l| l.bps / 1000),
+                low_bitrate_s: self
+                    .config
+                    .policy
+                    .low_bitrate
+                    .map(|l| l.window.as_secs_f64()),
             },
             output_pid: self.output.pid,
             ingest_pid: self.ingest.as_ref().map(|i| i.pid),
