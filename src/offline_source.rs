@@ -12,13 +12,13 @@
 //! source dies, the output goes on with black and relay restarts the source
 //! with backoff.
 
+use std::io::ErrorKind;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use nix::fcntl::SpliceFFlags;
 use nix::poll::PollFlags;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
@@ -30,7 +30,7 @@ use crate::daemon::Backoff;
 use crate::ffmpeg::{self, RawFormat, AUDIO_BYTES_PER_SAMPLE};
 use crate::ingest::AudioQueue;
 use crate::offline::OfflineCopy;
-use crate::outpipes::{unread_bytes, wait_for};
+use crate::pipeio::{self, wait_for};
 use crate::preflight::OfflineInfo;
 use crate::pump;
 
@@ -153,8 +153,7 @@ impl SourceVideo {
         }
         let mut left = self.frame_bytes;
         while left > 0 {
-            let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
-            match nix::fcntl::splice(self.pipe.as_fd(), None, out, None, left, flags) {
+            match pipeio::splice(self.pipe.as_fd(), out, left) {
                 Ok(0) => {
                     st.ended = true;
                     break;
@@ -163,7 +162,7 @@ impl SourceVideo {
                     left -= n;
                     st.taken += n as u64;
                 }
-                Err(nix::errno::Errno::EAGAIN) => {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     if self.available() > 0 {
                         // Room is what is missing, in the output's pipe.
                         wait_for(out, PollFlags::POLLOUT, None)?;
@@ -173,8 +172,7 @@ impl SourceVideo {
                         break;
                     }
                 }
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(nix::errno::Errno::EPIPE) => return Err(std::io::ErrorKind::BrokenPipe.into()),
+                Err(e) if e.kind() == ErrorKind::BrokenPipe => return Err(e),
                 Err(_) => {
                     st.ended = true;
                     break;
@@ -190,7 +188,7 @@ impl SourceVideo {
 
     /// Bytes waiting in the source's pipe.
     fn available(&self) -> usize {
-        unread_bytes(self.pipe.as_fd()).unwrap_or(0)
+        pipeio::unread_bytes(self.pipe.as_fd()).unwrap_or(0)
     }
 
     /// Drops `n` bytes from the pipe; false if they did not come in time.
@@ -200,8 +198,7 @@ impl SourceVideo {
         };
         let deadline = Instant::now() + wait;
         while n > 0 {
-            let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
-            match nix::fcntl::splice(self.pipe.as_fd(), None, &null, None, n, flags) {
+            match pipeio::splice(self.pipe.as_fd(), null.as_fd(), n) {
                 Ok(0) => {
                     st.ended = true;
                     return false;
@@ -210,7 +207,7 @@ impl SourceVideo {
                     n -= k;
                     st.taken += k as u64;
                 }
-                Err(nix::errno::Errno::EAGAIN) => {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero()
                         || !wait_for(self.pipe.as_fd(), PollFlags::POLLIN, Some(left))
@@ -219,7 +216,6 @@ impl SourceVideo {
                         return false;
                     }
                 }
-                Err(nix::errno::Errno::EINTR) => {}
                 Err(_) => return false,
             }
         }
@@ -231,14 +227,9 @@ impl SourceVideo {
 fn pad_zeros(out: BorrowedFd<'_>, mut n: usize) -> std::io::Result<()> {
     static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     while n > 0 {
-        match nix::unistd::write(out, &ZEROS[..n.min(ZEROS.len())]) {
-            Ok(k) => n -= k,
-            Err(nix::errno::Errno::EAGAIN) => {
-                wait_for(out, PollFlags::POLLOUT, None)?;
-            }
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
+        let k = n.min(ZEROS.len());
+        pipeio::write_all(out, &ZEROS[..k])?;
+        n -= k;
     }
     Ok(())
 }

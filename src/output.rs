@@ -1,8 +1,9 @@
 //! The output FFmpeg: the one long-lived process that holds the connection
 //! to the platform.
 //!
-//! Every one of its inputs flows forever (DESIGN.md fact 1): all four are
-//! raw pipes the daemon writes at wall-clock pace: live video and audio,
+//! Every one of its inputs flows forever, because FFmpeg can neither reopen
+//! an input nor survive one that ends or stalls: all four are raw pipes
+//! the daemon writes at wall-clock pace: live video and audio,
 //! filled with filler when there is no live feed, and offline video and
 //! audio from the offline source (`offline_source.rs`). That is what keeps
 //! the platform connection up while publishers come and go, and while the
