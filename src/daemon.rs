@@ -32,9 +32,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, Notify};
-use tokio::task::JoinHandle;
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
 use crate::api::{self, Call, LastSwitch, Mode, Reply, Request, StateName};
@@ -45,24 +45,21 @@ use crate::frames::{self, FramePool};
 use crate::ingest::{self, Expect};
 use crate::metrics;
 use crate::notify;
-use crate::output::{self, Progress};
+use crate::output::{self, OutputEvent};
 use crate::pipeframes::PipePool;
 use crate::preflight::OfflineInfo;
 use crate::publish_auth::{Approvals, Vouch};
 use crate::pump::{self, Event as PumpEvent};
 use crate::stats::{BitrateMeter, StatPage, StatsClient};
+use crate::supervisor::{self, Backoff, Children};
 
 /// An output that has made no progress for this long is restarted.
-const OUTPUT_STALL: Duration = Duration::from_secs(15);
+const OUTPUT_STALL: Duration = output::STALL;
 /// A publisher whose stream gave no picture for this long gets a fresh
 /// ingest: the running one may be stuck on what an earlier publisher sent
 /// (a broken stream's codec configuration, timestamps hours ahead). Longer
 /// than any sane keyframe interval.
 const NO_PICTURE: Duration = Duration::from_secs(20);
-/// A child that ran this long without trouble resets its crash backoff.
-const HEALTHY_RUN: Duration = Duration::from_secs(60);
-/// The crash backoff doubles up to CRASH_BACKOFF times this.
-const BACKOFF_CAP_FACTOR: u32 = 16;
 /// How often the status line and the watchdog are refreshed.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Live frames that come back within this long of a failover are a
@@ -124,66 +121,14 @@ enum State {
     },
 }
 
-/// What the output supervisor reports.
-#[derive(Debug)]
-enum OutputEvent {
-    Started {
-        pid: u32,
-    },
-    Progress(Progress),
-    Exited {
-        reason: String,
-        uptime: Duration,
-        /// The backoff before the next start.
-        retry_in: Duration,
-    },
-}
-
-/// What an ingest task reports.
-#[derive(Debug)]
-struct IngestExit {
-    session: u64,
-    reason: String,
-    requested: bool,
-}
+/// What an ingest's supervisor reports when it is gone.
+type IngestExit = supervisor::Ended;
 
 struct IngestHandle {
     session: u64,
-    pid: u32,
     expect: Expect,
     started: Instant,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-/// A crash backoff: doubles on each failure, resets after a healthy run.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    base: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(base: Duration) -> Backoff {
-        Backoff {
-            base,
-            current: base,
-        }
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.current = self.base;
-    }
-
-    /// The delay before the next start, given how long the last run lasted.
-    pub(crate) fn next(&mut self, ran_for: Duration) -> Duration {
-        if ran_for >= HEALTHY_RUN {
-            self.current = self.base;
-        }
-        let delay = self.current;
-        self.current = (self.current * 2).min(self.base * BACKOFF_CAP_FACTOR);
-        delay
-    }
+    child: supervisor::Once,
 }
 
 /// The publisher the stat page shows on our stream.
@@ -220,7 +165,6 @@ pub async fn run(
         allowed_publishers = %config.allowed_publishers,
         "relay starting"
     );
-    let (stop_tx, stop_rx) = watch::channel(false);
     // Reloaded settings that apply at once; without a reloader, a channel
     // that never changes (its sender lives until we return).
     let (_no_reload, updates) = match options.reconfigure.clone() {
@@ -283,46 +227,39 @@ pub async fn run(
             (Some(tx), rx)
         }
     };
+    // Every child and task below stops with `children`.
+    let children = Children::new(updates.clone());
     let (out_ev_tx, out_ev_rx) = mpsc::channel(32);
-    let (restart_tx, restart_rx) = mpsc::channel(1);
-    let offline_task = tokio::spawn(
-        crate::offline_source::supervise(
-            crate::offline_source::Supervision {
-                config: config.clone(),
-                info: offline.clone(),
-                ffmpeg: options.ffmpeg.clone(),
-                copy_dir: options.offline_copy_dir.clone(),
-                pump: pump_tx.clone(),
-                updates: updates.clone(),
-                new_offline,
-            },
-            stop_rx.clone(),
-        )
-        .instrument(tracing::info_span!("offline")),
+    crate::offline_source::supervise(
+        &children,
+        crate::offline_source::Supervision {
+            config: config.clone(),
+            info: offline.clone(),
+            ffmpeg: options.ffmpeg.clone(),
+            copy_dir: options.offline_copy_dir.clone(),
+            pump: pump_tx.clone(),
+            updates: updates.clone(),
+            new_offline,
+        },
     );
-    let output_task = tokio::spawn(
-        supervise_output(
-            config.clone(),
-            options.ffmpeg.clone(),
-            pump_tx.clone(),
-            out_ev_tx,
-            selection_rx,
-            restart_rx,
-            updates.clone(),
-            stop_rx.clone(),
-        )
-        .instrument(tracing::info_span!("output")),
+    let restart_output = output::supervise(
+        &children,
+        config.clone(),
+        options.ffmpeg.clone(),
+        pump_tx.clone(),
+        out_ev_tx,
+        selection_rx,
     );
 
     let poll_now = Arc::new(Notify::new());
     let (stat_tx, stat_rx) = mpsc::channel(4);
-    let poller_task = tokio::spawn(poll_stats(
+    children.spawn(poll_stats(
         stats_client,
         config.poll_interval,
         poll_now.clone(),
         stat_tx,
         updates.clone(),
-        stop_rx.clone(),
+        children.token(),
     ));
 
     let (api_tx, api_rx) = mpsc::channel(4);
@@ -378,14 +315,14 @@ pub async fn run(
         ingest_restarts: 0,
         switch: Switch::new(config.zmq_port),
         selection: selection_tx,
-        restart_output: restart_tx,
+        restart_output,
         pump: pump_tx,
         pump_stats,
         frames,
         pipes,
         poll_now,
         ingest: None,
-        stopping: Vec::new(),
+        children: children.clone(),
         ingest_events: ingest_ev_tx,
         next_session: 1,
         ingest_backoff: Backoff::new(config.crash_backoff),
@@ -445,10 +382,8 @@ pub async fn run(
     // KILL_GRACE; everything is reaped before we return.
     notify::stopping();
     info!("stopping");
-    let _ = stop_tx.send(true);
     daemon.stop_ingest();
-    let (_, _, _) = tokio::join!(daemon.reap_ingests(), output_task, offline_task);
-    poller_task.abort();
+    children.shutdown().await;
     drop(daemon);
     pump_task.abort();
     info!("stopped");
@@ -467,7 +402,7 @@ struct Daemon {
     ingest_restarts: u64,
     switch: Switch,
     selection: watch::Sender<Input>,
-    restart_output: mpsc::Sender<()>,
+    restart_output: supervisor::Restart,
     pump: mpsc::Sender<pump::Command>,
     pump_stats: Arc<pump::Stats>,
     /// Live frames' buffers, reused by every ingest of this pipeline.
@@ -477,8 +412,8 @@ struct Daemon {
     pipes: Option<PipePool>,
     poll_now: Arc<Notify>,
     ingest: Option<IngestHandle>,
-    /// Ingests told to stop and not yet gone.
-    stopping: Vec<JoinHandle<()>>,
+    /// Every child's supervision; shutdown waits for ingests being stopped.
+    children: Children,
     ingest_events: mpsc::Sender<IngestExit>,
     next_session: u64,
     ingest_backoff: Backoff,
@@ -698,7 +633,7 @@ impl Daemon {
                     restarts = self.output_restarts,
                     "output stopped: {reason}; {again} in {:.1} s{}",
                     retry_in.as_secs_f64(),
-                    refusal_hint(&reason, uptime)
+                    refusal_hint(&reason.to_string(), uptime)
                 );
             }
         }
@@ -908,7 +843,7 @@ impl Daemon {
             session = ev.session,
             retry_in_s = delay.as_secs_f64(),
             "ingest exited: {}",
-            ev.reason
+            ev.reason.detail()
         );
         self.ingest_retry_at = Some(Instant::now() + delay);
         // The pump's "no live frame" for this session would be ignored now
@@ -1182,7 +1117,7 @@ impl Daemon {
             return;
         }
         error!("the output's zmq control does not answer; restarting the output");
-        let _ = self.restart_output.try_send(());
+        self.restart_output.request();
     }
 
     fn current_session(&self) -> Option<u64> {
@@ -1219,51 +1154,24 @@ impl Daemon {
         let pid = started.child.pid;
         info!(session, pid, expect = ?expect, "ingest waiting for live frames");
         let _ = self.pump.try_send(pump::Command::Feed(Some(started.feed)));
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let grace = self.config.kill_grace;
-        let events = self.ingest_events.clone();
-        let mut child = started.child;
-        let task = tokio::spawn(
-            async move {
-                let exited = tokio::select! {
-                    status = child.wait() => Some(status),
-                    _ = stop_rx => None,
-                };
-                let (reason, requested) = match exited {
-                    Some(status) => {
-                        let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-                        let last = child.last_lines();
-                        (format!("{status} {last}").trim().to_string(), false)
-                    }
-                    None => {
-                        child.stop(grace).await;
-                        ("stopped".to_string(), true)
-                    }
-                };
-                let _ = events
-                    .send(IngestExit {
-                        session,
-                        reason,
-                        requested,
-                    })
-                    .await;
-            }
-            .instrument(tracing::info_span!("ingest", session)),
+        let child = self.children.once(
+            started.child,
+            session,
+            self.ingest_events.clone(),
+            tracing::info_span!("ingest", session),
         );
         self.ingest = Some(IngestHandle {
             session,
-            pid,
             expect,
             started: Instant::now(),
-            stop: Some(stop_tx),
-            task,
+            child,
         });
     }
 
     /// Tells the current ingest to stop (SIGTERM, then SIGKILL after
     /// KILL_GRACE) without waiting for it.
     fn stop_ingest(&mut self) {
-        let Some(mut handle) = self.ingest.take() else {
+        let Some(handle) = self.ingest.take() else {
             return;
         };
         let _ = self.pump.try_send(pump::Command::Feed(None));
@@ -1273,21 +1181,9 @@ impl Daemon {
         self.ready = None;
         self.held = None;
         self.hold_until = None;
-        if let Some(stop) = handle.stop.take() {
-            let _ = stop.send(());
-        }
-        // The ingest task stops the child in the background; shutdown
+        // Its supervisor stops the child in the background; shutdown
         // waits for all of them.
-        self.stopping.retain(|t| !t.is_finished());
-        self.stopping.push(handle.task);
-    }
-
-    /// Waits until every ingest being stopped is gone.
-    async fn reap_ingests(&mut self) {
-        let deadline = self.config.kill_grace + Duration::from_secs(1);
-        for task in self.stopping.drain(..) {
-            let _ = tokio::time::timeout(deadline, task).await;
-        }
+        handle.child.stop();
     }
 
     fn housekeeping(&mut self) {
@@ -1439,7 +1335,7 @@ impl Daemon {
                 low_bitrate_s: self.config.low_bitrate.map(|l| l.window.as_secs_f64()),
             },
             output_pid: self.output_pid,
-            ingest_pid: self.ingest.as_ref().map(|i| i.pid),
+            ingest_pid: self.ingest.as_ref().map(|i| i.child.pid),
             reloads: self.options.reloads.as_ref().map_or(0, |r| r.borrow().0),
             last_reload: self.options.reloads.as_ref().and_then(|r| {
                 r.borrow()
@@ -1522,103 +1418,6 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365)
 }
 
-/// Keeps the output FFmpeg running: restart with backoff on exit or stall,
-/// each start on the current selection; SIGTERM/SIGKILL on shutdown.
-#[allow(clippy::too_many_arguments)]
-async fn supervise_output(
-    config: Arc<Config>,
-    ffmpeg: PathBuf,
-    pump: mpsc::Sender<pump::Command>,
-    events: mpsc::Sender<OutputEvent>,
-    selection: watch::Receiver<Input>,
-    mut restart: mpsc::Receiver<()>,
-    updates: watch::Receiver<Arc<Config>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut backoff = Backoff::new(config.crash_backoff);
-    loop {
-        // KILL_GRACE and CRASH_BACKOFF may change on reload; nothing else
-        // the output uses can without restarting the pipeline.
-        let crash_backoff = updates.borrow().crash_backoff;
-        if backoff.base != crash_backoff {
-            backoff = Backoff::new(crash_backoff);
-        }
-        let select = *selection.borrow();
-        let started_at = Instant::now();
-        let reason = match output::spawn(&config, select, &ffmpeg) {
-            Err(err) => format!("could not start ffmpeg: {err}"),
-            Ok(started) => {
-                let output::Started {
-                    mut child,
-                    pipes,
-                    mut progress,
-                } = started;
-                let _ = pump.send(pump::Command::Attach(pipes)).await;
-                let _ = events.send(OutputEvent::Started { pid: child.pid }).await;
-                info!(pid = child.pid, on_air = select.name(), "output started");
-                let mut last_advance = Instant::now();
-                let mut last_frame = 0;
-                enum Why {
-                    Exited(String),
-                    Stalled,
-                    Requested,
-                    Shutdown,
-                }
-                let why = loop {
-                    tokio::select! {
-                        status = child.wait() => break Why::Exited(
-                            status.map_or_else(|e| e.to_string(), |s| s.to_string())),
-                        Some(p) = progress.recv() => {
-                            if p.frame > last_frame {
-                                last_frame = p.frame;
-                                last_advance = Instant::now();
-                            }
-                            let _ = events.send(OutputEvent::Progress(p)).await;
-                        }
-                        _ = sleep_until(last_advance + OUTPUT_STALL) => break Why::Stalled,
-                        Some(()) = restart.recv() => break Why::Requested,
-                        _ = stop.changed() => break Why::Shutdown,
-                    }
-                };
-                let kill_grace = updates.borrow().kill_grace;
-                match why {
-                    Why::Shutdown => {
-                        child.stop(kill_grace).await;
-                        return;
-                    }
-                    Why::Exited(status) => {
-                        let last = child.last_lines();
-                        format!("ffmpeg exited ({status}) {last}")
-                            .trim()
-                            .to_string()
-                    }
-                    Why::Stalled => {
-                        child.stop(kill_grace).await;
-                        format!("no progress for {} s", OUTPUT_STALL.as_secs())
-                    }
-                    Why::Requested => {
-                        child.stop(kill_grace).await;
-                        "restart requested".to_string()
-                    }
-                }
-            }
-        };
-        let uptime = started_at.elapsed();
-        let delay = backoff.next(uptime);
-        let _ = events
-            .send(OutputEvent::Exited {
-                reason,
-                uptime,
-                retry_in: delay,
-            })
-            .await;
-        tokio::select! {
-            _ = sleep(delay) => {}
-            _ = stop.changed() => return,
-        }
-    }
-}
-
 /// Fetches the stat page every `interval`, or at once when asked.
 async fn poll_stats(
     client: StatsClient,
@@ -1626,7 +1425,7 @@ async fn poll_stats(
     now: Arc<Notify>,
     tx: mpsc::Sender<Result<StatPage, String>>,
     mut updates: watch::Receiver<Arc<Config>>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut interval = interval;
     let mut ticker = tokio::time::interval(interval);
@@ -1644,7 +1443,7 @@ async fn poll_stats(
                 }
                 continue;
             }
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         }
         let page = client.fetch().await.map_err(|e| e.to_string());
         if tx.send(page).await.is_err() {
@@ -1683,23 +1482,6 @@ mod tests {
             refusal_hint("ffmpeg exited (signal: 9)", Duration::ZERO),
             ""
         );
-    }
-
-    #[test]
-    fn backoff_doubles_to_a_cap_and_resets_after_a_healthy_run() {
-        let mut b = Backoff::new(Duration::from_secs(2));
-        let short = Duration::from_secs(1);
-        assert_eq!(b.next(short), Duration::from_secs(2));
-        assert_eq!(b.next(short), Duration::from_secs(4));
-        for _ in 0..10 {
-            b.next(short);
-        }
-        assert_eq!(b.next(short), Duration::from_secs(32));
-        assert_eq!(b.next(HEALTHY_RUN), Duration::from_secs(2));
-        b.next(short);
-        b.next(short);
-        b.reset();
-        assert_eq!(b.next(short), Duration::from_secs(2));
     }
 
     #[test]
