@@ -416,6 +416,157 @@ async fn next<P>(progress: &mut Option<mpsc::Receiver<P>>) -> Option<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::child::{self, Spec};
+
+    /// A configuration whose KILL_GRACE and CRASH_BACKOFF are short.
+    fn updates() -> watch::Receiver<Arc<Config>> {
+        let mut config = Config::from_pairs(
+            "t",
+            &[
+                ("KICK_URL", "rtmps://h.example/app"),
+                ("KICK_KEY", "sk_x"),
+                ("OFFLINE_VIDEO_PATH", "/o.mp4"),
+            ],
+        )
+        .unwrap();
+        config.kill_grace = Duration::from_millis(500);
+        config.crash_backoff = Duration::from_millis(50);
+        let (tx, rx) = watch::channel(Arc::new(config));
+        // The configuration never changes; the channel stays open.
+        std::mem::forget(tx);
+        rx
+    }
+
+    fn sh(script: &str) -> Running {
+        child::spawn(Spec {
+            role: "test",
+            program: "/bin/sh".into(),
+            args: vec!["-c".to_string(), script.to_string()],
+            fds: Vec::new(),
+            stdout: false,
+            secrets: Vec::new(),
+        })
+        .unwrap()
+    }
+
+    fn gone(pid: u32) -> bool {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None)
+            == Err(nix::errno::Errno::ESRCH)
+    }
+
+    /// Runs `script`, with a progress channel whose sender it keeps (its
+    /// reports never advance); reports every event.
+    struct Script {
+        script: &'static str,
+        events: mpsc::Sender<Event<u64>>,
+        progress: Option<mpsc::Sender<u64>>,
+    }
+
+    impl Job for Script {
+        type Progress = u64;
+
+        fn count(progress: &u64) -> u64 {
+            *progress
+        }
+
+        async fn start(&mut self) -> io::Result<Started<u64>> {
+            let (tx, rx) = mpsc::channel(1);
+            self.progress = Some(tx);
+            Ok(Started {
+                child: sh(self.script),
+                progress: Some(rx),
+            })
+        }
+
+        async fn report(&mut self, event: Event<u64>) {
+            let _ = self.events.send(event).await;
+        }
+    }
+
+    fn script(s: &'static str) -> (Script, mpsc::Receiver<Event<u64>>) {
+        let (events, rx) = mpsc::channel(8);
+        let job = Script {
+            script: s,
+            events,
+            progress: None,
+        };
+        (job, rx)
+    }
+
+    async fn next_event(rx: &mut mpsc::Receiver<Event<u64>>) -> Event<u64> {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an event in time")
+            .expect("the supervisor runs")
+    }
+
+    async fn started(rx: &mut mpsc::Receiver<Event<u64>>) -> u32 {
+        match next_event(rx).await {
+            Event::Started { pid } => pid,
+            other => panic!("not a start: {other:?}"),
+        }
+    }
+
+    async fn exited(rx: &mut mpsc::Receiver<Event<u64>>) -> (Exit, Duration) {
+        match next_event(rx).await {
+            Event::Exited {
+                reason, retry_in, ..
+            } => (reason, retry_in),
+            other => panic!("not an exit: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crashing_child_is_restarted_with_a_growing_backoff() {
+        let children = Children::new(updates());
+        let (job, mut events) = script("exit 3");
+        children.restarting(job, None, tracing::Span::none());
+        started(&mut events).await;
+        let (reason, retry_in) = exited(&mut events).await;
+        assert_eq!(reason.to_string(), "ffmpeg exited (exit status: 3)");
+        assert_eq!(retry_in, Duration::from_millis(50));
+        started(&mut events).await;
+        assert_eq!(exited(&mut events).await.1, Duration::from_millis(100));
+        children.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_stalled_child_is_stopped_and_a_requested_restart_too() {
+        let children = Children::new(updates());
+        let (job, mut events) = script("exec sleep 30");
+        let restart =
+            children.restarting(job, Some(Duration::from_millis(200)), tracing::Span::none());
+        let first = started(&mut events).await;
+        let (reason, _) = exited(&mut events).await;
+        assert_eq!(reason, Exit::Stalled(Duration::from_millis(200)));
+        assert!(gone(first), "the stalled child was stopped and reaped");
+        let second = started(&mut events).await;
+        restart.request();
+        assert_eq!(exited(&mut events).await.0, Exit::Restart);
+        assert!(gone(second));
+        let third = started(&mut events).await;
+        children.shutdown().await;
+        assert!(gone(third), "shutdown stops the child and reaps it");
+    }
+
+    #[tokio::test]
+    async fn a_once_child_reports_its_end_and_whether_it_was_stopped() {
+        let children = Children::new(updates());
+        let (tx, mut rx) = mpsc::channel(2);
+        let quits = children.once(sh("exit 0"), 1, tx.clone(), tracing::Span::none());
+        let ended = rx.recv().await.unwrap();
+        assert_eq!((ended.session, ended.requested), (1, false));
+        assert!(gone(quits.pid));
+        let stays = children.once(sh("exec sleep 30"), 2, tx, tracing::Span::none());
+        stays.stop();
+        let ended = rx.recv().await.unwrap();
+        assert_eq!(
+            (ended.session, ended.requested, ended.reason),
+            (2, true, Exit::Stopped)
+        );
+        assert!(gone(stays.pid));
+        children.shutdown().await;
+    }
 
     #[test]
     fn backoff_doubles_to_a_cap_and_resets_after_a_healthy_run() {
