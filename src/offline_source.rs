@@ -326,7 +326,7 @@ pub struct Supervision {
     /// in place.
     pub copy_dir: Option<PathBuf>,
     pub pump: mpsc::Sender<pump::Command>,
-    /// Reloaded settings (KILL_GRACE, CRASH_BACKOFF, OFFLINE_VIDEO_PATH).
+    /// Reloaded settings: OFFLINE_VIDEO_PATH, when `new_offline` changes.
     pub updates: watch::Receiver<Arc<Config>>,
     /// A new offline video: its probe; the path is in `updates`.
     pub new_offline: watch::Receiver<OfflineInfo>,
