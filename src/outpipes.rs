@@ -340,6 +340,76 @@ fn write_offline_video(out: OwnedFd, mut rx: mpsc::Receiver<OfflineFrame>, forma
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// A small pipe (so a frame needs many steps) and a thread reading
+    /// `len` bytes out of it.
+    fn small_pipe(len: usize) -> (OwnedFd, std::thread::JoinHandle<Vec<u8>>) {
+        let flags = nix::fcntl::OFlag::O_CLOEXEC;
+        let (read, write) = nix::unistd::pipe2(flags).unwrap();
+        nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
+        nix::fcntl::fcntl(
+            &write,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; len];
+            std::fs::File::from(read).read_exact(&mut got).unwrap();
+            got
+        });
+        (write, reader)
+    }
+
+    #[test]
+    fn a_frame_in_memory_goes_out_whole_from_a_thread() {
+        let frame = Frame::Mem(Bytes::from(data(100_000)));
+        let (out, reader) = small_pipe(frame.len());
+        let mut sending = Sending::default();
+        pipeio::drive(out.as_fd(), |out| sending.step(out, &frame, None)).unwrap();
+        assert!(reader.join().unwrap() == data(100_000));
+    }
+
+    #[tokio::test]
+    async fn a_frame_in_pipes_goes_out_whole_from_a_task() {
+        let len = 1_500_000;
+        let Some(pool) = pipeio::big_pipes_or_skip(crate::pipeframes::PipePool::new(len)) else {
+            return;
+        };
+        let (input, feed) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let writer = std::thread::spawn(move || std::fs::File::from(feed).write_all(&data(len)));
+        let mut piped = pool.frame().unwrap();
+        while piped.missing() > 0 {
+            match piped.splice_from(input.as_fd()) {
+                Ok(n) => assert!(n > 0, "the input ended early"),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        writer.join().unwrap().unwrap();
+        let frame = Frame::Piped(Arc::new(piped));
+        let (out, reader) = small_pipe(len);
+        let out = pipe::Sender::from_owned_fd(out).unwrap();
+        let mut video = VideoWriter::new(RawFormat {
+            width: 4,
+            height: 2,
+            fps: 30,
+            sample_rate: 48000,
+        });
+        let frame = video.sendable(frame);
+        assert!(matches!(frame, Frame::Piped(_)), "a cursor was made");
+        let mut sending = Sending::default();
+        pipeio::drive_async(&out, |fd| sending.step(fd, &frame, video.cursor.as_mut()))
+            .await
+            .unwrap();
+        assert!(reader.join().unwrap() == data(len));
+    }
 
     #[test]
     fn frames_stay_until_ffmpeg_has_read_them() {
