@@ -33,6 +33,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use nix::sys::mman::{self, MapFlags, ProtFlags};
 
+use crate::ffmpeg::RawFormat;
 use crate::pipeframes::PipedFrame;
 
 /// Free buffers a pool keeps. In steady state 3–5 frames are in use (the
@@ -81,6 +82,46 @@ impl Frame {
 impl From<Bytes> for Frame {
     fn from(b: Bytes) -> Frame {
         Frame::Mem(b)
+    }
+}
+
+/// The black filler frame, for every writer of filler: the pump's, and
+/// each output pipe writer's fallback. Made ([`RawFormat::black_frame`])
+/// when first needed and freed (3 MB at 1080p) once a round of use went by
+/// without it.
+pub struct Black {
+    format: RawFormat,
+    pool: FramePool,
+    frame: Option<Bytes>,
+    used: bool,
+}
+
+impl Black {
+    /// Black frames of `format`, in buffers of `pool`.
+    pub fn new(format: RawFormat, pool: FramePool) -> Black {
+        Black {
+            format,
+            pool,
+            frame: None,
+            used: false,
+        }
+    }
+
+    /// The black frame, made if need be.
+    pub fn frame(&mut self) -> Bytes {
+        self.used = true;
+        let (format, pool) = (&self.format, &self.pool);
+        self.frame
+            .get_or_insert_with(|| format.black_frame(pool))
+            .clone()
+    }
+
+    /// Ends a round of use (the pump's tick): frees the frame if it was not
+    /// asked for since the last round ended.
+    pub fn end_round(&mut self) {
+        if !std::mem::take(&mut self.used) {
+            self.frame = None;
+        }
     }
 }
 
@@ -343,6 +384,26 @@ mod tests {
         b.spare().fill(byte);
         b.advance(n);
         pool.share(b)
+    }
+
+    #[test]
+    fn the_black_frame_is_kept_while_used_and_freed_after_a_round_without() {
+        let format = RawFormat {
+            width: 4,
+            height: 2,
+            fps: 30,
+            sample_rate: 48000,
+        };
+        let pool = FramePool::new(format.frame_bytes(), 1, 2);
+        let mut black = Black::new(format, pool.clone());
+        let frame = black.frame();
+        assert_eq!(&frame[..8], &[16u8; 8]);
+        assert!(frame[8..].iter().all(|&b| b == 128));
+        drop(frame);
+        black.end_round();
+        assert_eq!(pool.mapped(), 1, "used this round: kept");
+        black.end_round();
+        assert_eq!((pool.mapped(), pool.free()), (1, 1), "back in the pool");
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! output's raw format, to two pipes the daemon reads.
 //!
 //! nginx keeps a player connected when its publisher leaves and hands it
-//! the next publisher with restarted timestamps (ARCHITECTURE.md, "One
-//! ingest per publisher"), so an ingest is never reused: the daemon stops
-//! it when its frames stop and starts a fresh one, which waits connected
-//! for the next publisher and gets its first keyframe at once.
+//! the next publisher with restarted timestamps: the player sees no end of
+//! its stream, only timestamps that jump back, which an FFmpeg already
+//! decoding does not recover from. So an ingest is never reused: the daemon stops it when its frames stop and
+//! starts a fresh one, which waits connected for the next publisher and
+//! gets its first keyframe at once.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -23,8 +24,8 @@ use crate::child::{self, Running, Spec};
 use crate::config::Config;
 use crate::ffmpeg::{self, RawFormat, AUDIO_BYTES_PER_SAMPLE};
 use crate::frames::{Frame, FrameBuf, FramePool};
-use crate::outpipes::wait_for;
 use crate::pipeframes::{PipePool, PipedFrame};
+use crate::pipeio::{self, wait_for};
 
 const VIDEO_FD: RawFd = 3;
 const AUDIO_FD: RawFd = 4;
@@ -49,7 +50,9 @@ const COALESCE_WAIT: Duration = Duration::from_millis(1);
 const AUDIO_QUEUE_FRAMES: usize = VIDEO_QUEUE + 2;
 
 /// What the publisher sends, as far as we know: it decides how the ingest
-/// probes (ARCHITECTURE.md, "Ingest start-up").
+/// probes. FFmpeg finds an RTMP stream's audio and video by probing its
+/// packets: told to expect both, it waits seconds for the audio of a
+/// video-only publisher before the first frame comes out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
     /// Audio and video (OBS and phones). FFmpeg stops probing as soon as it
@@ -323,7 +326,7 @@ fn splice_frame(pipe: BorrowedFd<'_>, mut frame: PipedFrame) -> Option<PipedFram
 /// Reads one whole frame into memory; `None` if the ingest ended first.
 fn read_frame(pipe: BorrowedFd<'_>, mut frame: FrameBuf) -> Option<FrameBuf> {
     while !frame.spare().is_empty() {
-        match nix::unistd::read(pipe, frame.spare()) {
+        match pipeio::read(pipe, frame.spare()) {
             Ok(0) => return None,
             Ok(n) => {
                 frame.advance(n);
@@ -331,10 +334,9 @@ fn read_frame(pipe: BorrowedFd<'_>, mut frame: FrameBuf) -> Option<FrameBuf> {
                     std::thread::sleep(COALESCE_WAIT);
                 }
             }
-            Err(nix::errno::Errno::EAGAIN) => {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 wait_for(pipe, PollFlags::POLLIN, None).ok()?;
             }
-            Err(nix::errno::Errno::EINTR) => {}
             Err(_) => return None,
         }
     }
@@ -406,8 +408,7 @@ mod tests {
     #[test]
     fn a_frame_is_moved_whole_into_pipes() {
         let size = 1_500_000;
-        let Ok(pool) = PipePool::new(size) else {
-            eprintln!("no pipes of 1 MB here; frames are read into memory");
+        let Some(pool) = pipeio::big_pipes_or_skip(PipePool::new(size)) else {
             return;
         };
         let (pipe, writer) = slow_writer(size);

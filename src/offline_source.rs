@@ -12,13 +12,13 @@
 //! source dies, the output goes on with black and relay restarts the source
 //! with backoff.
 
+use std::io::ErrorKind;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use nix::fcntl::SpliceFFlags;
 use nix::poll::PollFlags;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
@@ -26,13 +26,13 @@ use tracing::{info, warn};
 
 use crate::child::{self, Spec};
 use crate::config::Config;
-use crate::daemon::Backoff;
 use crate::ffmpeg::{self, RawFormat, AUDIO_BYTES_PER_SAMPLE};
 use crate::ingest::AudioQueue;
 use crate::offline::OfflineCopy;
-use crate::outpipes::{unread_bytes, wait_for};
+use crate::pipeio::{self, wait_for};
 use crate::preflight::OfflineInfo;
 use crate::pump;
+use crate::supervisor::{Children, Event, Job, Started};
 
 const VIDEO_FD: RawFd = 3;
 const AUDIO_FD: RawFd = 4;
@@ -153,8 +153,7 @@ impl SourceVideo {
         }
         let mut left = self.frame_bytes;
         while left > 0 {
-            let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
-            match nix::fcntl::splice(self.pipe.as_fd(), None, out, None, left, flags) {
+            match pipeio::splice(self.pipe.as_fd(), out, left) {
                 Ok(0) => {
                     st.ended = true;
                     break;
@@ -163,7 +162,7 @@ impl SourceVideo {
                     left -= n;
                     st.taken += n as u64;
                 }
-                Err(nix::errno::Errno::EAGAIN) => {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     if self.available() > 0 {
                         // Room is what is missing, in the output's pipe.
                         wait_for(out, PollFlags::POLLOUT, None)?;
@@ -173,8 +172,7 @@ impl SourceVideo {
                         break;
                     }
                 }
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(nix::errno::Errno::EPIPE) => return Err(std::io::ErrorKind::BrokenPipe.into()),
+                Err(e) if e.kind() == ErrorKind::BrokenPipe => return Err(e),
                 Err(_) => {
                     st.ended = true;
                     break;
@@ -190,7 +188,7 @@ impl SourceVideo {
 
     /// Bytes waiting in the source's pipe.
     fn available(&self) -> usize {
-        unread_bytes(self.pipe.as_fd()).unwrap_or(0)
+        pipeio::unread_bytes(self.pipe.as_fd()).unwrap_or(0)
     }
 
     /// Drops `n` bytes from the pipe; false if they did not come in time.
@@ -200,8 +198,7 @@ impl SourceVideo {
         };
         let deadline = Instant::now() + wait;
         while n > 0 {
-            let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
-            match nix::fcntl::splice(self.pipe.as_fd(), None, &null, None, n, flags) {
+            match pipeio::splice(self.pipe.as_fd(), null.as_fd(), n) {
                 Ok(0) => {
                     st.ended = true;
                     return false;
@@ -210,7 +207,7 @@ impl SourceVideo {
                     n -= k;
                     st.taken += k as u64;
                 }
-                Err(nix::errno::Errno::EAGAIN) => {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero()
                         || !wait_for(self.pipe.as_fd(), PollFlags::POLLIN, Some(left))
@@ -219,7 +216,6 @@ impl SourceVideo {
                         return false;
                     }
                 }
-                Err(nix::errno::Errno::EINTR) => {}
                 Err(_) => return false,
             }
         }
@@ -231,14 +227,9 @@ impl SourceVideo {
 fn pad_zeros(out: BorrowedFd<'_>, mut n: usize) -> std::io::Result<()> {
     static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     while n > 0 {
-        match nix::unistd::write(out, &ZEROS[..n.min(ZEROS.len())]) {
-            Ok(k) => n -= k,
-            Err(nix::errno::Errno::EAGAIN) => {
-                wait_for(out, PollFlags::POLLOUT, None)?;
-            }
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
+        let k = n.min(ZEROS.len());
+        pipeio::write_all(out, &ZEROS[..k])?;
+        n -= k;
     }
     Ok(())
 }
@@ -335,80 +326,102 @@ pub struct Supervision {
     /// in place.
     pub copy_dir: Option<PathBuf>,
     pub pump: mpsc::Sender<pump::Command>,
-    /// Reloaded settings (KILL_GRACE, CRASH_BACKOFF, OFFLINE_VIDEO_PATH).
+    /// Reloaded settings: OFFLINE_VIDEO_PATH, when `new_offline` changes.
     pub updates: watch::Receiver<Arc<Config>>,
     /// A new offline video: its probe; the path is in `updates`.
     pub new_offline: watch::Receiver<OfflineInfo>,
 }
 
-/// Keeps the offline source running until `stop`: restarts it with the
+/// Keeps the offline source running until shutdown: restarts it with the
 /// crash backoff when it exits, starts it afresh on a new offline video
 /// (a reload), and tells the pump which source to read.
-pub async fn supervise(mut s: Supervision, mut stop: watch::Receiver<bool>) {
-    let mut backoff = Backoff::new(s.config.supervision.crash_backoff);
-    let mut source_path = s.config.offline_video_path.clone();
-    let mut copy = make_copy(&s, &source_path).await;
-    loop {
-        let path = copy
-            .as_ref()
-            .map_or(source_path.clone(), |c| c.path().to_owned());
-        let started_at = Instant::now();
-        let reason = match spawn(&s.config, &s.info, &path, &s.ffmpeg) {
-            Err(err) => format!("could not start ffmpeg: {err}"),
-            Ok((mut child, source)) => {
-                let _ = s.pump.send(pump::Command::Offline(Some(source))).await;
-                enum Why {
-                    Exited(String),
-                    NewVideo,
-                    Stop,
-                }
-                let why = tokio::select! {
-                    status = child.wait() => Why::Exited(
-                        status.map_or_else(|e| e.to_string(), |st| st.to_string())),
-                    Ok(()) = s.new_offline.changed() => Why::NewVideo,
-                    _ = stop.changed() => Why::Stop,
-                };
-                let _ = s.pump.send(pump::Command::Offline(None)).await;
-                let grace = s.updates.borrow().supervision.kill_grace;
-                match why {
-                    Why::Stop => {
-                        child.stop(grace).await;
-                        return;
-                    }
-                    Why::NewVideo => {
-                        child.stop(grace).await;
-                        s.info = s.new_offline.borrow_and_update().clone();
-                        source_path = s.updates.borrow().offline_video_path.clone();
-                        // The old copy goes once its reader is gone.
-                        copy = make_copy(&s, &source_path).await;
-                        backoff.reset();
-                        info!(
-                            offline = %source_path.display(),
-                            "reload: the new offline video is on its way; the output keeps running"
-                        );
-                        continue;
-                    }
-                    Why::Exited(status) => {
-                        format!("ffmpeg exited ({status}) {}", child.last_lines())
-                            .trim()
-                            .to_string()
-                    }
-                }
-            }
-        };
-        let uptime = started_at.elapsed();
-        let delay = backoff.next(uptime);
-        warn!(
-            reason = %reason,
-            uptime_s = uptime.as_secs_f64(),
-            retry_in_s = delay.as_secs_f64(),
-            "offline video source stopped; the output shows black meanwhile"
-        );
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.changed() => return,
+pub(crate) fn supervise(children: &Children, s: Supervision) {
+    let source_path = s.config.offline_video_path.clone();
+    let job = SourceJob {
+        s,
+        source_path,
+        copy: None,
+        started: false,
+        renewing: false,
+        restarting: false,
+    };
+    children.restarting(job, None, tracing::info_span!("offline"));
+}
+
+/// How the offline source is started, and what its supervisor says.
+struct SourceJob {
+    s: Supervision,
+    /// The offline video, and relay's copy of it that the source reads.
+    source_path: PathBuf,
+    copy: Option<OfflineCopy>,
+    started: bool,
+    /// A new offline video is there: start on it.
+    renewing: bool,
+    /// The last run failed: the next start is a restart.
+    restarting: bool,
+}
+
+impl Job for SourceJob {
+    type Progress = ();
+
+    async fn start(&mut self) -> std::io::Result<Started<()>> {
+        let renewed = self.renewing || self.s.new_offline.has_changed().unwrap_or(false);
+        if !self.started {
+            self.started = true;
+            self.copy = make_copy(&self.s, &self.source_path).await;
+        } else if renewed {
+            self.renewing = false;
+            self.s.info = self.s.new_offline.borrow_and_update().clone();
+            self.source_path = self.s.updates.borrow().offline_video_path.clone();
+            // The old copy goes once its reader is gone: it is stopped.
+            self.copy = make_copy(&self.s, &self.source_path).await;
+            info!(
+                offline = %self.source_path.display(),
+                "reload: the new offline video is on its way; the output keeps running"
+            );
         }
-        info!("restarting the offline video source");
+        if std::mem::take(&mut self.restarting) {
+            info!("restarting the offline video source");
+        }
+        let path = self
+            .copy
+            .as_ref()
+            .map_or(self.source_path.clone(), |c| c.path().to_owned());
+        let (child, source) = spawn(&self.s.config, &self.s.info, &path, &self.s.ffmpeg)?;
+        let _ = self.s.pump.send(pump::Command::Offline(Some(source))).await;
+        Ok(Started {
+            child,
+            progress: None,
+        })
+    }
+
+    async fn ended(&mut self) {
+        let _ = self.s.pump.send(pump::Command::Offline(None)).await;
+    }
+
+    async fn renew(&mut self) {
+        // Without a sender there is never a new video.
+        if self.s.new_offline.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        self.renewing = true;
+    }
+
+    async fn report(&mut self, event: Event<()>) {
+        if let Event::Exited {
+            reason,
+            uptime,
+            retry_in,
+        } = event
+        {
+            self.restarting = true;
+            warn!(
+                reason = %reason,
+                uptime_s = uptime.as_secs_f64(),
+                retry_in_s = retry_in.as_secs_f64(),
+                "offline video source stopped; the output shows black meanwhile"
+            );
+        }
     }
 }
 

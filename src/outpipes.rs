@@ -14,23 +14,22 @@
 //! splice(2).
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use nix::fcntl::SpliceFFlags;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::ffmpeg::RawFormat;
-use crate::frames::Frame;
+use crate::frames::{Black, Frame, FramePool};
 use crate::offline_source::SourceVideo;
-use crate::pipeframes::{Cursor, PipedFrame};
+use crate::pipeframes::Cursor;
+use crate::pipeio;
 
 /// Ticks queued per pipe before ticks are dropped.
 const PIPE_QUEUE: usize = 3;
@@ -40,10 +39,6 @@ const PIPE_QUEUE: usize = 3;
 /// blocked in its write, so a frame is normally there at once; the pump's
 /// queue covers this wait.
 const SOURCE_WAIT: Duration = Duration::from_millis(40);
-
-/// Assumed pipe capacity if the kernel does not say (Linux's maximum for
-/// unprivileged processes, so frames are kept long enough either way).
-const PIPE_FALLBACK_CAPACITY: usize = 1 << 20;
 
 /// What goes into the output's offline video input on one tick.
 pub enum OfflineFrame {
@@ -157,7 +152,7 @@ impl InFlight {
             self.held = 0;
             return;
         }
-        self.release(unread_bytes(pipe).unwrap_or(capacity));
+        self.release(pipeio::unread_bytes(pipe).unwrap_or(capacity));
     }
 
     /// Drops the oldest entries whose bytes FFmpeg has read from the pipe.
@@ -177,36 +172,22 @@ impl InFlight {
     }
 }
 
-fn pipe_capacity(fd: BorrowedFd<'_>) -> usize {
-    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETPIPE_SZ)
-        .map_or(PIPE_FALLBACK_CAPACITY, |c| c.max(0) as usize)
-}
-
-/// Bytes written to the pipe and not yet read.
-pub fn unread_bytes(fd: BorrowedFd<'_>) -> Option<usize> {
-    let mut n: nix::libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int through a valid pointer.
-    let r = unsafe { nix::libc::ioctl(fd.as_raw_fd(), nix::libc::FIONREAD, &mut n) };
-    (r == 0 && n >= 0).then_some(n as usize)
-}
-
 /// Moves live video frames into the pipe without copying them (the kernel's
 /// copy was once the daemon's largest cost): a frame held in pipes with
 /// tee(2), a frame in our memory with vmsplice(2), which makes the pipe
-/// reference our pages.
+/// reference our pages. A task: it waits for room through the runtime.
 async fn write_live_video(pipe: pipe::Sender, mut rx: mpsc::Receiver<Frame>, format: RawFormat) {
-    let capacity = pipe_capacity(pipe.as_fd());
+    let capacity = pipeio::capacity(pipe.as_fd());
     let mut in_flight = InFlight::default();
-    let mut cursor = Teeing::new(format);
+    let mut video = VideoWriter::new(format);
     while let Some(frame) = rx.recv().await {
         in_flight.update(pipe.as_fd(), capacity);
-        let sent = match &frame {
-            Frame::Mem(bytes) => vmsplice_async(&pipe, bytes).await,
-            Frame::Piped(piped) => match cursor.get() {
-                Some(c) => tee_async(&pipe, piped, c).await,
-                None => vmsplice_async(&pipe, &cursor.black()).await,
-            },
-        };
+        let frame = video.sendable(frame);
+        let mut sending = Sending::default();
+        let sent = pipeio::drive_async(&pipe, |out| {
+            sending.step(out, &frame, video.cursor.as_mut())
+        })
+        .await;
         if sent.is_err() {
             // The output exited; the supervisor attaches a new one.
             return;
@@ -216,86 +197,92 @@ async fn write_live_video(pipe: pipe::Sender, mut rx: mpsc::Receiver<Frame>, for
     }
 }
 
-async fn vmsplice_async(pipe: &pipe::Sender, frame: &Bytes) -> io::Result<()> {
-    let mut offset = 0;
-    while offset < frame.len() {
-        pipe.writable().await?;
-        let spliced = pipe.try_io(|| {
-            let iov = [IoSlice::new(&frame[offset..])];
-            nix::fcntl::vmsplice(pipe, &iov, SpliceFFlags::SPLICE_F_NONBLOCK)
-                .map_err(io::Error::from)
-        });
-        match spliced {
-            Ok(n) => offset += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+/// How far a frame has gone into a pipe: what one non-blocking step at a
+/// time has moved, until [`Sending::step`] says it is all in. The one way
+/// a video writer sends a frame, whether it waits for room in a task
+/// ([`pipeio::drive_async`]) or in a thread ([`pipeio::drive`]).
+#[derive(Default)]
+struct Sending {
+    /// A frame in memory: bytes moved so far.
+    offset: usize,
+    /// A frame in pipes: the next piece to load into the cursor.
+    piece: usize,
 }
 
-async fn tee_async(pipe: &pipe::Sender, frame: &PipedFrame, cursor: &mut Cursor) -> io::Result<()> {
-    for i in 0..Cursor::pieces(frame) {
-        cursor.load(frame, i)?;
-        while cursor.left() > 0 {
-            pipe.writable().await?;
-            match pipe.try_io(|| cursor.flush(pipe.as_fd())) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+impl Sending {
+    /// Moves what `out` has room for; `Ok` once the whole frame is in,
+    /// `WouldBlock` when `out` is full. A frame in pipes needs `cursor`
+    /// ([`VideoWriter::sendable`] sees to that).
+    fn step(
+        &mut self,
+        out: BorrowedFd<'_>,
+        frame: &Frame,
+        cursor: Option<&mut Cursor>,
+    ) -> io::Result<()> {
+        match frame {
+            Frame::Mem(bytes) => {
+                while self.offset < bytes.len() {
+                    self.offset += pipeio::vmsplice(out, &bytes[self.offset..])?;
+                }
+            }
+            Frame::Piped(piped) => {
+                let cursor =
+                    cursor.ok_or_else(|| io::Error::other("no cursor for a piped frame"))?;
+                loop {
+                    if cursor.left() == 0 {
+                        if self.piece == Cursor::pieces(piped) {
+                            break;
+                        }
+                        cursor.load(piped, self.piece)?;
+                        self.piece += 1;
+                        continue;
+                    }
+                    cursor.flush(out)?;
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// What a video writer needs besides its pipe: tee's [`Cursor`], made at
-/// the first frame held in pipes, and a black frame. Without a cursor (no
-/// pipe of 1 MB to be had), such frames go out black: the output's stream
-/// stays whole, and the error is logged once.
-struct Teeing {
+/// the first frame held in pipes, and the black frame. Without a cursor
+/// (no pipe of 1 MB to be had), such frames go out black: the output's
+/// stream stays whole, and the error is logged once.
+struct VideoWriter {
     cursor: Option<Cursor>,
     failed: bool,
-    format: RawFormat,
-    black: Option<Bytes>,
+    black: Black,
 }
 
-impl Teeing {
-    fn new(format: RawFormat) -> Teeing {
-        Teeing {
+impl VideoWriter {
+    fn new(format: RawFormat) -> VideoWriter {
+        VideoWriter {
             cursor: None,
             failed: false,
-            format,
-            black: None,
+            black: Black::new(format, FramePool::new(format.frame_bytes(), 0, 1)),
         }
     }
 
-    fn get(&mut self) -> Option<&mut Cursor> {
-        if self.cursor.is_none() && !self.failed {
+    /// `frame`, or black if it is held in pipes and there is no cursor to
+    /// move it with.
+    fn sendable(&mut self, frame: Frame) -> Frame {
+        if !matches!(frame, Frame::Piped(_)) || self.cursor.is_some() {
+            return frame;
+        }
+        if !self.failed {
             match Cursor::new() {
-                Ok(c) => self.cursor = Some(c),
+                Ok(c) => {
+                    self.cursor = Some(c);
+                    return frame;
+                }
                 Err(err) => {
                     self.failed = true;
                     warn!(%err, "no pipe to move live frames with: they go out black");
                 }
             }
         }
-        self.cursor.as_mut()
-    }
-
-    /// A black frame, made when first needed.
-    fn black(&mut self) -> Bytes {
-        let format = self.format;
-        self.black
-            .get_or_insert_with(|| {
-                format.black_frame(&crate::frames::FramePool::new(format.frame_bytes(), 0, 1))
-            })
-            .clone()
-    }
-
-    /// Frees the black frame (3 MB at 1080p) while it is not needed.
-    fn forget_black(&mut self) {
-        self.black = None;
+        Frame::Mem(self.black.frame())
     }
 }
 
@@ -308,13 +295,14 @@ async fn write_pipe(mut pipe: pipe::Sender, mut rx: mpsc::Receiver<Bytes>) {
     }
 }
 
-/// The offline video's writer (a thread). Frames we hold go as above;
-/// source frames are spliced from the source's pipe. Ends when the pump
-/// drops its sender or the output stops reading.
+/// The offline video's writer (a thread: it moves data between two pipes
+/// and waits on both). Frames we hold go as above; source frames are
+/// spliced from the source's pipe. Ends when the pump drops its sender or
+/// the output stops reading.
 fn write_offline_video(out: OwnedFd, mut rx: mpsc::Receiver<OfflineFrame>, format: RawFormat) {
-    let capacity = pipe_capacity(out.as_fd());
+    let capacity = pipeio::capacity(out.as_fd());
     let mut in_flight = InFlight::default();
-    let mut cursor = Teeing::new(format);
+    let mut video = VideoWriter::new(format);
     while let Some(item) = rx.blocking_recv() {
         in_flight.update(out.as_fd(), capacity);
         let held = match item {
@@ -323,11 +311,11 @@ fn write_offline_video(out: OwnedFd, mut rx: mpsc::Receiver<OfflineFrame>, forma
                 match source.splice_frame(out.as_fd(), SOURCE_WAIT) {
                     Ok(true) => {
                         in_flight.push(None, format.frame_bytes());
-                        cursor.forget_black();
+                        video.black.end_round();
                         continue;
                     }
                     // The source is late and there is no fallback.
-                    Ok(false) => fallback.unwrap_or_else(|| Frame::Mem(cursor.black())),
+                    Ok(false) => fallback.unwrap_or_else(|| Frame::Mem(video.black.frame())),
                     Err(err) => {
                         debug!(%err, "offline video pipe closed");
                         return;
@@ -335,13 +323,11 @@ fn write_offline_video(out: OwnedFd, mut rx: mpsc::Receiver<OfflineFrame>, forma
                 }
             }
         };
-        let sent = match &held {
-            Frame::Mem(bytes) => vmsplice_all(out.as_fd(), bytes.as_ref()),
-            Frame::Piped(piped) => match cursor.get() {
-                Some(c) => tee_all(out.as_fd(), piped.as_ref(), c),
-                None => vmsplice_all(out.as_fd(), &cursor.black()),
-            },
-        };
+        let held = video.sendable(held);
+        let mut sending = Sending::default();
+        let sent = pipeio::drive(out.as_fd(), |out| {
+            sending.step(out, &held, video.cursor.as_mut())
+        });
         if let Err(err) = sent {
             debug!(%err, "offline video pipe closed");
             return;
@@ -351,71 +337,79 @@ fn write_offline_video(out: OwnedFd, mut rx: mpsc::Receiver<OfflineFrame>, forma
     }
 }
 
-/// Moves all of `frame` into the non-blocking pipe `out` through `cursor`,
-/// waiting for room as needed.
-fn tee_all(out: BorrowedFd<'_>, frame: &PipedFrame, cursor: &mut Cursor) -> io::Result<()> {
-    for i in 0..Cursor::pieces(frame) {
-        cursor.load(frame, i)?;
-        while cursor.left() > 0 {
-            match cursor.flush(out) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    wait_for(out, PollFlags::POLLOUT, None)?;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Waits until `fd` is ready for `events`, at most `wait` (`None`: for
-/// ever). False on timeout; an error if the other end is gone.
-pub fn wait_for(fd: BorrowedFd<'_>, events: PollFlags, wait: Option<Duration>) -> io::Result<bool> {
-    let timeout = match wait {
-        None => PollTimeout::NONE,
-        Some(d) => PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
-    };
-    let mut fds = [PollFd::new(fd, events)];
-    loop {
-        match nix::poll::poll(&mut fds, timeout) {
-            Ok(0) => return Ok(false),
-            Ok(_) => {
-                let got = fds[0].revents().unwrap_or(PollFlags::empty());
-                if got.intersects(events) {
-                    return Ok(true);
-                }
-                if got.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL) {
-                    return Err(io::ErrorKind::BrokenPipe.into());
-                }
-            }
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// vmsplices all of `data` into the non-blocking pipe `out`, waiting for
-/// room as needed.
-pub fn vmsplice_all(out: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
-    let mut offset = 0;
-    while offset < data.len() {
-        let iov = [IoSlice::new(&data[offset..])];
-        match nix::fcntl::vmsplice(out, &iov, SpliceFFlags::SPLICE_F_NONBLOCK) {
-            Ok(n) => offset += n,
-            Err(nix::errno::Errno::EAGAIN) => {
-                wait_for(out, PollFlags::POLLOUT, None)?;
-            }
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// A small pipe (so a frame needs many steps) and a thread reading
+    /// `len` bytes out of it.
+    fn small_pipe(len: usize) -> (OwnedFd, std::thread::JoinHandle<Vec<u8>>) {
+        let flags = nix::fcntl::OFlag::O_CLOEXEC;
+        let (read, write) = nix::unistd::pipe2(flags).unwrap();
+        nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
+        nix::fcntl::fcntl(
+            &write,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; len];
+            std::fs::File::from(read).read_exact(&mut got).unwrap();
+            got
+        });
+        (write, reader)
+    }
+
+    #[test]
+    fn a_frame_in_memory_goes_out_whole_from_a_thread() {
+        let frame = Frame::Mem(Bytes::from(data(100_000)));
+        let (out, reader) = small_pipe(frame.len());
+        let mut sending = Sending::default();
+        pipeio::drive(out.as_fd(), |out| sending.step(out, &frame, None)).unwrap();
+        assert!(reader.join().unwrap() == data(100_000));
+    }
+
+    #[tokio::test]
+    async fn a_frame_in_pipes_goes_out_whole_from_a_task() {
+        let len = 1_500_000;
+        let Some(pool) = pipeio::big_pipes_or_skip(crate::pipeframes::PipePool::new(len)) else {
+            return;
+        };
+        let (input, feed) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let writer = std::thread::spawn(move || std::fs::File::from(feed).write_all(&data(len)));
+        let mut piped = pool.frame().unwrap();
+        while piped.missing() > 0 {
+            match piped.splice_from(input.as_fd()) {
+                Ok(n) => assert!(n > 0, "the input ended early"),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        writer.join().unwrap().unwrap();
+        let frame = Frame::Piped(Arc::new(piped));
+        let (out, reader) = small_pipe(len);
+        let out = pipe::Sender::from_owned_fd(out).unwrap();
+        let mut video = VideoWriter::new(RawFormat {
+            width: 4,
+            height: 2,
+            fps: 30,
+            sample_rate: 48000,
+        });
+        let frame = video.sendable(frame);
+        assert!(matches!(frame, Frame::Piped(_)), "a cursor was made");
+        let mut sending = Sending::default();
+        pipeio::drive_async(&out, |fd| sending.step(fd, &frame, video.cursor.as_mut()))
+            .await
+            .unwrap();
+        assert!(reader.join().unwrap() == data(len));
+    }
 
     #[test]
     fn frames_stay_until_ffmpeg_has_read_them() {

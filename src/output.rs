@@ -1,27 +1,31 @@
 //! The output FFmpeg: the one long-lived process that holds the connection
 //! to the platform.
 //!
-//! Every one of its inputs flows forever (ARCHITECTURE.md, "Why every
-//! output input must flow"): all four are raw pipes the daemon writes at
-//! wall-clock pace: live video and audio, filled with filler when there is
-//! no live feed, and offline video and audio from the offline source
-//! (`offline_source.rs`). That is what keeps the platform connection up
-//! while publishers come and go, and while the offline source restarts.
-//! Its health is read from `-progress` on stdout.
+//! Every one of its inputs flows forever, because FFmpeg can neither reopen
+//! an input nor survive one that ends or stalls: all four are raw pipes
+//! the daemon writes at wall-clock pace: live video and audio,
+//! filled with filler when there is no live feed, and offline video and
+//! audio from the offline source (`offline_source.rs`). That is what keeps
+//! the platform connection up while publishers come and go, and while the
+//! offline source restarts. Its health is read from `-progress` on stdout.
 
 use std::io::Write;
 use std::os::fd::{OwnedFd, RawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tracing::info;
 
 use crate::child::{self, Running, Spec};
 use crate::config::Config;
 use crate::control::Input;
 use crate::ffmpeg::{self, RawFormat};
 use crate::outpipes::{OutputPipes, PipeEnds};
+use crate::pump;
+use crate::supervisor::{self, Children, Event, Job, Restart};
 
 /// fd numbers the output reads its raw inputs from.
 const VIDEO_FD: RawFd = 3;
@@ -36,6 +40,9 @@ const AUDIO_PIPE_SIZE: usize = 64 * 1024;
 
 /// How often FFmpeg reports progress.
 pub const PROGRESS_PERIOD: Duration = Duration::from_millis(500);
+
+/// An output that has made no progress for this long is restarted.
+pub(crate) const STALL: Duration = Duration::from_secs(15);
 
 /// Keyframe interval platforms ask for (IVS/Kick: 2 s).
 const KEYFRAME_SECONDS: u32 = 2;
@@ -189,6 +196,70 @@ pub fn spawn(config: &Config, select: Input, ffmpeg_bin: &Path) -> std::io::Resu
         pipes: OutputPipes::spawn(ends, format)?,
         progress: rx,
     })
+}
+
+/// What the output's supervisor reports to the daemon.
+pub(crate) type OutputEvent = Event<Progress>;
+
+/// Keeps the output FFmpeg running until shutdown: restarted with the
+/// crash backoff when it exits, when it makes no progress for [`STALL`],
+/// or on request (the returned [`Restart`]); each start is on the input
+/// `selection` names at that moment, and hands its pipes to the pump.
+pub(crate) fn supervise(
+    children: &Children,
+    config: Arc<Config>,
+    ffmpeg: PathBuf,
+    pump: mpsc::Sender<pump::Command>,
+    events: mpsc::Sender<OutputEvent>,
+    selection: watch::Receiver<Input>,
+) -> Restart {
+    let job = OutputJob {
+        config,
+        ffmpeg,
+        pump,
+        events,
+        selection,
+    };
+    children.restarting(job, Some(STALL), tracing::info_span!("output"))
+}
+
+/// How the output is started, and whom its supervisor tells.
+struct OutputJob {
+    /// Nothing the output uses can change without restarting the
+    /// pipeline, but KILL_GRACE and CRASH_BACKOFF, which the supervisor
+    /// reads from the reloads itself.
+    config: Arc<Config>,
+    ffmpeg: PathBuf,
+    pump: mpsc::Sender<pump::Command>,
+    events: mpsc::Sender<OutputEvent>,
+    selection: watch::Receiver<Input>,
+}
+
+impl Job for OutputJob {
+    type Progress = Progress;
+
+    fn count(progress: &Progress) -> u64 {
+        progress.frame
+    }
+
+    async fn start(&mut self) -> std::io::Result<supervisor::Started<Progress>> {
+        let select = *self.selection.borrow();
+        let Started {
+            child,
+            pipes,
+            progress,
+        } = spawn(&self.config, select, &self.ffmpeg)?;
+        let _ = self.pump.send(pump::Command::Attach(pipes)).await;
+        info!(pid = child.pid, on_air = select.name(), "output started");
+        Ok(supervisor::Started {
+            child,
+            progress: Some(progress),
+        })
+    }
+
+    async fn report(&mut self, event: OutputEvent) {
+        let _ = self.events.send(event).await;
+    }
 }
 
 /// What must never reach a log line.

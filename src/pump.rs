@@ -25,7 +25,7 @@ use tracing::debug;
 
 use crate::control::Input;
 use crate::ffmpeg::{RawFormat, SampleClock, AUDIO_BYTES_PER_SAMPLE};
-use crate::frames::{Frame, FramePool};
+use crate::frames::{Black, Frame, FramePool};
 use crate::ingest::{AudioQueue, LiveFeed};
 use crate::offline_source::OfflineSource;
 use crate::outpipes::{OfflineFrame, OutputPipes, Tick};
@@ -118,9 +118,9 @@ pub async fn run(
     // Catch up after a late wake-up: the raw inputs' timestamps are frame
     // counts, so the count must follow the wall clock.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    // Made only while needed (no live frame to repeat, or no offline
+    // Kept only while needed (no live frame to repeat, or no offline
     // source): 3 MB at 1080p.
-    let mut black: Option<Bytes> = None;
+    let mut black = Black::new(format, frames);
     let mut samples = SampleClock::new(&format);
     let silence = Bytes::from(vec![
         0u8;
@@ -191,7 +191,6 @@ pub async fn run(
                     check_flow(l, now, &timing, &events);
                 }
                 let live_audio = pad_audio(audio, audio_len, &silence);
-                let mut black_used = false;
                 let (offline_video, offline_audio) = match (&video, &offline) {
                     // Live on air with a fresh frame: the offline source rests.
                     (Some(frame), _) if on_air == Input::Live => {
@@ -203,7 +202,7 @@ pub async fn run(
                         // frame of a publisher who is not on air never is.
                         let fallback = (on_air == Input::Live).then(|| {
                             last_frame.clone().unwrap_or_else(|| {
-                                black_of(&mut black, &mut black_used, &format, &frames)
+                                Frame::Mem(black.frame())
                             })
                         });
                         let video = OfflineFrame::Source {
@@ -215,7 +214,7 @@ pub async fn run(
                     (_, None) => {
                         let frame = match &last_frame {
                             Some(f) if on_air == Input::Live => f.clone(),
-                            _ => black_of(&mut black, &mut black_used, &format, &frames),
+                            _ => Frame::Mem(black.frame()),
                         };
                         (OfflineFrame::Held(frame), silence.slice(..audio_len))
                     }
@@ -223,12 +222,10 @@ pub async fn run(
                 let live_video = video.unwrap_or_else(|| {
                     stats.filler_frames.fetch_add(1, Ordering::Relaxed);
                     last_frame.clone().unwrap_or_else(|| {
-                        black_of(&mut black, &mut black_used, &format, &frames)
+                        Frame::Mem(black.frame())
                     })
                 });
-                if !black_used {
-                    black = None;
-                }
+                black.end_round();
                 let tick = Tick {
                     video: live_video,
                     audio: live_audio,
@@ -245,21 +242,6 @@ pub async fn run(
             }
         }
     }
-}
-
-/// The black filler frame, made when first needed this tick.
-fn black_of(
-    black: &mut Option<Bytes>,
-    used: &mut bool,
-    format: &RawFormat,
-    frames: &FramePool,
-) -> Frame {
-    *used = true;
-    Frame::Mem(
-        black
-            .get_or_insert_with(|| format.black_frame(frames))
-            .clone(),
-    )
 }
 
 /// Keeps the live frames' queue a jitter buffer rather than latency: a

@@ -18,9 +18,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, Notify};
-use tokio::task::JoinHandle;
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use crate::api::{self, Call, LastSwitch, Reply, Request, StateName};
@@ -31,13 +31,14 @@ use crate::frames::{self, FramePool};
 use crate::ingest::{self, Expect};
 use crate::metrics;
 use crate::notify;
-use crate::output::{self, Progress};
+use crate::output::{self, OutputEvent};
 use crate::pipeframes::PipePool;
 use crate::policy::{self, Action, Event, Policy, StatSummary, Switched, Timer};
 use crate::preflight::OfflineInfo;
 use crate::publish_auth::{Approvals, Vouch};
 use crate::pump::{self, Event as PumpEvent};
 use crate::stats::{StatPage, StatsClient};
+use crate::supervisor::{self, Children};
 
 mod shell;
 mod status;
@@ -46,11 +47,7 @@ use shell::Daemon;
 pub use status::show_duration;
 
 /// An output that has made no progress for this long is restarted.
-const OUTPUT_STALL: Duration = Duration::from_secs(15);
-/// A child that ran this long without trouble resets its crash backoff.
-const HEALTHY_RUN: Duration = Duration::from_secs(60);
-/// The crash backoff doubles up to CRASH_BACKOFF times this.
-const BACKOFF_CAP_FACTOR: u32 = 16;
+const OUTPUT_STALL: Duration = output::STALL;
 /// How often the status line and the watchdog are refreshed.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -93,64 +90,12 @@ impl Default for Options {
     }
 }
 
-/// What the output supervisor reports.
-#[derive(Debug)]
-enum OutputEvent {
-    Started {
-        pid: u32,
-    },
-    Progress(Progress),
-    Exited {
-        reason: String,
-        uptime: Duration,
-        /// The backoff before the next start.
-        retry_in: Duration,
-    },
-}
-
-/// What an ingest task reports.
-#[derive(Debug)]
-struct IngestExit {
-    session: u64,
-    reason: String,
-    requested: bool,
-}
+/// What an ingest's supervisor reports when it ends.
+type IngestExit = supervisor::Ended;
 
 struct IngestHandle {
     session: u64,
-    pid: u32,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-/// A crash backoff: doubles on each failure, resets after a healthy run.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    base: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(base: Duration) -> Backoff {
-        Backoff {
-            base,
-            current: base,
-        }
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.current = self.base;
-    }
-
-    /// The delay before the next start, given how long the last run lasted.
-    pub(crate) fn next(&mut self, ran_for: Duration) -> Duration {
-        if ran_for >= HEALTHY_RUN {
-            self.current = self.base;
-        }
-        let delay = self.current;
-        self.current = (self.current * 2).min(self.base * BACKOFF_CAP_FACTOR);
-        delay
-    }
+    child: supervisor::Once,
 }
 
 /// Runs relay until `shutdown` resolves. Returns once every child is gone.
@@ -175,7 +120,6 @@ pub async fn run(
         allowed_publishers = %config.live.allowed_publishers,
         "relay starting"
     );
-    let (stop_tx, stop_rx) = watch::channel(false);
     // Reloaded settings that apply at once; without a reloader, a channel
     // that never changes (its sender lives until we return).
     let (_no_reload, updates) = match options.reconfigure.clone() {
@@ -238,46 +182,39 @@ pub async fn run(
             (Some(tx), rx)
         }
     };
+    // Every child and task below stops with `children`.
+    let children = Children::new(updates.clone());
     let (out_ev_tx, out_ev_rx) = mpsc::channel(32);
-    let (restart_tx, restart_rx) = mpsc::channel(1);
-    let offline_task = tokio::spawn(
-        crate::offline_source::supervise(
-            crate::offline_source::Supervision {
-                config: config.clone(),
-                info: offline.clone(),
-                ffmpeg: options.ffmpeg.clone(),
-                copy_dir: options.offline_copy_dir.clone(),
-                pump: pump_tx.clone(),
-                updates: updates.clone(),
-                new_offline,
-            },
-            stop_rx.clone(),
-        )
-        .instrument(tracing::info_span!("offline")),
+    crate::offline_source::supervise(
+        &children,
+        crate::offline_source::Supervision {
+            config: config.clone(),
+            info: offline.clone(),
+            ffmpeg: options.ffmpeg.clone(),
+            copy_dir: options.offline_copy_dir.clone(),
+            pump: pump_tx.clone(),
+            updates: updates.clone(),
+            new_offline,
+        },
     );
-    let output_task = tokio::spawn(
-        supervise_output(
-            config.clone(),
-            options.ffmpeg.clone(),
-            pump_tx.clone(),
-            out_ev_tx,
-            selection_rx,
-            restart_rx,
-            updates.clone(),
-            stop_rx.clone(),
-        )
-        .instrument(tracing::info_span!("output")),
+    let restart_output = output::supervise(
+        &children,
+        config.clone(),
+        options.ffmpeg.clone(),
+        pump_tx.clone(),
+        out_ev_tx,
+        selection_rx,
     );
 
     let poll_now = Arc::new(Notify::new());
     let (stat_tx, stat_rx) = mpsc::channel(4);
-    let poller_task = tokio::spawn(poll_stats(
+    children.spawn(poll_stats(
         stats_client,
         config.live.poll_interval,
         poll_now.clone(),
         stat_tx,
         updates.clone(),
-        stop_rx.clone(),
+        children.token(),
     ));
 
     let (api_tx, api_rx) = mpsc::channel(4);
@@ -334,14 +271,14 @@ pub async fn run(
         timers: BTreeMap::new(),
         switch: Switch::new(config.endpoints.zmq_port),
         selection: selection_tx,
-        restart_output: restart_tx,
+        restart_output,
         pump: pump_tx,
         pump_stats,
         frames,
         pipes,
         poll_now,
         ingest: None,
-        stopping: Vec::new(),
+        children: children.clone(),
         ingest_events: ingest_ev_tx,
         metrics: metrics_tx,
         approvals,
@@ -377,10 +314,8 @@ pub async fn run(
     // KILL_GRACE; everything is reaped before we return.
     notify::stopping();
     info!("stopping");
-    let _ = stop_tx.send(true);
     daemon.stop_current_ingest();
-    let (_, _, _) = tokio::join!(daemon.reap_ingests(), output_task, offline_task);
-    poller_task.abort();
+    children.shutdown().await;
     drop(daemon);
     pump_task.abort();
     info!("stopped");
@@ -419,103 +354,6 @@ struct OutputState {
     in_backoff: bool,
 }
 
-/// Keeps the output FFmpeg running: restart with backoff on exit or stall,
-/// each start on the current selection; SIGTERM/SIGKILL on shutdown.
-#[allow(clippy::too_many_arguments)]
-async fn supervise_output(
-    config: Arc<Config>,
-    ffmpeg: PathBuf,
-    pump: mpsc::Sender<pump::Command>,
-    events: mpsc::Sender<OutputEvent>,
-    selection: watch::Receiver<Input>,
-    mut restart: mpsc::Receiver<()>,
-    updates: watch::Receiver<Arc<Config>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut backoff = Backoff::new(config.supervision.crash_backoff);
-    loop {
-        // KILL_GRACE and CRASH_BACKOFF may change on reload; nothing else
-        // the output uses can without restarting the pipeline.
-        let crash_backoff = updates.borrow().supervision.crash_backoff;
-        if backoff.base != crash_backoff {
-            backoff = Backoff::new(crash_backoff);
-        }
-        let select = *selection.borrow();
-        let started_at = Instant::now();
-        let reason = match output::spawn(&config, select, &ffmpeg) {
-            Err(err) => format!("could not start ffmpeg: {err}"),
-            Ok(started) => {
-                let output::Started {
-                    mut child,
-                    pipes,
-                    mut progress,
-                } = started;
-                let _ = pump.send(pump::Command::Attach(pipes)).await;
-                let _ = events.send(OutputEvent::Started { pid: child.pid }).await;
-                info!(pid = child.pid, on_air = select.name(), "output started");
-                let mut last_advance = Instant::now();
-                let mut last_frame = 0;
-                enum Why {
-                    Exited(String),
-                    Stalled,
-                    Requested,
-                    Shutdown,
-                }
-                let why = loop {
-                    tokio::select! {
-                        status = child.wait() => break Why::Exited(
-                            status.map_or_else(|e| e.to_string(), |s| s.to_string())),
-                        Some(p) = progress.recv() => {
-                            if p.frame > last_frame {
-                                last_frame = p.frame;
-                                last_advance = Instant::now();
-                            }
-                            let _ = events.send(OutputEvent::Progress(p)).await;
-                        }
-                        _ = sleep_until(last_advance + OUTPUT_STALL) => break Why::Stalled,
-                        Some(()) = restart.recv() => break Why::Requested,
-                        _ = stop.changed() => break Why::Shutdown,
-                    }
-                };
-                let kill_grace = updates.borrow().supervision.kill_grace;
-                match why {
-                    Why::Shutdown => {
-                        child.stop(kill_grace).await;
-                        return;
-                    }
-                    Why::Exited(status) => {
-                        let last = child.last_lines();
-                        format!("ffmpeg exited ({status}) {last}")
-                            .trim()
-                            .to_string()
-                    }
-                    Why::Stalled => {
-                        child.stop(kill_grace).await;
-                        format!("no progress for {} s", OUTPUT_STALL.as_secs())
-                    }
-                    Why::Requested => {
-                        child.stop(kill_grace).await;
-                        "restart requested".to_string()
-                    }
-                }
-            }
-        };
-        let uptime = started_at.elapsed();
-        let delay = backoff.next(uptime);
-        let _ = events
-            .send(OutputEvent::Exited {
-                reason,
-                uptime,
-                retry_in: delay,
-            })
-            .await;
-        tokio::select! {
-            _ = sleep(delay) => {}
-            _ = stop.changed() => return,
-        }
-    }
-}
-
 /// Fetches the stat page every `interval`, or at once when asked.
 async fn poll_stats(
     client: StatsClient,
@@ -523,7 +361,7 @@ async fn poll_stats(
     now: Arc<Notify>,
     tx: mpsc::Sender<Result<StatPage, String>>,
     mut updates: watch::Receiver<Arc<Config>>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut interval = interval;
     let mut ticker = tokio::time::interval(interval);
@@ -541,7 +379,7 @@ async fn poll_stats(
                 }
                 continue;
             }
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         }
         let page = client.fetch().await.map_err(|e| e.to_string());
         if tx.send(page).await.is_err() {
@@ -580,22 +418,5 @@ mod tests {
             refusal_hint("ffmpeg exited (signal: 9)", Duration::ZERO),
             ""
         );
-    }
-
-    #[test]
-    fn backoff_doubles_to_a_cap_and_resets_after_a_healthy_run() {
-        let mut b = Backoff::new(Duration::from_secs(2));
-        let short = Duration::from_secs(1);
-        assert_eq!(b.next(short), Duration::from_secs(2));
-        assert_eq!(b.next(short), Duration::from_secs(4));
-        for _ in 0..10 {
-            b.next(short);
-        }
-        assert_eq!(b.next(short), Duration::from_secs(32));
-        assert_eq!(b.next(HEALTHY_RUN), Duration::from_secs(2));
-        b.next(short);
-        b.next(short);
-        b.reset();
-        assert_eq!(b.next(short), Duration::from_secs(2));
     }
 }

@@ -13,7 +13,7 @@ pub(super) struct Daemon {
     pub(super) timers: BTreeMap<Timer, std::time::Instant>,
     pub(super) switch: Switch,
     pub(super) selection: watch::Sender<Input>,
-    pub(super) restart_output: mpsc::Sender<()>,
+    pub(super) restart_output: supervisor::Restart,
     pub(super) pump: mpsc::Sender<pump::Command>,
     pub(super) pump_stats: Arc<pump::Stats>,
     /// Live frames' buffers, reused by every ingest of this pipeline.
@@ -23,8 +23,8 @@ pub(super) struct Daemon {
     pub(super) pipes: Option<PipePool>,
     pub(super) poll_now: Arc<Notify>,
     pub(super) ingest: Option<IngestHandle>,
-    /// Ingests told to stop and not yet gone.
-    pub(super) stopping: Vec<JoinHandle<()>>,
+    /// Every child's supervisor, and the one way to stop them all.
+    pub(super) children: Children,
     pub(super) ingest_events: mpsc::Sender<IngestExit>,
     pub(super) metrics: watch::Sender<metrics::Snapshot>,
     /// What nginx's on_publish endpoint accepted, with PUBLISH_KEY set.
@@ -135,7 +135,7 @@ impl Daemon {
                     }
                 },
                 Action::RestartOutput => {
-                    let _ = self.restart_output.try_send(());
+                    self.restart_output.request();
                 }
                 Action::PollNow => self.poll_now.notify_one(),
                 Action::Reply(r) => reply = Some(*r),
@@ -228,7 +228,7 @@ impl Daemon {
                     restarts,
                     "output stopped: {reason}; {again} in {:.1} s{}",
                     retry_in.as_secs_f64(),
-                    refusal_hint(&reason, uptime)
+                    refusal_hint(&reason.to_string(), uptime)
                 );
                 self.dispatch(Event::OutputStopped {
                     destination: DESTINATION,
@@ -308,7 +308,7 @@ impl Daemon {
         self.dispatch(Event::IngestExited {
             session: ev.session,
             requested: ev.requested,
-            reason: ev.reason,
+            reason: ev.reason.detail(),
         })
         .await;
     }
@@ -359,68 +359,26 @@ impl Daemon {
         let pid = started.child.pid;
         info!(session, pid, expect = ?expect, "ingest waiting for live frames");
         let _ = self.pump.try_send(pump::Command::Feed(Some(started.feed)));
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let grace = self.config.supervision.kill_grace;
-        let events = self.ingest_events.clone();
-        let mut child = started.child;
-        let task = tokio::spawn(
-            async move {
-                let exited = tokio::select! {
-                    status = child.wait() => Some(status),
-                    _ = stop_rx => None,
-                };
-                let (reason, requested) = match exited {
-                    Some(status) => {
-                        let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-                        let last = child.last_lines();
-                        (format!("{status} {last}").trim().to_string(), false)
-                    }
-                    None => {
-                        child.stop(grace).await;
-                        ("stopped".to_string(), true)
-                    }
-                };
-                let _ = events
-                    .send(IngestExit {
-                        session,
-                        reason,
-                        requested,
-                    })
-                    .await;
-            }
-            .instrument(tracing::info_span!("ingest", session)),
-        );
-        self.ingest = Some(IngestHandle {
+        let child = self.children.once(
+            started.child,
             session,
-            pid,
-            stop: Some(stop_tx),
-            task,
-        });
+            self.ingest_events.clone(),
+            tracing::info_span!("ingest", session),
+        );
+        self.ingest = Some(IngestHandle { session, child });
         Ok(())
     }
 
     /// Tells the current ingest to stop (SIGTERM, then SIGKILL after
     /// KILL_GRACE) without waiting for it.
     pub(super) fn stop_current_ingest(&mut self) {
-        let Some(mut handle) = self.ingest.take() else {
+        let Some(handle) = self.ingest.take() else {
             return;
         };
         let _ = self.pump.try_send(pump::Command::Feed(None));
-        if let Some(stop) = handle.stop.take() {
-            let _ = stop.send(());
-        }
-        // The ingest task stops the child in the background; shutdown
-        // waits for all of them.
-        self.stopping.retain(|t| !t.is_finished());
-        self.stopping.push(handle.task);
-    }
-
-    /// Waits until every ingest being stopped is gone.
-    pub(super) async fn reap_ingests(&mut self) {
-        let deadline = self.config.supervision.kill_grace + Duration::from_secs(1);
-        for task in self.stopping.drain(..) {
-            let _ = tokio::time::timeout(deadline, task).await;
-        }
+        // Its supervisor stops the child in the background; shutdown waits
+        // for all of them.
+        handle.child.stop();
     }
 
     fn housekeeping(&mut self) {

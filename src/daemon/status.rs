@@ -46,7 +46,7 @@ impl Daemon {
                     .map(|l| l.window.as_secs_f64()),
             },
             output_pid: self.output.pid,
-            ingest_pid: self.ingest.as_ref().map(|i| i.pid),
+            ingest_pid: self.ingest.as_ref().map(|i| i.child.pid),
             reloads: self.options.reloads.as_ref().map_or(0, |r| r.borrow().0),
             last_reload: self.options.reloads.as_ref().and_then(|r| {
                 r.borrow()

@@ -28,6 +28,7 @@
 //! destinations; today there is one of each (the RTMP feed through
 //! nginx-rtmp, and the platform the output FFmpeg pushes to).
 
+mod backoff;
 mod bitrate;
 mod on_air;
 mod publishers;
@@ -41,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
+pub use backoff::{Backoff, HEALTHY_RUN};
 pub use bitrate::ByteCounter;
 use source::Source;
 pub use source::SourceKind;
@@ -487,7 +489,7 @@ impl Policy {
     fn reconfigure(&mut self, settings: Settings) {
         if settings.crash_backoff != self.settings.crash_backoff {
             for source in &mut self.sources {
-                source.backoff = crate::daemon::Backoff::new(settings.crash_backoff);
+                source.backoff = Backoff::new(settings.crash_backoff);
             }
         }
         self.settings = settings;

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::Backoff;
 use super::{Action, ByteCounter, Expect, Policy, Publisher, Timer};
-use crate::daemon::Backoff;
 
 /// A kind of live source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
