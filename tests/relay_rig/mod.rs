@@ -103,8 +103,9 @@ impl Rig {
     /// Starts relay and waits until its output streams.
     pub async fn start_relay(&self) -> anyhow::Result<RelayProc> {
         let relay = RelayProc::run(&self.env_file, &[])?;
-        relay.wait_for_log("relay starting", secs(30)).await?;
-        relay.wait_for_log("output streaming", secs(60)).await?;
+        relay
+            .wait_for_status("the output streaming", output_streaming, secs(60))
+            .await?;
         Ok(relay)
     }
 }
