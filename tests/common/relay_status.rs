@@ -150,3 +150,12 @@ pub fn last_switch_is(s: &Status, to: &str, kind: &str) -> bool {
 pub fn last_reload_outcome(s: &Status) -> Option<&str> {
     s.last_reload.as_ref().map(|r| r.outcome.as_str())
 }
+
+/// No switch of what is on air since `since`: the last one, if any, is at
+/// least that old (`seconds_ago` is in whole seconds, hence the second of
+/// slack).
+pub fn no_switch_since(s: &Status, since: Instant) -> bool {
+    s.last_switch
+        .as_ref()
+        .is_none_or(|l| Duration::from_secs(l.seconds_ago + 1) >= since.elapsed())
+}

@@ -112,7 +112,9 @@ impl Faults {
                 .wait_for_status("the output streaming", output_streaming, secs(60))
                 .await?;
         } else {
-            relay.wait_for_status("anything", |_| true, secs(30)).await?;
+            relay
+                .wait_for_status("anything", |_| true, secs(30))
+                .await?;
         }
         self.relay = Some(relay);
         Ok(())
