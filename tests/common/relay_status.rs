@@ -10,8 +10,9 @@
 //! real CLI and checks its JSON.
 //!
 //! The socket is found as relay finds it: `NAME.sock` in its runtime
-//! directory, NAME being the stem of its `--config` file and the directory
-//! its `RELAY_RUNTIME_DIR` (which [`RelayProc::run`] always sets), both read
+//! directory, NAME being the stem of its `--config` file (or the NAME of
+//! `relay run NAME`) and the directory the one its environment names
+//! (`RELAY_RUNTIME_DIR`, which [`RelayProc::run`] always sets), both read
 //! from the running process.
 
 use std::path::{Path, PathBuf};
@@ -52,21 +53,35 @@ impl StatusExt for RelayProc {
         let environ = std::fs::read(format!("/proc/{pid}/environ"))
             .with_context(|| format!("relay {pid} is not running"))?;
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))?;
-        let runtime_dir = nul_separated(&environ)
-            .filter_map(|kv| kv.strip_prefix("RELAY_RUNTIME_DIR=").map(str::to_owned))
-            .last()
-            .context("relay runs without RELAY_RUNTIME_DIR")?;
+        let var = |name: &str| {
+            let prefix = format!("{name}=");
+            nul_separated(&environ)
+                .filter_map(|kv| kv.strip_prefix(prefix.as_str()).map(str::to_owned))
+                .last()
+                .filter(|v| !v.is_empty())
+        };
+        // As relay::api::runtime_dir decides, from relay's own environment.
+        let runtime_dir = var("RUNTIME_DIRECTORY")
+            .and_then(|dirs| dirs.split(':').next().map(str::to_owned))
+            .or_else(|| var("RELAY_RUNTIME_DIR"))
+            .unwrap_or_else(|| relay::api::DEFAULT_RUNTIME_DIR.to_string());
+        // `relay run --config FILE`: the instance is the file's stem;
+        // `relay run NAME`: NAME.
         let args: Vec<&str> = nul_separated(&cmdline).collect();
-        let config = args
-            .iter()
-            .position(|a| *a == "--config")
-            .and_then(|i| args.get(i + 1))
-            .with_context(|| format!("not `relay run --config FILE`: {args:?}"))?;
-        let name = Path::new(config)
-            .file_stem()
-            .context("config file without a name")?
-            .to_string_lossy()
-            .into_owned();
+        let after = |flag: &str| {
+            let i = args.iter().position(|a| *a == flag)?;
+            args.get(i + 1).copied()
+        };
+        let name = match after("--config") {
+            Some(config) => Path::new(config)
+                .file_stem()
+                .context("config file without a name")?
+                .to_string_lossy()
+                .into_owned(),
+            None => after("run")
+                .with_context(|| format!("not `relay run`: {args:?}"))?
+                .to_string(),
+        };
         Ok(Path::new(&runtime_dir).join(format!("{name}.sock")))
     }
 
@@ -132,9 +147,11 @@ pub fn live_on_air(s: &Status) -> bool {
     matches!(s.state, StateName::Live | StateName::ManualLive)
 }
 
-/// The offline video is on air, by the policy or by `relay switch offline`.
+/// The offline video is on air: nobody is live, a publisher's frames flow
+/// but are not on air yet (`going_live`, held off air), or by
+/// `relay switch offline`.
 pub fn offline_on_air(s: &Status) -> bool {
-    matches!(s.state, StateName::Offline | StateName::ManualOffline)
+    !live_on_air(s)
 }
 
 /// The last switch put `to` (`live`, `offline`) on air, for `kind`
