@@ -165,6 +165,13 @@ async fn hung_ingest_is_replaced() -> anyhow::Result<()> {
     .await;
     let _ = kill(Pid::from_raw(ingest as i32), Signal::SIGCONT);
     result.with_context(|| f.context())?;
+    f.relay()
+        .wait_for_status(
+            "a new ingest",
+            |s| s.ingest_pid.is_some_and(|p| p != ingest),
+            secs(15),
+        )
+        .await?;
     expect_on_air(&f, &sink, Colour::Blue, Instant::now(), GO_LIVE).await?;
     eprintln!(
         "[test] ingest hung -> live again after {:?}",

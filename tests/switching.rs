@@ -321,6 +321,11 @@ async fn stalled_publisher_puts_offline_back() -> anyhow::Result<()> {
         stat.publisher("live", "sw-stalled").is_some(),
         "the stalled publisher should still be listed: {stat:?}"
     );
+    let status = rig.relay.status().await?;
+    ensure!(
+        status.publisher.is_some() && last_switch_is(&status, "offline", "frames_stopped"),
+        "offline because the frames stopped, the publisher still there: {status:?}"
+    );
 
     // Resumed, its frames flow again: back on air.
     let t = Instant::now();
