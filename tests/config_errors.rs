@@ -553,11 +553,16 @@ async fn good_configuration_passes_preflight_and_stops_on_sigterm() -> anyhow::R
     let mut relay = RelayProc::spawn(
         env!("CARGO_BIN_EXE_relay"),
         ["run", "good"],
-        &[("RELAY_CONFIG_DIR", conf_dir.to_str().unwrap())],
+        &[
+            ("RELAY_CONFIG_DIR", conf_dir.to_str().unwrap()),
+            ("RELAY_RUNTIME_DIR", conf_dir.to_str().unwrap()),
+        ],
         "relay",
     )?;
-    relay.wait_for_log("relay starting", secs(60)).await?;
-    relay.wait_for_log("output streaming", secs(60)).await?;
+    let status = relay
+        .wait_for_status("the output streaming", output_streaming, secs(60))
+        .await?;
+    assert_eq!(status.instance, "good", "{status:?}");
     // The platform side really receives it.
     wait_until_publishing(&nginx.stat_url(), "out", SECRET, secs(20)).await?;
     let status = relay.sigterm_and_wait(secs(10)).await?;

@@ -32,7 +32,9 @@ async fn output_and_ingest(rig: &Rig, relay: &RelayProc) -> anyhow::Result<(u32,
 async fn relay_live(rig: &Rig) -> anyhow::Result<(RelayProc, Publisher, Vec<u32>)> {
     let relay = rig.start_relay().await?;
     let publisher = Publisher::start(&rig.live_url(), PublisherOpts::colour("blue")).await?;
-    relay.wait_for_log("on air: live", secs(30)).await?;
+    relay
+        .wait_for_status("the live feed on air", live_on_air, secs(30))
+        .await?;
     let (output, ingest) = output_and_ingest(rig, &relay).await?;
     let children = child_pids_of(relay.pid());
     assert!(
@@ -244,15 +246,13 @@ async fn children_deaf_to_sigterm_are_killed_after_kill_grace() -> anyhow::Resul
     // after KILL_GRACE, both at once, and still exit 0 within KILL_GRACE
     // plus one second.
     let rig = Rig::start("deaf", live_rig_opts()).await?;
-    let (mut relay, publisher, children) = relay_live(&rig).await?;
-    let (output, ingest) = output_and_ingest(&rig, &relay).await?;
+    let (mut relay, publisher, _) = relay_live(&rig).await?;
+    let (output, ingest) = stop_current_output_and_ingest(&rig, &relay).await?;
     let _cleanup = KillOnDrop {
         pids: vec![output, ingest],
         marker: format!(":{}/", rig.nginx.rtmp_port()),
     };
-    for pid in [output, ingest] {
-        signal_pid(pid, Signal::SIGSTOP)?;
-    }
+    let children = child_pids_of(relay.pid());
     let mark = relay.log_mark();
     let t0 = Instant::now();
     relay.signal(Signal::SIGTERM)?;
@@ -288,6 +288,54 @@ async fn children_deaf_to_sigterm_are_killed_after_kill_grace() -> anyhow::Resul
     wait_all_dead(&children, secs(1)).await?;
     assert_no_relay_ffmpeg_left(&rig, &[publisher.pid()]);
     Ok(())
+}
+
+/// SIGSTOPs the output and the ingest relay runs now, as its status names
+/// them; returns their pids. On a busy machine a live frame late by more
+/// than OFFLINE_AFTER fails over, and the ingest may be replaced after
+/// that: a child picked before must still be relay's current one once
+/// stopped, or it is let go (SIGCONT) and picked again.
+async fn stop_current_output_and_ingest(
+    rig: &Rig,
+    relay: &RelayProc,
+) -> anyhow::Result<(u32, u32)> {
+    let deadline = Instant::now() + secs(60);
+    loop {
+        let s = relay
+            .wait_for_status(
+                "an output and an ingest",
+                |s| s.output_pid.is_some() && s.ingest_pid.is_some(),
+                secs(30),
+            )
+            .await?;
+        let (output, ingest) = (s.output_pid.unwrap(), s.ingest_pid.unwrap());
+        let ours = ffmpeg_children_with(relay.pid(), &rig.out_path()).contains(&output)
+            && ffmpeg_children_with(relay.pid(), &rig.live_path()).contains(&ingest);
+        anyhow::ensure!(
+            ours,
+            "status names output {output} and ingest {ingest}, not among {:?}",
+            describe_children(relay.pid())
+        );
+        for pid in [output, ingest] {
+            signal_pid(pid, Signal::SIGSTOP)?;
+        }
+        let now = relay.status().await?;
+        if now.output_pid == Some(output) && now.ingest_pid == Some(ingest) {
+            return Ok((output, ingest));
+        }
+        eprintln!(
+            "[test] relay replaced a child while it was being stopped \
+             (output {output} -> {:?}, ingest {ingest} -> {:?}); again",
+            now.output_pid, now.ingest_pid
+        );
+        for pid in [output, ingest] {
+            let _ = signal_pid(pid, Signal::SIGCONT);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "relay kept replacing its children"
+        );
+    }
 }
 
 #[tokio::test]

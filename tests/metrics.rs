@@ -212,6 +212,7 @@ async fn metrics_page_tracks_the_state_and_survives_abuse() -> anyhow::Result<()
     text.push_str(&format!("METRICS_ADDR=127.0.0.1:{port}\n"));
     std::fs::write(&rig.env_file, text)?;
     let mut relay = rig.start_relay().await?;
+    // The status does not say where metrics are served: the log does.
     relay.wait_for_log("metrics at http://", secs(10)).await?;
     let url = format!("http://127.0.0.1:{port}/metrics");
 
@@ -238,7 +239,9 @@ async fn metrics_page_tracks_the_state_and_survives_abuse() -> anyhow::Result<()
 
     // Live: state, the switch by its reason, bitrate, live frames, fps.
     let mut publisher = Publisher::start(&rig.live_url(), PublisherOpts::colour("blue")).await?;
-    relay.wait_for_log("on air: live", secs(60)).await?;
+    relay
+        .wait_for_status("the live feed on air", live_on_air, secs(60))
+        .await?;
     let live = wait_for(&url, "live with a bitrate", secs(30), |s| {
         value(s, "relay_state", &[("state", "live")]) == Some(1.0)
             && value(s, "relay_live_bitrate_bits_per_second", &[]).is_some_and(|b| b > 0.0)

@@ -100,7 +100,9 @@ async fn relay_tells_systemd_ready_watchdog_status_and_stopping() -> anyhow::Res
         &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "3000000")],
     )?;
 
-    relay.wait_for_log("output streaming", secs(60)).await?;
+    relay
+        .wait_for_status("the output streaming", output_streaming, secs(60))
+        .await?;
     seen.wait_for(|l| l == "READY=1", secs(5)).await?;
     let status = seen
         .wait_for(
@@ -117,7 +119,9 @@ async fn relay_tells_systemd_ready_watchdog_status_and_stopping() -> anyhow::Res
     assert!((2..=8).contains(&pings), "{pings} watchdog pings in 4 s");
 
     let mut publisher = Publisher::start(&rig.live_url(), PublisherOpts::colour("blue")).await?;
-    relay.wait_for_log("on air: live", secs(30)).await?;
+    relay
+        .wait_for_status("the live feed on air", live_on_air, secs(30))
+        .await?;
     let live = seen
         .wait_for(
             |l| l.starts_with("STATUS=live") && l.contains("publisher 127.0.0.1"),
@@ -127,7 +131,11 @@ async fn relay_tells_systemd_ready_watchdog_status_and_stopping() -> anyhow::Res
     assert!(live.contains("output up"), "{live}");
     publisher.kill().await?;
     relay
-        .wait_for_log("on air: offline video", secs(30))
+        .wait_for_status(
+            "the offline video back on air",
+            |s| last_switch_is(s, "offline", "frames_stopped"),
+            secs(30),
+        )
         .await?;
     seen.wait_for(|l| l.starts_with("STATUS=offline"), secs(10))
         .await?;

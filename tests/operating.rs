@@ -47,9 +47,8 @@ impl Running {
             &[("RELAY_RUNTIME_DIR", run_dir.to_str().context("path")?)],
         )?;
         relay
-            .wait_for_log("control socket listening", secs(30))
+            .wait_for_status("the output streaming", output_streaming, secs(60))
             .await?;
-        relay.wait_for_log("output streaming", secs(60)).await?;
         let sink = Sink::start(&rig.out_url());
         sink.wait_for(Colour::Green, secs(20)).await?;
         Ok(Running {
@@ -210,7 +209,6 @@ async fn operator_sees_the_state_and_overrides_what_is_on_air() -> anyhow::Resul
     ensure!(status["held_off_air"].is_null(), "{status:#}");
 
     // Manual offline: green, and it stays green while blue keeps publishing.
-    let mark = r.relay.log_mark();
     let t = Instant::now();
     let switched = r.relay(&["switch", NAME, "offline"]).await?;
     ensure!(switched.code == 0, "{switched}");
@@ -218,15 +216,10 @@ async fn operator_sees_the_state_and_overrides_what_is_on_air() -> anyhow::Resul
     r.sink.wait_for_since(Colour::Green, t, SWITCH).await?;
     r.sink.expect_steady(Colour::Green, secs(6)).await?;
     ensure!(blue.is_running(), "the publisher stopped");
-    r.relay
-        .wait_for_log_since(
-            mark,
-            "on air: offline video (manual: relay switch offline)",
-            secs(1),
-        )
-        .await?;
     let status = r.status_json().await?;
     ensure!(status["state"] == "manual_offline", "{status:#}");
+    ensure!(status["last_switch"]["to"] == "offline", "{status:#}");
+    ensure!(status["last_switch"]["kind"] == "manual", "{status:#}");
     ensure!(
         status["last_switch"]["reason"] == "manual: relay switch offline",
         "{status:#}"
@@ -241,13 +234,15 @@ async fn operator_sees_the_state_and_overrides_what_is_on_air() -> anyhow::Resul
     let t = Instant::now();
     let auto = r.relay(&["switch", NAME, "auto"]).await?;
     ensure!(auto.code == 0 && auto.stdout.contains("now live"), "{auto}");
-    r.relay
-        .wait_for_log_since(
-            mark,
-            "on air: live (manual: relay switch auto; publisher allowed and frames flowing)",
-            secs(1),
-        )
-        .await?;
+    let status = r.status_json().await?;
+    ensure!(status["state"] == "live", "{status:#}");
+    ensure!(status["last_switch"]["to"] == "live", "{status:#}");
+    ensure!(status["last_switch"]["kind"] == "manual", "{status:#}");
+    ensure!(
+        status["last_switch"]["reason"]
+            == "manual: relay switch auto; publisher allowed and frames flowing",
+        "{status:#}"
+    );
     r.sink.wait_for_since(Colour::Blue, t, SWITCH).await?;
     r.sink.expect_steady(Colour::Blue, secs(2)).await?;
 
@@ -259,23 +254,28 @@ async fn operator_sees_the_state_and_overrides_what_is_on_air() -> anyhow::Resul
         "{live}"
     );
     ensure!(r.status_json().await?["state"] == "manual_live");
-    let mark = r.relay.log_mark();
     let t = Instant::now();
     blue.kill().await?;
     r.sink.wait_for_since(Colour::Green, t, SWITCH).await?;
-    r.relay
-        .wait_for_log_since(mark, "manual live override ended, back to auto", secs(2))
-        .await?;
+    // Back to auto: the state is plain `offline`, not `manual_offline`.
     let status = r.wait_for_state("offline", secs(5)).await?;
     ensure!(status["last_switch"]["to"] == "offline", "{status:#}");
+    ensure!(
+        status["last_switch"]["kind"] == "frames_stopped",
+        "{status:#}"
+    );
 
     // Manual offline holds when a publisher arrives, until auto.
     let off = r.relay(&["switch", NAME, "offline"]).await?;
     ensure!(off.code == 0, "{off}");
-    let mark = r.relay.log_mark();
+    let before = r.relay.status().await?.live_frames;
     let _red = Publisher::start(&r.rig.live_url(), PublisherOpts::colour("red")).await?;
     r.relay
-        .wait_for_log_since(mark, "live frames arriving", GO_LIVE)
+        .wait_for_status(
+            "live frames arriving",
+            |s| s.live_frames > before + 30,
+            GO_LIVE,
+        )
         .await?;
     let t = Instant::now();
     r.sink.expect_steady(Colour::Green, secs(4)).await?;

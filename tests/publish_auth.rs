@@ -55,10 +55,14 @@ impl Setup {
     /// Starts relay and a sink; returns once the sink shows the offline video.
     async fn start(&self) -> anyhow::Result<(RelayProc, Sink)> {
         let relay = RelayProc::run(&self.env_file, &[])?;
+        // The status has nothing on the on_publish endpoint: its log line
+        // says it listens.
         relay
             .wait_for_log("answering nginx's on_publish", secs(30))
             .await?;
-        relay.wait_for_log("output streaming", secs(60)).await?;
+        relay
+            .wait_for_status("the output streaming", output_streaming, secs(60))
+            .await?;
         let sink = Sink::start(&self.nginx.rtmp_url("out", OUT_KEY));
         sink.wait_for(Colour::Green, secs(30)).await?;
         Ok((relay, sink))
@@ -68,6 +72,17 @@ impl Setup {
     fn publish_url(&self, query: &str) -> String {
         format!("{}{query}", self.nginx.rtmp_url("live", &self.stream))
     }
+}
+
+/// Waits until relay's status shows the loopback publisher, allowed on air.
+async fn wait_for_allowed_publisher(relay: &RelayProc) -> anyhow::Result<Status> {
+    relay
+        .wait_for_status(
+            "the publisher allowed",
+            |s| s.publisher.as_deref() == Some("127.0.0.1") && s.publisher_allowed == Some(true),
+            secs(20),
+        )
+        .await
 }
 
 /// Waits until the publisher's ffmpeg has given up.
@@ -139,15 +154,12 @@ async fn only_the_right_publish_key_goes_on_air() -> anyhow::Result<()> {
     )
     .await?;
 
-    let mark = relay.log_mark();
     let mut streamer = Publisher::start(
         &s.publish_url(&format!("?key={PUBLISH_KEY}")),
         PublisherOpts::colour("blue"),
     )
     .await?;
-    relay
-        .wait_for_log_since(mark, "publish accepted", secs(20))
-        .await?;
+    wait_for_allowed_publisher(&relay).await?;
     sink.wait_for(Colour::Blue, secs(40)).await?;
     streamer.kill().await?;
     sink.wait_for(Colour::Green, secs(20)).await?;
@@ -171,11 +183,8 @@ async fn without_publish_key_anyone_goes_on_air_and_relay_warns() -> anyhow::Res
     relay
         .wait_for_log("no PUBLISH_KEY: anyone who can reach", secs(1))
         .await?;
-    let mark = relay.log_mark();
     let _publisher = Publisher::start(&s.publish_url(""), PublisherOpts::colour("blue")).await?;
-    relay
-        .wait_for_log_since(mark, "publish accepted", secs(20))
-        .await?;
+    wait_for_allowed_publisher(&relay).await?;
     sink.wait_for(Colour::Blue, secs(40)).await?;
     relay.sigterm_and_wait(secs(20)).await?;
     Ok(())
@@ -273,7 +282,9 @@ async fn the_endpoint_survives_garbage_huge_and_slow_requests() -> anyhow::Resul
 async fn a_reload_applies_a_new_publish_key() -> anyhow::Result<()> {
     let s = Setup::new("pubreload", Some(PUBLISH_KEY)).await?;
     let relay = RelayProc::run(&s.env_file, &[])?;
-    relay.wait_for_log("output streaming", secs(60)).await?;
+    relay
+        .wait_for_status("the output streaming", output_streaming, secs(60))
+        .await?;
     let form = |key: &str| {
         form_request(&format!(
             "call=publish&app=live&name={}&addr=198.51.100.7&key={key}",
@@ -283,12 +294,17 @@ async fn a_reload_applies_a_new_publish_key() -> anyhow::Result<()> {
     ensure!(ask(s.auth_port, &form(PUBLISH_KEY)).await?.contains(" 200"));
     let text = std::fs::read_to_string(&s.env_file)?;
     write_private(&s.env_file, text.replace(PUBLISH_KEY, "pk-new-key"))?;
-    let mark = relay.log_mark();
+    let before = relay.status().await?;
     relay.signal(nix::sys::signal::Signal::SIGHUP)?;
     // A replaced key applies at once: the output is not restarted for it.
-    relay
-        .wait_for_log_since(mark, "the output is not restarted", secs(60))
+    let after = relay
+        .wait_for_status("the reload done", |s| s.reloads > before.reloads, secs(60))
         .await?;
+    ensure!(last_reload_outcome(&after) == Some("applied"), "{after:?}");
+    ensure!(
+        after.output_pid == before.output_pid,
+        "the output restarted: {after:?}"
+    );
     ensure!(ask(s.auth_port, &form("pk-new-key"))
         .await?
         .contains(" 200"));
@@ -311,7 +327,9 @@ async fn a_publisher_nginx_never_asked_about_stays_off_air() -> anyhow::Result<(
         .set("PUBLISH_KEY", PUBLISH_KEY)
         .write(dir.path())?;
     let mut relay = RelayProc::run(&env_file, &[])?;
-    relay.wait_for_log("output streaming", secs(60)).await?;
+    relay
+        .wait_for_status("the output streaming", output_streaming, secs(60))
+        .await?;
     let sink = Sink::start(&nginx.rtmp_url("out", OUT_KEY));
     sink.wait_for(Colour::Green, secs(30)).await?;
 
@@ -330,6 +348,11 @@ async fn a_publisher_nginx_never_asked_about_stays_off_air() -> anyhow::Result<(
             "on_publish http://127.0.0.1:{auth_port}/on_publish"
         )),
         "the warning does not say what to add: {line}"
+    );
+    let status = relay.status().await?;
+    ensure!(
+        status.publisher_allowed == Some(false) && offline_on_air(&status),
+        "{status:?}"
     );
     // The publisher stays connected and flowing; it must never reach the air.
     sink.expect_steady(Colour::Green, secs(6)).await?;
@@ -361,12 +384,15 @@ async fn an_accepted_publisher_stays_accepted_across_a_relay_restart() -> anyhow
     drop(sink);
 
     let relay = RelayProc::run(&s.env_file, &[])?;
-    relay.wait_for_log("output streaming", secs(60)).await?;
+    relay
+        .wait_for_status("the output streaming", output_streaming, secs(60))
+        .await?;
     let sink = Sink::start(&s.nginx.rtmp_url("out", OUT_KEY));
     sink.wait_for(Colour::Blue, secs(40)).await?;
+    let status = relay.status().await?;
     ensure!(
-        !relay.logs().iter().any(|l| l.contains("did not ask relay")),
-        "the accepted publisher was refused after the restart"
+        status.publisher_allowed == Some(true) && live_on_air(&status),
+        "the accepted publisher was refused after the restart: {status:?}"
     );
     Ok(())
 }

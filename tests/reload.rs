@@ -8,11 +8,9 @@
 mod common;
 mod relay_rig;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use nix::sys::signal::Signal;
-use relay::api::{self, Reply, Request, Status};
 
 use common::*;
 use relay_rig::*;
@@ -25,29 +23,43 @@ fn append(rig: &Rig, line: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `systemctl reload`: SIGHUP, then waits until relay's status counts one
+/// more reload, whose outcome it returns with the status.
+async fn reload(relay: &RelayProc) -> anyhow::Result<(String, Status)> {
+    let before = relay.status().await?.reloads;
+    relay.signal(Signal::SIGHUP)?;
+    let s = relay
+        .wait_for_status("the reload done", |s| s.reloads > before, secs(30))
+        .await?;
+    let outcome = last_reload_outcome(&s).unwrap_or_default().to_string();
+    Ok((outcome, s))
+}
+
 #[tokio::test]
 async fn reload_applies_a_changed_configuration() -> anyhow::Result<()> {
     // Default ALLOWED_PUBLISHERS (external) refuses a loopback publisher…
     let rig = Rig::start("reload-apply", RigOpts::default()).await?;
     let mut relay = rig.start_relay().await?;
     let mut publisher = Publisher::start(&rig.live_url(), PublisherOpts::colour("blue")).await?;
-    relay
-        .wait_for_log("publisher refused by ALLOWED_PUBLISHERS", secs(30))
+    let refused = relay
+        .wait_for_status(
+            "the loopback publisher refused",
+            |s| s.publisher_allowed == Some(false),
+            secs(30),
+        )
         .await?;
 
     // …until the reloaded configuration allows it.
     append(&rig, "ALLOWED_PUBLISHERS=any")?;
-    let mark = relay.log_mark();
-    relay.signal(Signal::SIGHUP)?;
     // ALLOWED_PUBLISHERS applies at once, without an output restart.
-    relay
-        .wait_for_log_since(mark, "reload: new settings applied at once", secs(30))
-        .await?;
-    relay
-        .wait_for_log_since(mark, "on air: live", secs(60))
+    let (outcome, s) = reload(&relay).await?;
+    assert_eq!(outcome, "applied", "{s:?}");
+    let s = relay
+        .wait_for_status("the live feed on air", live_on_air, secs(60))
         .await?;
     assert!(relay.is_running(), "relay must not exit on reload");
-    assert_eq!(count_since(&relay, mark, "output started"), 0);
+    assert_eq!(s.output_pid, refused.output_pid, "the output restarted");
+    assert_eq!(s.output_restarts, refused.output_restarts, "{s:?}");
 
     publisher.kill().await?;
     let status = relay.sigterm_and_wait(secs(10)).await?;
@@ -61,51 +73,40 @@ async fn invalid_reload_keeps_the_running_configuration() -> anyhow::Result<()> 
     let mut relay = rig.start_relay().await?;
     let good = std::fs::read_to_string(&rig.env_file)?;
 
+    let before = relay.status().await?;
     append(&rig, "OUT_FPS=abc")?;
-    let mark = relay.log_mark();
-    relay.signal(Signal::SIGHUP)?;
-    let line = relay
-        .wait_for_log_since(mark, "reload rejected", secs(30))
-        .await?;
+    let (outcome, s) = reload(&relay).await?;
+    assert_eq!(outcome, "rejected", "{s:?}");
+    let detail = &s.last_reload.as_ref().expect("a reload").detail;
     assert!(
-        line.contains("OUT_FPS"),
-        "the reason must name the key: {line}"
+        detail.contains("OUT_FPS"),
+        "the reason must name the key: {detail}"
     );
+    assert!(!detail.contains(KEY), "the stream key leaked: {detail}");
+    let line = relay
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("reload rejected"))
+        .expect("the rejection is logged");
     assert!(!line.contains(KEY), "the stream key leaked: {line}");
 
     // Still the same pipeline: no restart of the output happened.
     tokio::time::sleep(secs(2)).await;
     assert!(relay.is_running());
-    let restarted = relay.logs()[mark..]
-        .iter()
-        .any(|l| l.contains("output started") || l.contains("relay starting"));
-    assert!(!restarted, "a rejected reload must not touch the output");
+    let s = relay.status().await?;
+    assert!(
+        s.output_pid == before.output_pid && s.output_restarts == before.output_restarts,
+        "a rejected reload must not touch the output: before {before:?}, after {s:?}"
+    );
 
     // The file put back as it was: nothing to do.
     std::fs::write(&rig.env_file, good)?;
-    let mark = relay.log_mark();
-    relay.signal(Signal::SIGHUP)?;
-    relay
-        .wait_for_log_since(mark, "reload: the configuration is unchanged", secs(30))
-        .await?;
+    let (outcome, s) = reload(&relay).await?;
+    assert_eq!(outcome, "unchanged", "{s:?}");
 
     let status = relay.sigterm_and_wait(secs(10)).await?;
     assert!(status.success(), "{status}");
     Ok(())
-}
-
-fn count_since(relay: &RelayProc, mark: usize, needle: &str) -> usize {
-    relay.logs()[mark..]
-        .iter()
-        .filter(|l| l.contains(needle))
-        .count()
-}
-
-async fn status(rig: &Rig) -> anyhow::Result<Status> {
-    match api::call(&rig.dir.path().join("relay.sock"), &Request::Status).await? {
-        Reply::Status(s) => Ok(s),
-        other => bail!("unexpected reply {other:?}"),
-    }
 }
 
 #[tokio::test]
@@ -128,16 +129,23 @@ async fn reload_of_a_threshold_leaves_the_output_alone() -> anyhow::Result<()> {
         },
     )
     .await?;
-    relay.wait_for_log("on air: live", secs(60)).await?;
+    relay
+        .wait_for_status("the live feed on air", live_on_air, secs(60))
+        .await?;
 
     append(&rig, "OFFLINE_AFTER_MS=8000")?;
-    let mark = relay.log_mark();
-    relay.signal(Signal::SIGHUP)?;
+    let reloaded_at = Instant::now();
+    let (outcome, s) = reload(&relay).await?;
+    assert_eq!(outcome, "applied", "{s:?}");
+    // The reload is counted when it is decided; the daemon applies the new
+    // settings a moment later.
     relay
-        .wait_for_log_since(mark, "reload: new settings applied at once", secs(30))
+        .wait_for_status(
+            "OFFLINE_AFTER_MS 8000 in effect",
+            |s| s.policy.offline_after_ms == 8000,
+            secs(10),
+        )
         .await?;
-    let s = status(&rig).await?;
-    assert_eq!(s.policy.offline_after_ms, 8000, "{s:?}");
 
     // In effect: a 3 s freeze no longer fails over.
     tokio::time::sleep(secs(1)).await;
@@ -145,24 +153,20 @@ async fn reload_of_a_threshold_leaves_the_output_alone() -> anyhow::Result<()> {
     tokio::time::sleep(secs(3)).await;
     publisher.resume()?;
     tokio::time::sleep(secs(2)).await;
-    assert_eq!(
-        count_since(&relay, mark, "on air: offline"),
-        0,
-        "{:#?}",
-        &relay.logs()[mark..]
+    let s = relay.status().await?;
+    assert!(
+        s.state == StateName::Live && no_switch_since(&s, reloaded_at),
+        "the freeze failed over: {s:?}"
     );
 
-    // And the output never restarted: same process, no new start, no
-    // restart counted.
-    assert_eq!(count_since(&relay, mark, "output started"), 0);
+    // And the output never restarted: same process, no restart counted.
     assert!(
         ffmpeg_children_with(relay.pid(), &rig.out_path()).contains(&output),
         "the output ffmpeg changed: {:?}",
         describe_children(relay.pid())
     );
-    let s = status(&rig).await?;
+    assert_eq!(s.output_pid, Some(output), "{s:?}");
     assert_eq!(s.output_restarts, 0, "{s:?}");
-    assert_eq!(s.state, api::StateName::Live, "{s:?}");
 
     drop(publisher);
     let status = relay.sigterm_and_wait(secs(15)).await?;
@@ -177,27 +181,28 @@ async fn reload_of_an_encoding_setting_restarts_the_output_once() -> anyhow::Res
     let output = wait_for_ffmpeg_child(relay.pid(), &rig.out_path(), secs(30)).await?;
 
     append(&rig, "VID_BITRATE=250k")?;
-    let mark = relay.log_mark();
-    relay.signal(Signal::SIGHUP)?;
-    relay
-        .wait_for_log_since(mark, "reload: applying the new configuration", secs(30))
+    let (outcome, s) = reload(&relay).await?;
+    assert_eq!(outcome, "restarted", "{s:?}");
+    let s = relay
+        .wait_for_status(
+            "a new output streaming",
+            |s| output_streaming(s) && s.output_pid.is_some_and(|p| p != output),
+            secs(60),
+        )
         .await?;
-    relay
-        .wait_for_log_since(mark, "output streaming", secs(60))
-        .await?;
-    let new_output = wait_for_ffmpeg_child(relay.pid(), &rig.out_path(), secs(30)).await?;
-    assert_ne!(
-        new_output, output,
-        "the output must restart with the new bitrate"
-    );
+    let new_output = s.output_pid.unwrap();
     assert!(
         cmdline(new_output).is_some_and(|c| c.contains("250k")),
-        "{:?}",
+        "the output must restart with the new bitrate: {:?}",
         cmdline(new_output)
     );
-    // Once: give a second restart time to show, then count.
+    // Once: give a second restart time to show, then look again.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(count_since(&relay, mark, "output started"), 1);
+    let later = relay.status().await?;
+    assert!(
+        later.output_pid == Some(new_output) && later.output_restarts == s.output_restarts,
+        "the output restarted again: {s:?} then {later:?}"
+    );
     assert!(relay.is_running());
 
     let status = relay.sigterm_and_wait(secs(15)).await?;
@@ -219,13 +224,14 @@ async fn a_new_offline_video_keeps_the_output_and_a_new_destination_restarts_it_
     // connection to the platform, is not touched.
     let red = make_offline_video(rig.dir.path(), "red", true, 320, 180).await?;
     append(&rig, &format!("OFFLINE_VIDEO_PATH={}", red.display()))?;
-    let mark = relay.log_mark();
-    relay.signal(Signal::SIGHUP)?;
-    relay
-        .wait_for_log_since(mark, "reload: a new offline video", secs(30))
-        .await?;
+    let (outcome, s) = reload(&relay).await?;
+    assert_eq!(outcome, "new_offline_video", "{s:?}");
     sink.wait_for(Colour::Red, secs(60)).await?;
-    assert_eq!(count_since(&relay, mark, "output started"), 0);
+    let s = relay.status().await?;
+    assert!(
+        s.output_pid == Some(output) && s.output_restarts == 0,
+        "the output was restarted: {s:?}"
+    );
     assert_eq!(
         wait_for_ffmpeg_child(relay.pid(), &rig.out_path(), secs(5)).await?,
         output,
@@ -239,14 +245,23 @@ async fn a_new_offline_video_keeps_the_output_and_a_new_destination_restarts_it_
 
     // A new destination (stream key): the output publishes there instead.
     append(&rig, "KICK_KEY=otherkey")?;
-    let mark = relay.log_mark();
-    relay.signal(Signal::SIGHUP)?;
-    relay
-        .wait_for_log_since(mark, "reload: applying the new configuration", secs(30))
-        .await?;
+    let (outcome, s) = reload(&relay).await?;
+    assert_eq!(outcome, "restarted", "{s:?}");
     wait_until_publishing(&rig.nginx.stat_url(), "out", "otherkey", secs(60)).await?;
+    let s = relay
+        .wait_for_status(
+            "a new output streaming",
+            |s| output_streaming(s) && s.output_pid.is_some_and(|p| p != output),
+            secs(60),
+        )
+        .await?;
+    // Once: give a second restart time to show, then look again.
     tokio::time::sleep(secs(2)).await;
-    assert_eq!(count_since(&relay, mark, "output started"), 1);
+    let later = relay.status().await?;
+    assert!(
+        later.output_pid == s.output_pid && later.output_restarts == s.output_restarts,
+        "the output restarted again: {s:?} then {later:?}"
+    );
     assert!(
         !relay.logs().iter().any(|l| l.contains("otherkey")),
         "the new stream key was logged"

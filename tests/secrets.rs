@@ -150,7 +150,9 @@ async fn keys_never_appear_in_logs_status_metrics_check_or_errors() -> anyhow::R
     let run_dir = dir.path();
 
     let mut relay = RelayProc::run(&env_file, &[("RELAY_LOG", "debug")])?;
-    relay.wait_for_log("output streaming", secs(60)).await?;
+    relay
+        .wait_for_status("the output streaming", output_streaming, secs(60))
+        .await?;
     let sink = Sink::start(&nginx.rtmp_url("out", KICK_KEY));
     sink.wait_for(Colour::Green, secs(30)).await?;
 
@@ -214,13 +216,14 @@ async fn keys_never_appear_in_logs_status_metrics_check_or_errors() -> anyhow::R
         })
         .collect();
     ensure!(output_pids.len() == 1, "output ffmpeg: {output_pids:?}");
-    let mark = relay.log_mark();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(output_pids[0] as i32),
-        Signal::SIGKILL,
-    )?;
+    let killed = output_pids[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(killed as i32), Signal::SIGKILL)?;
     relay
-        .wait_for_log_since(mark, "output streaming", secs(60))
+        .wait_for_status(
+            "a new output streaming",
+            |s| output_streaming(s) && s.output_pid.is_some_and(|p| p != killed),
+            secs(60),
+        )
         .await?;
     let good = std::fs::read_to_string(&env_file)?;
     write_private(
@@ -234,11 +237,21 @@ async fn keys_never_appear_in_logs_status_metrics_check_or_errors() -> anyhow::R
             &format!("KICK_KEY=\"{KICK_KEY} x\""),
         ),
     )?;
-    let mark = relay.log_mark();
+    let reloads = relay.status().await?.reloads;
     relay.signal(Signal::SIGHUP)?;
-    relay
-        .wait_for_log_since(mark, "reload rejected", secs(30))
+    let rejected = relay
+        .wait_for_status("the reload done", |s| s.reloads > reloads, secs(30))
         .await?;
+    ensure!(
+        last_reload_outcome(&rejected) == Some("rejected"),
+        "{rejected:?}"
+    );
+    // Why it was rejected, as the status tells it, names no secret either.
+    let out = relay_cmd(&["status", "relay", "--json"], run_dir).await?;
+    outputs.push((
+        "relay status --json (rejected reload)".into(),
+        out.to_string(),
+    ));
     write_private(&env_file, &good)?;
     streamer.kill().await?;
     sink.wait_for(Colour::Green, secs(30)).await?;

@@ -5,8 +5,8 @@
 //! What is on air is read from what a viewer would see: a [`Sink`] on the
 //! output tells the colour of each frame (offline video = green, publishers
 //! blue or red). A [`SessionCounter`] on the output stream proves the output
-//! never reconnected. Relay's log is used to synchronise and to explain
-//! failures.
+//! never reconnected. Relay's status (what `relay status --json` shows) is
+//! used to synchronise; its log explains failures.
 
 // Each test binary uses part of the shared harness.
 #[allow(unused_imports)]
@@ -63,8 +63,9 @@ impl Rig {
         let out_sessions = SessionCounter::start(&nginx.stat_url(), OUT_APP, OUT_KEY);
         let started = Instant::now();
         let relay = RelayProc::run(&env_file, &[])?;
-        relay.wait_for_log("relay starting", secs(15)).await?;
-        relay.wait_for_log("output streaming", secs(30)).await?;
+        relay
+            .wait_for_status("the output streaming", output_streaming, secs(60))
+            .await?;
         eprintln!(
             "[test] relay start -> output streaming: {:?}",
             started.elapsed()
@@ -229,9 +230,10 @@ async fn offline_video_streams_when_nobody_is_live() -> anyhow::Result<()> {
         rig.sink.audio_track() == Some(true),
         "the output has no audio track"
     );
+    let status = rig.relay.status().await?;
     ensure!(
-        rig.log_lines_since(0, "on air: live").is_empty(),
-        "went live with nobody publishing\n{}",
+        status.state == StateName::Offline && status.last_switch.is_none(),
+        "went live with nobody publishing: {status:?}\n{}",
         rig.context()
     );
     rig.stop().await
@@ -248,19 +250,22 @@ async fn publisher_goes_on_air_and_back_offline_when_killed() -> anyhow::Result<
     let mut blue = rig.publish(PublisherOpts::colour("blue")).await?;
     rig.expect_switch(Colour::Green, Colour::Blue, t, GO_LIVE, STEADY)
         .await?;
-    let connected = rig
-        .relay
-        .wait_for_log_since(0, "publisher connected", secs(1))
-        .await?;
-    ensure!(connected.contains("allowed=true"), "{connected}");
+    let status = rig.relay.status().await?;
+    ensure!(
+        status.publisher.is_some() && status.publisher_allowed == Some(true),
+        "{status:?}"
+    );
 
-    let mark = rig.relay.log_mark();
     let t = Instant::now();
     blue.kill().await?;
     rig.expect_switch(Colour::Blue, Colour::Green, t, FAIL_OVER, STEADY)
         .await?;
     rig.relay
-        .wait_for_log_since(mark, "on air: offline video (no live frame for", secs(1))
+        .wait_for_status(
+            "offline after the live frames stopped",
+            |s| offline_on_air(s) && last_switch_is(s, "offline", "frames_stopped"),
+            secs(1),
+        )
         .await?;
     rig.assert_one_output_session()?;
     ensure!(rig.sink.runs_watched() == 1, "the sink had to reconnect");
@@ -278,14 +283,17 @@ async fn clean_stop_puts_offline_back() -> anyhow::Result<()> {
     rig.expect_switch(Colour::Green, Colour::Blue, t, GO_LIVE, STEADY)
         .await?;
 
-    let mark = rig.relay.log_mark();
     let t = Instant::now();
     let status = blue.stop_clean().await?;
     eprintln!("[test] publisher after SIGINT: {status}");
     rig.expect_switch(Colour::Blue, Colour::Green, t, FAIL_OVER, STEADY)
         .await?;
     rig.relay
-        .wait_for_log_since(mark, "on air: offline video", secs(1))
+        .wait_for_status(
+            "the offline video on air",
+            |s| offline_on_air(s) && s.last_switch.as_ref().is_some_and(|l| l.to == "offline"),
+            secs(1),
+        )
         .await?;
     rig.assert_one_output_session()?;
     rig.stop().await
@@ -312,6 +320,11 @@ async fn stalled_publisher_puts_offline_back() -> anyhow::Result<()> {
     ensure!(
         stat.publisher("live", "sw-stalled").is_some(),
         "the stalled publisher should still be listed: {stat:?}"
+    );
+    let status = rig.relay.status().await?;
+    ensure!(
+        status.publisher.is_some() && last_switch_is(&status, "offline", "frames_stopped"),
+        "offline because the frames stopped, the publisher still there: {status:?}"
     );
 
     // Resumed, its frames flow again: back on air.
@@ -404,8 +417,11 @@ async fn output_stays_one_session_through_many_switches() -> anyhow::Result<()> 
         at - rig.started,
         rig.sink.summary_since(rig.started)
     );
-    let restarts = rig.log_lines_since(0, "output stopped");
-    ensure!(restarts.is_empty(), "the output restarted: {restarts:?}");
+    let status = rig.relay.status().await?;
+    ensure!(
+        status.output_restarts == 0,
+        "the output restarted: {status:?}"
+    );
     let lives = rig.log_lines_since(0, "on air: live").len();
     let offlines = rig.log_lines_since(0, "on air: offline video").len();
     ensure!(
@@ -460,11 +476,9 @@ async fn portrait_publisher_without_audio_goes_on_air() -> anyhow::Result<()> {
             f.rgb, f.colour
         );
     }
-    ensure!(
-        !rig.log_lines_since(0, "on air: live").is_empty(),
-        "relay did not log going live\n{}",
-        rig.context()
-    );
+    rig.relay
+        .wait_for_status("the portrait publisher on air", live_on_air, secs(1))
+        .await?;
     // The picture holds: no green (offline) after it went live.
     let live_at = Instant::now();
     tokio::time::sleep(STEADY).await;
@@ -510,26 +524,29 @@ async fn killing_the_output_ffmpeg_restores_the_selection() -> anyhow::Result<()
         .await?;
 
     let output = output_ffmpeg_of(rig.relay.pid())?;
-    let mark = rig.relay.log_mark();
+    let before = rig.relay.status().await?;
+    ensure!(before.output_pid == Some(output), "{before:?}");
     let killed_at = Instant::now();
     kill(Pid::from_raw(output as i32), Signal::SIGKILL)?;
-    let line = rig
+    let after = rig
         .relay
-        .wait_for_log_since(mark, "output stopped", secs(10))
+        .wait_for_status(
+            "a new output streaming",
+            |s| {
+                s.output_restarts > before.output_restarts
+                    && s.output_pid.is_some_and(|p| p != output)
+                    && output_streaming(s)
+            },
+            secs(45),
+        )
         .await?;
-    eprintln!("[test] relay: {line}");
-    let started = rig
-        .relay
-        .wait_for_log_since(mark, "output started", secs(15))
-        .await?;
+    // Restarted on the source that was on air: still live.
     ensure!(
-        started.contains("on_air=\"live\""),
-        "the output restarted on the wrong source: {started}"
+        after.state == StateName::Live,
+        "the output restarted on the wrong source: {after:?}"
     );
-    rig.relay
-        .wait_for_log_since(mark, "output streaming", secs(30))
-        .await?;
     let new_output = output_ffmpeg_of(rig.relay.pid())?;
+    ensure!(after.output_pid == Some(new_output), "{after:?}");
     ensure!(
         new_output != output,
         "the output ffmpeg {output} is still there"
@@ -802,7 +819,8 @@ async fn sample_frames(url: &str, n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
         secs(15),
         Command::new("ffmpeg")
             .args(["-nostdin", "-hide_banner", "-loglevel", "error"])
-            .args(["-rw_timeout", "5000000", "-analyzeduration", "1000000"])
+            // Longer than a keyframe interval: see the sink's probe.
+            .args(["-rw_timeout", "5000000", "-analyzeduration", "3000000"])
             .args(["-i", url, "-map", "0:v:0"])
             .args([
                 "-vf",

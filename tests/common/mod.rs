@@ -16,6 +16,7 @@ mod netns;
 mod process;
 mod publisher;
 mod relay_env;
+mod relay_status;
 mod sink;
 mod stall_proxy;
 mod stat;
@@ -31,6 +32,8 @@ pub use publisher::*;
 pub use relay::nginx::{NginxOptions, PrivateNginx};
 #[allow(unused_imports)]
 pub use relay_env::*;
+#[allow(unused_imports)]
+pub use relay_status::*;
 pub use sink::*;
 #[allow(unused_imports)]
 pub use stall_proxy::*;

@@ -82,10 +82,10 @@ pub struct SinkOpts {
     /// a sink recovers from anything a fresh connection recovers from.
     pub stall_restart: Option<Duration>,
     /// Restart ffmpeg when a run has delivered no frame at all for this
-    /// long (`None`: never). A run needs up to about 3.5 s for its first
-    /// frame: ffmpeg probes the input for 1 s (`-analyzeduration`), and
-    /// nginx starts a new player wherever the stream is, so the picture
-    /// appears at the next keyframe.
+    /// long (`None`: never). A run needs up to about 5 s for its first
+    /// frame: nginx starts a new player's video at the stream's next
+    /// keyframe (every 2 s from relay and the test publishers), and ffmpeg
+    /// probes the input for up to 3 s (`-analyzeduration`).
     pub first_frame_restart: Option<Duration>,
     /// Frames per second sampled (ffmpeg `fps` filter).
     pub fps: u32,
@@ -369,7 +369,12 @@ async fn sink_loop(
                 "-use_wallclock_as_timestamps",
                 "1",
             ])
-            .args(["-analyzeduration", "1000000"])
+            // Longer than a keyframe interval (2 s): nginx sends a player
+            // that joins between keyframes only audio until the next one,
+            // and a probe that ends before it finds no video stream, so
+            // ffmpeg exits ("Stream map '0:v:0' matches no streams"). With
+            // 1 s, on a busy machine, 9 joins in 12 missed the keyframe.
+            .args(["-analyzeduration", "3000000"])
             .args(["-i", &url, "-map", "0:v:0"])
             .args([
                 "-vf",

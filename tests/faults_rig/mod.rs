@@ -107,9 +107,14 @@ impl Faults {
     /// Starts relay; waits for its first output frame if the destination is up.
     pub async fn start_relay(&mut self) -> anyhow::Result<()> {
         let relay = RelayProc::run(&self.env_file, &[])?;
-        relay.wait_for_log("relay starting", secs(30)).await?;
         if self.dest.is_some() {
-            relay.wait_for_log("output streaming", secs(60)).await?;
+            relay
+                .wait_for_status("the output streaming", output_streaming, secs(60))
+                .await?;
+        } else {
+            relay
+                .wait_for_status("anything", |_| true, secs(30))
+                .await?;
         }
         self.relay = Some(relay);
         Ok(())
