@@ -83,6 +83,9 @@ async fn invalid_reload_keeps_the_running_configuration() -> anyhow::Result<()> 
         "the reason must name the key: {detail}"
     );
     assert!(!detail.contains(KEY), "the stream key leaked: {detail}");
+    // The status can answer before the log line has been read from relay's
+    // stderr: wait for it rather than look once.
+    relay.wait_for_log("reload rejected", secs(5)).await?;
     let line = relay
         .logs()
         .into_iter()
