@@ -11,34 +11,14 @@
 //! with the commands in `ops`; `check` validates an instance without
 //! starting it. `metrics` serves Prometheus text over `http`.
 
-pub mod api;
 pub mod bench;
-pub mod check;
-pub mod child;
 pub mod cli;
 pub mod config;
-pub mod control;
-pub mod daemon;
-pub mod demo;
-pub mod ffmpeg;
-pub mod frames;
-pub mod http;
-pub mod ingest;
-pub mod instance;
-pub mod logging;
-pub mod metrics;
+pub(crate) mod daemon;
+pub(crate) mod ffmpeg;
 pub mod nginx;
-pub mod notify;
-pub mod offline;
-pub mod offline_source;
-pub mod ops;
-pub mod outpipes;
-pub mod output;
-pub mod pipeframes;
-mod pipeio;
-pub mod policy;
-pub mod preflight;
-pub mod publish_auth;
-pub mod pump;
-pub mod stats;
-mod supervisor;
+pub(crate) mod observe;
+pub(crate) mod pipeline;
+pub(crate) mod policy;
+
+pub use observe::api;

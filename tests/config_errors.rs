@@ -547,7 +547,7 @@ async fn good_configuration_passes_preflight_and_stops_on_sigterm() -> anyhow::R
         &conf_dir.join("good.env"),
         format!(
             "ZMQ_PORT={}\nPUBLISH_AUTH_PORT=0\n",
-            relay::nginx::free_tcp_port()?
+            relay::nginx::private::free_tcp_port()?
         ),
     )?;
     let mut relay = RelayProc::spawn(

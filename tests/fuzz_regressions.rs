@@ -3,7 +3,7 @@
 //! Each must be refused or accepted without a panic; the result itself does
 //! not matter here.
 //!
-//! `fuzz/regressions/stat_page/`: stat-page bodies for `relay::stats::parse`
+//! `fuzz/regressions/stat_page/`: stat-page bodies for `relay::nginx::stat_page::parse`
 //! (read as bytes, converted lossily to UTF-8 as the fuzz target does).
 //! `fuzz/regressions/config_env/`: file contents loaded once as a `.env` and
 //! once as a `.toml` file through `Config::load_with_env`.
@@ -44,7 +44,7 @@ fn run_all(target: &str, check: impl Fn(&[u8])) {
 fn stat_page_regressions_do_not_panic() {
     run_all("stat_page", |data| {
         let text = String::from_utf8_lossy(data);
-        let _ = relay::stats::parse(&text);
+        let _ = relay::nginx::stat_page::parse(&text);
     });
 }
 

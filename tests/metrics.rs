@@ -207,7 +207,7 @@ async fn metrics_page_tracks_the_state_and_survives_abuse() -> anyhow::Result<()
         },
     )
     .await?;
-    let port = relay::nginx::free_tcp_port()?;
+    let port = relay::nginx::private::free_tcp_port()?;
     let mut text = std::fs::read_to_string(&rig.env_file)?;
     text.push_str(&format!("METRICS_ADDR=127.0.0.1:{port}\n"));
     std::fs::write(&rig.env_file, text)?;

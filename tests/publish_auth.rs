@@ -321,7 +321,7 @@ async fn a_publisher_nginx_never_asked_about_stays_off_air() -> anyhow::Result<(
     let nginx = PrivateNginx::start(NginxOptions::default()).await?;
     let (dir, video) = dir_with_offline("unasked").await?;
     let stream = format!("unasked-{}", std::process::id());
-    let auth_port = relay::nginx::free_tcp_port()?;
+    let auth_port = relay::nginx::private::free_tcp_port()?;
     let env_file = RelayEnv::new(&nginx, OUT_KEY, &stream, &video)?
         .set("PUBLISH_AUTH_PORT", auth_port.to_string())
         .set("PUBLISH_KEY", PUBLISH_KEY)

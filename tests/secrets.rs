@@ -140,7 +140,7 @@ async fn keys_never_appear_in_logs_status_metrics_check_or_errors() -> anyhow::R
     let (nginx, auth_port) = start_nginx_with_publish_auth().await?;
     let (dir, video) = dir_with_offline("secrets").await?;
     let stream = format!("secrets-{}", std::process::id());
-    let metrics_addr = format!("127.0.0.1:{}", relay::nginx::free_tcp_port()?);
+    let metrics_addr = format!("127.0.0.1:{}", relay::nginx::private::free_tcp_port()?);
     let env_file = RelayEnv::new(&nginx, KICK_KEY, &stream, &video)?
         .set("PUBLISH_KEY", PUBLISH_KEY)
         .set("PUBLISH_AUTH_PORT", auth_port.to_string())

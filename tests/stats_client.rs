@@ -1,10 +1,10 @@
-//! `relay::stats::StatsClient` against a small HTTP server written here
+//! `relay::nginx::stat_page::StatsClient` against a small HTTP server written here
 //! (good page, error status, hang, huge bodies, ...) and, when nginx with the
 //! rtmp module is installed, against a private nginx.
 
 use std::time::{Duration, Instant};
 
-use relay::stats::{StatsClient, StatsError, DEFAULT_MAX_BODY};
+use relay::nginx::stat_page::{StatsClient, StatsError, DEFAULT_MAX_BODY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

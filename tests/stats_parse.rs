@@ -1,10 +1,10 @@
-//! `relay::stats::parse` against pages captured from a real nginx 1.22 +
+//! `relay::nginx::stat_page::parse` against pages captured from a real nginx 1.22 +
 //! nginx-rtmp (see tests/fixtures/stat/README.md) and against hostile input.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use relay::stats::{parse, AudioMeta, StatPage, StatsError, StreamStat, VideoMeta};
+use relay::nginx::stat_page::{parse, AudioMeta, StatPage, StatsError, StreamStat, VideoMeta};
 
 fn fixture(name: &str) -> String {
     let path = format!("{}/tests/fixtures/stat/{name}", env!("CARGO_MANIFEST_DIR"));

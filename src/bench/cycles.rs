@@ -11,8 +11,8 @@ use super::cpu::{self, Usage};
 use super::rig::{self, Relay};
 use super::sink::{Colour, Sink, Smoothness};
 use super::{naive, Options};
-use crate::nginx::{free_tcp_port, PrivateNginx};
-use crate::stats::StatsClient;
+use crate::nginx::private::{free_tcp_port, PrivateNginx};
+use crate::nginx::stat_page::StatsClient;
 
 /// Frames either side of a switch looked at for smoothness.
 pub const SWITCH_WINDOW: Duration = Duration::from_secs(1);

@@ -23,7 +23,7 @@ mod soak;
 
 use std::time::Duration;
 
-use crate::nginx::{NginxOptions, PrivateNginx};
+use crate::nginx::private::{NginxOptions, PrivateNginx};
 
 /// Any single step taking longer than this fails the benchmark.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);

@@ -20,7 +20,7 @@ pub fn encoder_args(env: &Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(env)?;
     let pairs: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once('=')).collect();
     let config = Config::from_pairs("bench", &pairs).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(crate::output::encoder_args(&config))
+    Ok(crate::pipeline::output::encoder_args(&config))
 }
 
 pub fn start(

@@ -14,8 +14,8 @@ use tokio::process::{Child, Command};
 use tokio::time::{sleep, timeout, Instant};
 
 use super::STEP_TIMEOUT;
-use crate::nginx::{free_tcp_port, PrivateNginx};
-use crate::stats;
+use crate::nginx::private::{free_tcp_port, PrivateNginx};
+use crate::nginx::stat_page;
 
 /// The publisher's keyframe interval.
 pub const PUBLISHER_GOP_SECONDS: u32 = 2;
@@ -229,7 +229,7 @@ impl Relay {
 /// When nginx first counted bytes from the publisher of `app/stream`
 /// (stat page polled every 20 ms).
 pub async fn wait_for_publisher_data(
-    stat: &stats::StatsClient,
+    stat: &stat_page::StatsClient,
     app: &str,
     stream: &str,
     since: Instant,
@@ -250,7 +250,7 @@ pub async fn wait_for_publisher_data(
 
 /// nginx's client id of the publisher on `out/stream`: the same id at the
 /// start and the end of a run means relay's output never reconnected.
-pub async fn output_client(stat: &stats::StatsClient, stream: &str) -> Option<u64> {
+pub async fn output_client(stat: &stat_page::StatsClient, stream: &str) -> Option<u64> {
     let page = stat.fetch().await.ok()?;
     page.stream("out", stream)?.publisher().map(|p| p.id)
 }

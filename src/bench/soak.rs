@@ -14,8 +14,8 @@ use super::cpu;
 use super::rig::{self, Relay};
 use super::sink::{Colour, Sink};
 use super::Options;
-use crate::nginx::PrivateNginx;
-use crate::stats::StatsClient;
+use crate::nginx::private::PrivateNginx;
+use crate::nginx::stat_page::StatsClient;
 
 /// How long the A/V sync marks are watched at the start and the end.
 const SYNC_WINDOW: Duration = Duration::from_secs(6);

@@ -23,23 +23,24 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
-use crate::api::{self, Call, LastSwitch, Reply, Request, StateName};
 use crate::config::Config;
-use crate::control::{Input, Switch};
-use crate::ffmpeg::RawFormat;
-use crate::frames::{self, FramePool};
-use crate::ingest::{self, Expect};
-use crate::metrics;
-use crate::notify;
-use crate::output::{self, OutputEvent};
-use crate::pipeframes::PipePool;
+use crate::ffmpeg::preflight::OfflineInfo;
+use crate::ffmpeg::supervisor::{self, Children};
+use crate::ffmpeg::zmq::{Input, Switch};
+use crate::nginx::publish_auth::{Approvals, Vouch};
+use crate::nginx::stat_page::{StatPage, StatsClient};
+use crate::observe::api::{self, Call, LastSwitch, Reply, Request, StateName};
+use crate::observe::metrics;
+use crate::observe::notify;
+use crate::pipeline::frames::{self, FramePool};
+use crate::pipeline::ingest::{self, Expect};
+use crate::pipeline::output::{self, OutputEvent};
+use crate::pipeline::pipe_frames::PipePool;
+use crate::pipeline::pump::{self, Event as PumpEvent};
+use crate::pipeline::raw_format::RawFormat;
 use crate::policy::{self, Action, Event, Policy, StatSummary, Switched, Timer};
-use crate::preflight::OfflineInfo;
-use crate::publish_auth::{Approvals, Vouch};
-use crate::pump::{self, Event as PumpEvent};
-use crate::stats::{StatPage, StatsClient};
-use crate::supervisor::{self, Children};
 
+pub mod instance;
 mod shell;
 mod status;
 
@@ -130,12 +131,12 @@ pub async fn run(
         }
     };
     // Answers nginx's on_publish while this pipeline runs.
-    let publish_auth = crate::publish_auth::start(&config, updates.clone()).await?;
+    let publish_auth = crate::nginx::publish_auth::start(&config, updates.clone()).await?;
     // With a key, only publishers the endpoint accepted go on air.
     let approvals = publish_auth
         .as_ref()
         .filter(|_| !config.live.publish_key.is_empty())
-        .map(crate::publish_auth::Endpoint::approvals);
+        .map(crate::nginx::publish_auth::Endpoint::approvals);
     let (selection_tx, selection_rx) = watch::channel(Input::Offline);
     let pump_stats = Arc::new(pump::Stats::default());
 
@@ -185,9 +186,9 @@ pub async fn run(
     // Every child and task below stops with `children`.
     let children = Children::new(updates.clone());
     let (out_ev_tx, out_ev_rx) = mpsc::channel(32);
-    crate::offline_source::supervise(
+    crate::pipeline::offline_supervisor::supervise(
         &children,
-        crate::offline_source::Supervision {
+        crate::pipeline::offline_supervisor::Supervision {
             config: config.clone(),
             info: offline.clone(),
             ffmpeg: options.ffmpeg.clone(),
@@ -336,7 +337,7 @@ fn settings(config: &Config) -> policy::Settings {
         publish_auth_url: format!(
             "http://127.0.0.1:{}{}",
             config.endpoints.publish_auth_port,
-            crate::publish_auth::PATH
+            crate::nginx::publish_auth::PATH
         ),
     }
 }

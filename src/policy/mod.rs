@@ -42,13 +42,13 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-pub use backoff::{Backoff, HEALTHY_RUN};
+pub use backoff::Backoff;
 pub use bitrate::ByteCounter;
 use source::Source;
 pub use source::SourceKind;
 
-use crate::api::{Mode, Reply, StateName};
 use crate::config::{AllowedPublishers, LowBitrate};
+use crate::observe::api::{Mode, Reply, StateName};
 
 /// Live frames that come back within this long of a failover are a
 /// returning publisher: they must flow for LIVE_STABLE_SECS before going
@@ -470,18 +470,9 @@ impl Policy {
         self.sources.iter().map(|s| s.restarts).sum()
     }
 
-    /// The ingest session running now, if any.
-    pub fn ingest_session(&self) -> Option<u64> {
-        self.sources[0].ingest.as_ref().map(|i| i.session)
-    }
-
     /// Changes of what is on air so far, by where to and why.
     pub fn switches(&self) -> impl Iterator<Item = (Input, Why, u64)> + '_ {
         self.switches.iter().map(|(&(to, why), &n)| (to, why, n))
-    }
-
-    pub fn settings(&self) -> &Settings {
-        &self.settings
     }
 
     // --- Events ------------------------------------------------------------

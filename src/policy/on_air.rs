@@ -7,7 +7,7 @@ use std::time::Instant;
 use tracing::info;
 
 use super::{Action, Hold, Input, OnAir, Pending, Policy, Why, RETURN_WINDOW};
-use crate::api::{Mode, Reply};
+use crate::observe::api::{Mode, Reply};
 
 impl Policy {
     /// Sends a switch to `input` and waits for its result.

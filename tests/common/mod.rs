@@ -29,7 +29,7 @@ pub use media::*;
 pub use netns::*;
 pub use process::*;
 pub use publisher::*;
-pub use relay::nginx::{NginxOptions, PrivateNginx};
+pub use relay::nginx::private::{NginxOptions, PrivateNginx};
 #[allow(unused_imports)]
 pub use relay_env::*;
 #[allow(unused_imports)]

@@ -25,11 +25,11 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::ffmpeg::RawFormat;
-use crate::frames::{Black, Frame, FramePool};
-use crate::offline_source::SourceVideo;
-use crate::pipeframes::Cursor;
-use crate::pipeio;
+use crate::pipeline::frames::{Black, Frame, FramePool};
+use crate::pipeline::offline_source::SourceVideo;
+use crate::pipeline::pipe_frames::Cursor;
+use crate::pipeline::pipe_io;
+use crate::pipeline::raw_format::RawFormat;
 
 /// Ticks queued per pipe before ticks are dropped.
 const PIPE_QUEUE: usize = 3;
@@ -152,7 +152,7 @@ impl InFlight {
             self.held = 0;
             return;
         }
-        self.release(pipeio::unread_bytes(pipe).unwrap_or(capacity));
+        self.release(pipe_io::unread_bytes(pipe).unwrap_or(capacity));
     }
 
     /// Drops the oldest entries whose bytes FFmpeg has read from the pipe.
@@ -177,14 +177,14 @@ impl InFlight {
 /// tee(2), a frame in our memory with vmsplice(2), which makes the pipe
 /// reference our pages. A task: it waits for room through the runtime.
 async fn write_live_video(pipe: pipe::Sender, mut rx: mpsc::Receiver<Frame>, format: RawFormat) {
-    let capacity = pipeio::capacity(pipe.as_fd());
+    let capacity = pipe_io::capacity(pipe.as_fd());
     let mut in_flight = InFlight::default();
     let mut video = VideoWriter::new(format);
     while let Some(frame) = rx.recv().await {
         in_flight.update(pipe.as_fd(), capacity);
         let frame = video.sendable(frame);
         let mut sending = Sending::default();
-        let sent = pipeio::drive_async(&pipe, |out| {
+        let sent = pipe_io::drive_async(&pipe, |out| {
             sending.step(out, &frame, video.cursor.as_mut())
         })
         .await;
@@ -200,7 +200,7 @@ async fn write_live_video(pipe: pipe::Sender, mut rx: mpsc::Receiver<Frame>, for
 /// How far a frame has gone into a pipe: what one non-blocking step at a
 /// time has moved, until [`Sending::step`] says it is all in. The one way
 /// a video writer sends a frame, whether it waits for room in a task
-/// ([`pipeio::drive_async`]) or in a thread ([`pipeio::drive`]).
+/// ([`pipe_io::drive_async`]) or in a thread ([`pipe_io::drive`]).
 #[derive(Default)]
 struct Sending {
     /// A frame in memory: bytes moved so far.
@@ -222,7 +222,7 @@ impl Sending {
         match frame {
             Frame::Mem(bytes) => {
                 while self.offset < bytes.len() {
-                    self.offset += pipeio::vmsplice(out, &bytes[self.offset..])?;
+                    self.offset += pipe_io::vmsplice(out, &bytes[self.offset..])?;
                 }
             }
             Frame::Piped(piped) => {
@@ -300,7 +300,7 @@ async fn write_pipe(mut pipe: pipe::Sender, mut rx: mpsc::Receiver<Bytes>) {
 /// spliced from the source's pipe. Ends when the pump drops its sender or
 /// the output stops reading.
 fn write_offline_video(out: OwnedFd, mut rx: mpsc::Receiver<OfflineFrame>, format: RawFormat) {
-    let capacity = pipeio::capacity(out.as_fd());
+    let capacity = pipe_io::capacity(out.as_fd());
     let mut in_flight = InFlight::default();
     let mut video = VideoWriter::new(format);
     while let Some(item) = rx.blocking_recv() {
@@ -325,7 +325,7 @@ fn write_offline_video(out: OwnedFd, mut rx: mpsc::Receiver<OfflineFrame>, forma
         };
         let held = video.sendable(held);
         let mut sending = Sending::default();
-        let sent = pipeio::drive(out.as_fd(), |out| {
+        let sent = pipe_io::drive(out.as_fd(), |out| {
             sending.step(out, &held, video.cursor.as_mut())
         });
         if let Err(err) = sent {
@@ -370,14 +370,16 @@ mod tests {
         let frame = Frame::Mem(Bytes::from(data(100_000)));
         let (out, reader) = small_pipe(frame.len());
         let mut sending = Sending::default();
-        pipeio::drive(out.as_fd(), |out| sending.step(out, &frame, None)).unwrap();
+        pipe_io::drive(out.as_fd(), |out| sending.step(out, &frame, None)).unwrap();
         assert!(reader.join().unwrap() == data(100_000));
     }
 
     #[tokio::test]
     async fn a_frame_in_pipes_goes_out_whole_from_a_task() {
         let len = 1_500_000;
-        let Some(pool) = pipeio::big_pipes_or_skip(crate::pipeframes::PipePool::new(len)) else {
+        let Some(pool) =
+            pipe_io::big_pipes_or_skip(crate::pipeline::pipe_frames::PipePool::new(len))
+        else {
             return;
         };
         let (input, feed) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
@@ -405,7 +407,7 @@ mod tests {
         let frame = video.sendable(frame);
         assert!(matches!(frame, Frame::Piped(_)), "a cursor was made");
         let mut sending = Sending::default();
-        pipeio::drive_async(&out, |fd| sending.step(fd, &frame, video.cursor.as_mut()))
+        pipe_io::drive_async(&out, |fd| sending.step(fd, &frame, video.cursor.as_mut()))
             .await
             .unwrap();
         assert!(reader.join().unwrap() == data(len));

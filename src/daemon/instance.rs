@@ -19,8 +19,13 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config, ReloadPlan, Source};
-use crate::preflight::OfflineInfo;
-use crate::{api, cli, daemon, offline};
+use crate::daemon;
+use crate::ffmpeg::preflight::OfflineInfo;
+use crate::observe::api;
+use crate::pipeline::offline_copy;
+
+/// Exit status for a failure that is not a configuration error.
+pub const EX_SOFTWARE: i32 = 1;
 
 /// What a SIGHUP found.
 enum Reload {
@@ -51,7 +56,7 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
         let options = daemon::Options {
             control_socket: Some(api::socket_path(&config.instance)),
             reconfigure: Some(tune_rx),
-            offline_copy_dir: Some(offline::copy_dir()),
+            offline_copy_dir: Some(offline_copy::copy_dir()),
             new_offline: Some(offline_rx),
             reloads: Some(reloads_rx.clone()),
             ..daemon::Options::default()
@@ -121,7 +126,7 @@ fn exit_status(result: anyhow::Result<()>) -> i32 {
         Ok(()) => 0,
         Err(err) => {
             error!("{err:#}");
-            cli::EX_SOFTWARE
+            EX_SOFTWARE
         }
     }
 }
@@ -136,7 +141,7 @@ async fn reload(
     let source = source.clone();
     let checked = tokio::task::spawn_blocking(move || {
         let config = Config::load(&source).map_err(|e| e.to_string())?;
-        let offline = cli::preflight_checks(&config).map_err(|e| e.to_string())?;
+        let offline = crate::ffmpeg::preflight::check_all(&config).map_err(|e| e.to_string())?;
         Ok::<_, String>((config, offline))
     })
     .await;

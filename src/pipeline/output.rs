@@ -19,13 +19,14 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{mpsc, watch};
 use tracing::info;
 
-use crate::child::{self, Running, Spec};
 use crate::config::Config;
-use crate::control::Input;
-use crate::ffmpeg::{self, RawFormat};
-use crate::outpipes::{OutputPipes, PipeEnds};
-use crate::pump;
-use crate::supervisor::{self, Children, Event, Job, Restart};
+use crate::ffmpeg;
+use crate::ffmpeg::child::{self, Running, Spec};
+use crate::ffmpeg::supervisor::{self, Children, Event, Job, Restart};
+use crate::ffmpeg::zmq::Input;
+use crate::pipeline::output_pipes::{OutputPipes, PipeEnds};
+use crate::pipeline::pump;
+use crate::pipeline::raw_format::RawFormat;
 
 /// fd numbers the output reads its raw inputs from.
 const VIDEO_FD: RawFd = 3;

@@ -475,6 +475,13 @@ fn read_capped(mut pipe: impl Read, limit: usize) -> Vec<u8> {
     kept
 }
 
+/// The start-up checks that turn into exit status 78: FFmpeg has what relay
+/// needs, and the offline video decodes.
+pub fn check_all(config: &crate::config::Config) -> Result<OfflineInfo, PreflightError> {
+    check_ffmpeg(Path::new("ffmpeg"))?;
+    probe_offline(Path::new("ffprobe"), &config.offline_video_path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,7 @@ use nix::fcntl::{FcntlArg, OFlag};
 use nix::poll::PollFlags;
 use tracing::warn;
 
-use crate::pipeio;
+use crate::pipeline::pipe_io;
 
 /// The size asked for each pipe: Linux's default fs.pipe-max-size.
 const PIPE_SIZE: usize = 1 << 20;
@@ -181,10 +181,6 @@ impl PipedFrame {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Bytes still missing from the frame.
     pub fn missing(&self) -> usize {
         self.pool.frame_bytes - self.len
@@ -205,7 +201,7 @@ impl PipedFrame {
             }
             let i = self.lens.len() - 1;
             let want = (self.pool.piece_bytes - self.lens[i]).min(missing);
-            match pipeio::splice(input, self.pieces[i].write.as_fd(), want) {
+            match pipe_io::splice(input, self.pieces[i].write.as_fd(), want) {
                 Ok(n) => {
                     self.lens[i] += n;
                     self.len += n;
@@ -217,7 +213,7 @@ impl PipedFrame {
                 // (Asking the input instead raced with its writer.)
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let piece = self.pieces[i].write.as_fd();
-                    let room = pipeio::wait_for(piece, PollFlags::POLLOUT, Some(Duration::ZERO))?;
+                    let room = pipe_io::wait_for(piece, PollFlags::POLLOUT, Some(Duration::ZERO))?;
                     if self.lens[i] == 0 || room {
                         return Err(e);
                     }
@@ -249,7 +245,7 @@ impl Drop for PipedFrame {
         for (piece, &len) in self.pieces.iter().zip(&self.lens) {
             let mut left = len;
             while left > 0 && emptied {
-                match pipeio::splice(piece.read.as_fd(), self.pool.null.as_fd(), left) {
+                match pipe_io::splice(piece.read.as_fd(), self.pool.null.as_fd(), left) {
                     Ok(0) | Err(_) => emptied = false,
                     Ok(n) => left -= n,
                 }
@@ -295,7 +291,7 @@ impl Cursor {
         if len == 0 {
             return Ok(());
         }
-        match pipeio::tee(frame.pieces[i].read.as_fd(), self.pipe.write.as_fd(), len)? {
+        match pipe_io::tee(frame.pieces[i].read.as_fd(), self.pipe.write.as_fd(), len)? {
             n if n == len => {
                 self.left = len;
                 Ok(())
@@ -315,7 +311,7 @@ impl Cursor {
 
     /// Moves what `out` has room for; `WouldBlock` if none.
     pub fn flush(&mut self, out: BorrowedFd<'_>) -> io::Result<usize> {
-        let n = pipeio::splice(self.pipe.read.as_fd(), out, self.left)?;
+        let n = pipe_io::splice(self.pipe.read.as_fd(), out, self.left)?;
         self.left -= n;
         Ok(n)
     }
@@ -379,7 +375,7 @@ mod tests {
 
     #[test]
     fn a_frame_goes_out_whole_as_often_as_sent_and_its_pipes_are_reused() {
-        let Some(pool) = pipeio::big_pipes_or_skip(PipePool::new(FRAME)) else {
+        let Some(pool) = pipe_io::big_pipes_or_skip(PipePool::new(FRAME)) else {
             return;
         };
         let data: Vec<u8> = (0..FRAME).map(|i| (i % 251) as u8).collect();
@@ -404,7 +400,7 @@ mod tests {
         // Packets (O_DIRECT) are never merged: each 10-byte write is a
         // page of its own, so a piece runs out of slots long before bytes.
         let size = 4000;
-        let Some(pool) = pipeio::big_pipes_or_skip(PipePool::new(size)) else {
+        let Some(pool) = pipe_io::big_pipes_or_skip(PipePool::new(size)) else {
             return;
         };
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_DIRECT).unwrap();
@@ -450,7 +446,7 @@ mod tests {
 
     #[test]
     fn the_pool_has_a_ceiling_and_a_cut_frame_is_reported() {
-        let Some(pool) = pipeio::big_pipes_or_skip(PipePool::new(FRAME)) else {
+        let Some(pool) = pipe_io::big_pipes_or_skip(PipePool::new(FRAME)) else {
             return;
         };
         let frames: Vec<_> = (0..STORES).map(|_| pool.frame().unwrap()).collect();

@@ -45,7 +45,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Secret};
-use crate::http;
+use crate::observe::http;
 
 /// The path nginx's `on_publish` URL must use.
 pub const PATH: &str = "/on_publish";

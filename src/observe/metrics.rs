@@ -14,9 +14,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::StateName;
-use crate::http::{self, Answer};
-use crate::pump;
+use crate::observe::api::StateName;
+use crate::observe::http::{self, Answer};
+use crate::pipeline::pump;
 
 /// Why what is on air changed, as the `reason` label of
 /// `relay_switches_total`: (to, reason). Listed so every series exists

@@ -11,9 +11,16 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use tracing::error;
 
-use crate::api::{self, Mode};
+use crate::bench;
 use crate::config::{Config, Source, EX_CONFIG};
-use crate::{bench, check, demo, instance, logging, ops, preflight};
+use crate::daemon::instance;
+use crate::ffmpeg::preflight;
+use crate::observe::api::{self, Mode};
+use crate::observe::logging;
+
+pub mod check;
+pub mod demo;
+pub mod ops;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -125,8 +132,7 @@ enum Command {
     },
 }
 
-/// Exit status for a failure that is not a configuration error.
-pub const EX_SOFTWARE: i32 = 1;
+pub use crate::daemon::instance::EX_SOFTWARE;
 
 /// Runs the command line; returns the process exit status.
 pub fn main() -> i32 {
@@ -234,19 +240,11 @@ fn config_error(err: impl std::fmt::Display) -> i32 {
 /// SIGTERM or SIGINT (SIGHUP reloads, see `instance.rs`).
 pub fn run(source: Source, config: Config) -> i32 {
     keep_frame_memory();
-    let offline = match preflight_checks(&config) {
+    let offline = match preflight::check_all(&config) {
         Ok(o) => o,
         Err(err) => return config_error(err),
     };
     runtime().block_on(instance::run(source, config, offline))
-}
-
-/// The start-up checks that turn into exit status 78.
-pub fn preflight_checks(
-    config: &Config,
-) -> Result<preflight::OfflineInfo, preflight::PreflightError> {
-    preflight::check_ffmpeg(std::path::Path::new("ffmpeg"))?;
-    preflight::probe_offline(std::path::Path::new("ffprobe"), &config.offline_video_path)
 }
 
 /// One thread is plenty: relay moves frames between pipes and waits. It

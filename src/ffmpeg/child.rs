@@ -286,7 +286,7 @@ fn report_suppressed(role: Role, pid: u32, count: u64) {
         pid,
         "ffmpeg: {count} more lines within {} s not logged ({}=debug shows them)",
         LOG_WINDOW.as_secs(),
-        crate::logging::LOG_VAR
+        crate::observe::logging::LOG_VAR
     );
 }
 

@@ -19,7 +19,8 @@ use tracing::{debug, warn};
 /// Where relay keeps its copy: `$CACHE_DIRECTORY` under systemd, else the
 /// runtime directory.
 pub fn copy_dir() -> PathBuf {
-    crate::api::systemd_dir("CACHE_DIRECTORY").unwrap_or_else(crate::api::runtime_dir)
+    crate::observe::api::systemd_dir("CACHE_DIRECTORY")
+        .unwrap_or_else(crate::observe::api::runtime_dir)
 }
 
 /// The offline video the offline source reads; removed on drop if it is a

@@ -23,12 +23,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::debug;
 
-use crate::control::Input;
-use crate::ffmpeg::{RawFormat, SampleClock, AUDIO_BYTES_PER_SAMPLE};
-use crate::frames::{Black, Frame, FramePool};
-use crate::ingest::{AudioQueue, LiveFeed};
-use crate::offline_source::OfflineSource;
-use crate::outpipes::{OfflineFrame, OutputPipes, Tick};
+use crate::ffmpeg::zmq::Input;
+use crate::pipeline::frames::{Black, Frame, FramePool};
+use crate::pipeline::ingest::{AudioQueue, LiveFeed};
+use crate::pipeline::offline_source::OfflineSource;
+use crate::pipeline::output_pipes::{OfflineFrame, OutputPipes, Tick};
+use crate::pipeline::raw_format::{RawFormat, SampleClock, AUDIO_BYTES_PER_SAMPLE};
 
 /// Frames that can wait between the pump and the output's filters: our
 /// queue, about one in the pipe, FFmpeg's `-thread_queue_size` of 4, and

@@ -8,10 +8,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::api::{self, ClientError, Mode, Reply, Request, Status};
 use crate::config::Config;
-use crate::control::{ControlError, Switch};
 use crate::daemon::show_duration;
+use crate::ffmpeg::zmq::{ControlError, Switch};
+use crate::observe::api::{self, ClientError, Mode, Reply, Request, Status};
 
 /// Exit status when the instance is not running, as `systemctl status`
 /// (LSB "program is not running").
@@ -189,7 +189,7 @@ pub fn describe(name: &str, s: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{LastSwitch, StateName};
+    use crate::observe::api::{LastSwitch, StateName};
 
     #[test]
     fn only_commands_ffmpeg_can_parse_are_sent() {
@@ -234,7 +234,7 @@ mod tests {
             ingest_pid: None,
             reloads: 0,
             last_reload: None,
-            policy: crate::api::Policy {
+            policy: crate::observe::api::Policy {
                 offline_after_ms: 300,
                 live_stable_s: 3.0,
                 low_bitrate_kbps: None,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::nginx::{free_tcp_port, NginxOptions, PrivateNginx};
+use crate::nginx::private::{free_tcp_port, NginxOptions, PrivateNginx};
 use crate::{cli, daemon};
 
 const STREAM: &str = "demo";
@@ -46,7 +46,8 @@ pub async fn run(res: u32) -> anyhow::Result<i32> {
     )?;
     let checked = config.clone();
     let offline_info =
-        tokio::task::spawn_blocking(move || cli::preflight_checks(&checked)).await??;
+        tokio::task::spawn_blocking(move || crate::ffmpeg::preflight::check_all(&checked))
+            .await??;
     let publish = nginx.rtmp_url("live", STREAM);
     println!();
     println!("relay demo is running (Ctrl+C stops it).");

@@ -20,12 +20,13 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Notify};
 use tracing::warn;
 
-use crate::child::{self, Running, Spec};
 use crate::config::Config;
-use crate::ffmpeg::{self, RawFormat, AUDIO_BYTES_PER_SAMPLE};
-use crate::frames::{Frame, FrameBuf, FramePool};
-use crate::pipeframes::{PipePool, PipedFrame};
-use crate::pipeio::{self, wait_for};
+use crate::ffmpeg;
+use crate::ffmpeg::child::{self, Running, Spec};
+use crate::pipeline::frames::{Frame, FrameBuf, FramePool};
+use crate::pipeline::pipe_frames::{PipePool, PipedFrame};
+use crate::pipeline::pipe_io::{self, wait_for};
+use crate::pipeline::raw_format::{RawFormat, AUDIO_BYTES_PER_SAMPLE};
 
 const VIDEO_FD: RawFd = 3;
 const AUDIO_FD: RawFd = 4;
@@ -326,7 +327,7 @@ fn splice_frame(pipe: BorrowedFd<'_>, mut frame: PipedFrame) -> Option<PipedFram
 /// Reads one whole frame into memory; `None` if the ingest ended first.
 fn read_frame(pipe: BorrowedFd<'_>, mut frame: FrameBuf) -> Option<FrameBuf> {
     while !frame.spare().is_empty() {
-        match pipeio::read(pipe, frame.spare()) {
+        match pipe_io::read(pipe, frame.spare()) {
             Ok(0) => return None,
             Ok(n) => {
                 frame.advance(n);
@@ -408,7 +409,7 @@ mod tests {
     #[test]
     fn a_frame_is_moved_whole_into_pipes() {
         let size = 1_500_000;
-        let Some(pool) = pipeio::big_pipes_or_skip(PipePool::new(size)) else {
+        let Some(pool) = pipe_io::big_pipes_or_skip(PipePool::new(size)) else {
             return;
         };
         let (pipe, writer) = slow_writer(size);

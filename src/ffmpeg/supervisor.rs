@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::child::Running;
 use crate::config::Config;
+use crate::ffmpeg::child::Running;
 use crate::policy::Backoff;
 
 /// KILL_GRACE and CRASH_BACKOFF as the configuration says now: a reload
@@ -385,7 +385,7 @@ async fn next<P>(progress: &mut Option<mpsc::Receiver<P>>) -> Option<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::child::{self, Spec};
+    use crate::ffmpeg::child::{self, Spec};
 
     /// A configuration whose KILL_GRACE and CRASH_BACKOFF are short.
     fn updates() -> watch::Receiver<Arc<Config>> {

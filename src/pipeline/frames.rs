@@ -33,8 +33,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use nix::sys::mman::{self, MapFlags, ProtFlags};
 
-use crate::ffmpeg::RawFormat;
-use crate::pipeframes::PipedFrame;
+use crate::pipeline::pipe_frames::PipedFrame;
+use crate::pipeline::raw_format::RawFormat;
 
 /// Free buffers a pool keeps. In steady state 3–5 frames are in use (the
 /// one being read, one or two queued for the pump, the one being moved into
@@ -66,10 +66,6 @@ impl Frame {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The frame's memory, if it is in ours.
     pub fn memory(&self) -> Option<Bytes> {
         match self {
@@ -86,7 +82,7 @@ impl From<Bytes> for Frame {
 }
 
 /// The black filler frame, for every writer of filler: the pump's, and
-/// each output pipe writer's fallback. Made ([`RawFormat::black_frame`])
+/// each output pipe writer's fallback. Made ([`black_frame`])
 /// when first needed and freed (3 MB at 1080p) once a round of use went by
 /// without it.
 pub struct Black {
@@ -112,7 +108,7 @@ impl Black {
         self.used = true;
         let (format, pool) = (&self.format, &self.pool);
         self.frame
-            .get_or_insert_with(|| format.black_frame(pool))
+            .get_or_insert_with(|| black_frame(format, pool))
             .clone()
     }
 
@@ -336,12 +332,9 @@ impl FrameBuf {
     }
 
     /// Bytes filled so far.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// The room not yet filled, to read into.
@@ -371,6 +364,36 @@ impl Drop for FrameBuf {
             pool.give_back(mem);
         }
         // Without a pool the mapping is unmapped as it drops.
+    }
+}
+
+/// A black yuv420p frame (Y = 16, U = V = 128: video range black), in
+/// a buffer of `pool` (so it counts against its ceiling), or, should the
+/// pool be at its ceiling, in its own mapping; either way its memory goes
+/// back when it is dropped.
+pub fn black_frame(format: &RawFormat, pool: &FramePool) -> Bytes {
+    let luma = (format.width * format.height) as usize;
+    let len = format.frame_bytes();
+    let fill = |frame: &mut FrameBuf| {
+        let room = frame.spare();
+        room[..luma].fill(16);
+        room[luma..len].fill(128);
+        frame.advance(len);
+    };
+    if let Ok(Some(mut frame)) = pool.try_take() {
+        fill(&mut frame);
+        return pool.share(frame);
+    }
+    match FrameBuf::new(len) {
+        Ok(mut frame) => {
+            fill(&mut frame);
+            Bytes::from_owner(frame)
+        }
+        Err(_) => {
+            let mut frame = vec![128u8; len];
+            frame[..luma].fill(16);
+            frame.into()
+        }
     }
 }
 
@@ -419,7 +442,7 @@ mod tests {
         drop(copy);
         assert_eq!(pool.free(), 1);
         let mut again = pool.try_take().unwrap().unwrap();
-        assert!(again.is_empty());
+        assert_eq!(again.len(), 0);
         assert_eq!(again.spare().as_ptr(), ptr);
         assert_eq!(pool.ever_mapped(), 1);
     }
@@ -491,5 +514,20 @@ mod tests {
         drop(held);
         // Back within the ceiling, keeping one.
         assert_eq!((pool.mapped(), pool.free()), (1, 1));
+    }
+
+    #[test]
+    fn a_black_frame_is_whole_even_at_the_pools_ceiling() {
+        let f = RawFormat {
+            width: 1280,
+            height: 720,
+            fps: 30,
+            sample_rate: 48000,
+        };
+        let pool = FramePool::new(f.frame_bytes(), 1, 1);
+        assert_eq!(black_frame(&f, &pool).len(), f.frame_bytes());
+        assert_eq!(pool.mapped(), 1);
+        // At the pool's ceiling it still gets a frame, of its own.
+        assert_eq!(black_frame(&f, &pool).len(), f.frame_bytes());
     }
 }

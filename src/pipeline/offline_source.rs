@@ -14,25 +14,21 @@
 
 use std::io::ErrorKind;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nix::poll::PollFlags;
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
 
-use crate::child::{self, Spec};
 use crate::config::Config;
-use crate::ffmpeg::{self, RawFormat, AUDIO_BYTES_PER_SAMPLE};
-use crate::ingest::AudioQueue;
-use crate::offline::OfflineCopy;
-use crate::pipeio::{self, wait_for};
-use crate::preflight::OfflineInfo;
-use crate::pump;
-use crate::supervisor::{Children, Event, Job, Started};
+use crate::ffmpeg;
+use crate::ffmpeg::child::{self, Spec};
+use crate::ffmpeg::preflight::OfflineInfo;
+use crate::pipeline::ingest::AudioQueue;
+use crate::pipeline::pipe_io::{self, wait_for};
+use crate::pipeline::raw_format::{RawFormat, AUDIO_BYTES_PER_SAMPLE};
 
 const VIDEO_FD: RawFd = 3;
 const AUDIO_FD: RawFd = 4;
@@ -153,7 +149,7 @@ impl SourceVideo {
         }
         let mut left = self.frame_bytes;
         while left > 0 {
-            match pipeio::splice(self.pipe.as_fd(), out, left) {
+            match pipe_io::splice(self.pipe.as_fd(), out, left) {
                 Ok(0) => {
                     st.ended = true;
                     break;
@@ -188,7 +184,7 @@ impl SourceVideo {
 
     /// Bytes waiting in the source's pipe.
     fn available(&self) -> usize {
-        pipeio::unread_bytes(self.pipe.as_fd()).unwrap_or(0)
+        pipe_io::unread_bytes(self.pipe.as_fd()).unwrap_or(0)
     }
 
     /// Drops `n` bytes from the pipe; false if they did not come in time.
@@ -198,7 +194,7 @@ impl SourceVideo {
         };
         let deadline = Instant::now() + wait;
         while n > 0 {
-            match pipeio::splice(self.pipe.as_fd(), null.as_fd(), n) {
+            match pipe_io::splice(self.pipe.as_fd(), null.as_fd(), n) {
                 Ok(0) => {
                     st.ended = true;
                     return false;
@@ -228,7 +224,7 @@ fn pad_zeros(out: BorrowedFd<'_>, mut n: usize) -> std::io::Result<()> {
     static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     while n > 0 {
         let k = n.min(ZEROS.len());
-        pipeio::write_all(out, &ZEROS[..k])?;
+        pipe_io::write_all(out, &ZEROS[..k])?;
         n -= k;
     }
     Ok(())
@@ -265,7 +261,7 @@ impl SourceAudio {
 }
 
 /// Spawns the source FFmpeg and the reader of its sound.
-fn spawn(
+pub(crate) fn spawn(
     config: &Config,
     info: &OfflineInfo,
     path: &Path,
@@ -313,123 +309,6 @@ async fn read_audio(mut pipe: tokio::net::unix::pipe::Receiver, sound: Arc<Sourc
             Ok(0) | Err(_) => return,
             Ok(n) => sound.queue.push(&buf[..n]),
         }
-    }
-}
-
-/// What the offline source's supervisor works with.
-pub struct Supervision {
-    /// The configuration at start (the output's format, the offline video).
-    pub config: Arc<Config>,
-    pub info: OfflineInfo,
-    pub ffmpeg: PathBuf,
-    /// Where to keep the private copy of the offline video; `None`: read it
-    /// in place.
-    pub copy_dir: Option<PathBuf>,
-    pub pump: mpsc::Sender<pump::Command>,
-    /// Reloaded settings: OFFLINE_VIDEO_PATH, when `new_offline` changes.
-    pub updates: watch::Receiver<Arc<Config>>,
-    /// A new offline video: its probe; the path is in `updates`.
-    pub new_offline: watch::Receiver<OfflineInfo>,
-}
-
-/// Keeps the offline source running until shutdown: restarts it with the
-/// crash backoff when it exits, starts it afresh on a new offline video
-/// (a reload), and tells the pump which source to read.
-pub(crate) fn supervise(children: &Children, s: Supervision) {
-    let source_path = s.config.offline_video_path.clone();
-    let job = SourceJob {
-        s,
-        source_path,
-        copy: None,
-        started: false,
-        renewing: false,
-        restarting: false,
-    };
-    children.restarting(job, None, tracing::info_span!("offline"));
-}
-
-/// How the offline source is started, and what its supervisor says.
-struct SourceJob {
-    s: Supervision,
-    /// The offline video, and relay's copy of it that the source reads.
-    source_path: PathBuf,
-    copy: Option<OfflineCopy>,
-    started: bool,
-    /// A new offline video is there: start on it.
-    renewing: bool,
-    /// The last run failed: the next start is a restart.
-    restarting: bool,
-}
-
-impl Job for SourceJob {
-    type Progress = ();
-
-    async fn start(&mut self) -> std::io::Result<Started<()>> {
-        let renewed = self.renewing || self.s.new_offline.has_changed().unwrap_or(false);
-        if !self.started {
-            self.started = true;
-            self.copy = make_copy(&self.s, &self.source_path).await;
-        } else if renewed {
-            self.renewing = false;
-            self.s.info = self.s.new_offline.borrow_and_update().clone();
-            self.source_path = self.s.updates.borrow().offline_video_path.clone();
-            // The old copy goes once its reader is gone: it is stopped.
-            self.copy = make_copy(&self.s, &self.source_path).await;
-            info!(
-                offline = %self.source_path.display(),
-                "reload: the new offline video is on its way; the output keeps running"
-            );
-        }
-        if std::mem::take(&mut self.restarting) {
-            info!("restarting the offline video source");
-        }
-        let path = self
-            .copy
-            .as_ref()
-            .map_or(self.source_path.clone(), |c| c.path().to_owned());
-        let (child, source) = spawn(&self.s.config, &self.s.info, &path, &self.s.ffmpeg)?;
-        let _ = self.s.pump.send(pump::Command::Offline(Some(source))).await;
-        Ok(Started {
-            child,
-            progress: None,
-        })
-    }
-
-    async fn ended(&mut self) {
-        let _ = self.s.pump.send(pump::Command::Offline(None)).await;
-    }
-
-    async fn renew(&mut self) {
-        // Without a sender there is never a new video.
-        if self.s.new_offline.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        self.renewing = true;
-    }
-
-    async fn report(&mut self, event: Event<()>) {
-        if let Event::Exited {
-            reason,
-            uptime,
-            retry_in,
-        } = event
-        {
-            self.restarting = true;
-            warn!(
-                reason = %reason,
-                uptime_s = uptime.as_secs_f64(),
-                retry_in_s = retry_in.as_secs_f64(),
-                "offline video source stopped; the output shows black meanwhile"
-            );
-        }
-    }
-}
-
-/// relay's private copy of the offline video, if it keeps one.
-async fn make_copy(s: &Supervision, source: &Path) -> Option<OfflineCopy> {
-    match &s.copy_dir {
-        Some(dir) => Some(OfflineCopy::make(source, dir, &s.config.instance).await),
-        None => None,
     }
 }
 

@@ -23,8 +23,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::{Config, Source, EX_CONFIG};
-use crate::preflight;
-use crate::stats::StatsClient;
+use crate::ffmpeg::preflight;
+use crate::nginx::stat_page::StatsClient;
 
 /// How long the stat page may take to answer.
 const STATS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -155,7 +155,7 @@ fn publish_key_report(config: &Config) -> Result<String, String> {
         0 => "set, but PUBLISH_AUTH_PORT=0: only another instance that nginx's on_publish asks can check it".to_string(),
         port => format!(
             "required for {stream}; nginx's on_publish must ask http://127.0.0.1:{port}{}",
-            crate::publish_auth::PATH
+            crate::nginx::publish_auth::PATH
         ),
     })
 }
