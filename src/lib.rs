@@ -12,7 +12,6 @@
 //! starting it. `metrics` serves Prometheus text over `http`.
 
 pub mod api;
-pub mod bench;
 pub mod check;
 pub mod child;
 pub mod cli;
@@ -27,7 +26,6 @@ pub mod ingest;
 pub mod instance;
 pub mod logging;
 pub mod metrics;
-pub mod nginx;
 pub mod notify;
 pub mod offline;
 pub mod offline_source;
