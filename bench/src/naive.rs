@@ -3,7 +3,9 @@
 //! `streamselect` + `astreamselect` with a `zmq` filter, encoded exactly as
 //! relay's output encodes (the encoder arguments are taken from
 //! `output::args`) and sent to the destination. It only runs while a
-//! publisher is live (DESIGN.md fact 1), so that is when it is measured.
+//! publisher is live: FFmpeg cannot reopen an input or survive one that
+//! ends or stalls, so it cannot start or keep going without a publisher.
+//! That is when it is measured.
 
 use std::path::Path;
 use std::process::Stdio;

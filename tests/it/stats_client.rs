@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use relay::stats::{StatsClient, StatsError, DEFAULT_MAX_BODY};
+use relay_rig::nginx::{NginxOptions, PrivateNginx};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -306,68 +307,24 @@ fn unusable_urls_are_refused() {
 
 // --- a real nginx, when available --------------------------------------------
 
-const NGINX: &str = "/usr/sbin/nginx";
-const RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
-
-struct PrivateNginx {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for PrivateNginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A private nginx on loopback ports with its files in a temporary
-/// directory; `None` when nginx or its rtmp module is not installed.
-fn start_private_nginx() -> Option<(PrivateNginx, u16)> {
-    if !std::path::Path::new(NGINX).exists() || !std::path::Path::new(RTMP_MODULE).exists() {
-        eprintln!("skipping: {NGINX} or {RTMP_MODULE} not installed");
+/// The rig's private nginx (loopback, free ports, files in a temporary
+/// directory); `None` when nginx's rtmp module is not installed.
+async fn start_private_nginx() -> Option<(PrivateNginx, u16)> {
+    let module = std::path::Path::new(relay_rig::nginx::RTMP_MODULE_PATH);
+    if !module.exists() {
+        eprintln!("skipping: {} not installed", module.display());
         return None;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    let (rtmp_port, http_port) = (free_port(), free_port());
-    let conf = format!(
-        "load_module {RTMP_MODULE};\n\
-         daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-         events {{}}\n\
-         rtmp {{ server {{ listen 127.0.0.1:{rtmp_port}; \
-            application live {{ live on; }} application nolive {{ }} }} }}\n\
-         http {{ access_log off;\n\
-            client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
-            fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-            server {{ listen 127.0.0.1:{http_port}; location /rtmp_stat {{ rtmp_stat all; }} }} }}\n"
-    );
-    let conf_path = dir.path().join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let child = std::process::Command::new(NGINX)
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&conf_path)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    Some((PrivateNginx { child, dir }, http_port))
+    let nginx = PrivateNginx::start(NginxOptions::default())
+        .await
+        .expect("starting a private nginx");
+    let port = nginx.http_port();
+    Some((nginx, port))
 }
 
 #[tokio::test]
 async fn real_nginx_idle_page() {
-    let Some((nginx, port)) = start_private_nginx() else {
+    let Some((nginx, port)) = start_private_nginx().await else {
         return;
     };
     let c = client(
@@ -382,10 +339,7 @@ async fn real_nginx_idle_page() {
                 let _ = e;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => panic!(
-                "{e}; nginx error log: {}",
-                std::fs::read_to_string(nginx.dir.path().join("error.log")).unwrap_or_default()
-            ),
+            Err(e) => panic!("{e}; nginx error log: {}", nginx.error_log()),
         }
     };
     assert!(page.streams.is_empty(), "{page:?}");
