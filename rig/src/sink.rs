@@ -165,7 +165,8 @@ impl SinkState {
 }
 
 /// A player: ffmpeg pulls a stream, samples it at 5 fps scaled to 16x9 and
-/// records the colour of each frame.
+/// records the colour of each frame (with [`SinkOpts::every_frame`]: every
+/// frame at 64x36, with its timing).
 ///
 /// A sink may start before its stream exists: nginx keeps a player of a
 /// stream without publisher waiting (`idle_streams`). ffmpeg is run again
