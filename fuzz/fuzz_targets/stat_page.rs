@@ -6,5 +6,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let _ = relay::stats::parse(&text);
+    let _ = relay::nginx::stat_page::parse(&text);
 });

@@ -1,15 +1,17 @@
 //! `relay demo`: the whole pipeline on one machine, nothing to configure.
 //! A private nginx-rtmp on loopback takes the publisher (app `live`) and
 //! the relay's output (app `out`, standing in for the platform), and the
-//! offline video is generated on the spot.
+//! offline video is generated on the spot. Both come from the `relay-rig`
+//! crate, which the tests and the benchmark share; nothing else in relay
+//! uses it.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use anyhow::Context;
+use relay_rig::media::OfflineVideo;
+use relay_rig::nginx::{free_tcp_port, NginxOptions, PrivateNginx};
 
 use crate::config::Config;
-use crate::nginx::private::{free_tcp_port, NginxOptions, PrivateNginx};
 use crate::{cli, daemon};
 
 const STREAM: &str = "demo";
@@ -17,7 +19,12 @@ const STREAM: &str = "demo";
 pub async fn run(res: u32) -> anyhow::Result<i32> {
     let nginx = start_nginx().await?;
     let offline = nginx.dir().join("offline.mp4");
-    make_offline_video(&offline, res, "smptehdbars").await?;
+    // SMPTE bars, the classic "we'll be right back" card, with a 1 kHz tone.
+    let size = format!("{}x{res}", crate::config::width_16_9(res));
+    OfflineVideo::new(format!("smptehdbars=s={size}:r=30"), 6)
+        .make(&offline)
+        .await
+        .context("generating the offline video")?;
     let port = nginx.rtmp_port().to_string();
     let zmq = free_tcp_port()?.to_string();
     let output = nginx.rtmp_url("out", STREAM);
@@ -88,46 +95,4 @@ async fn start_nginx() -> anyhow::Result<PrivateNginx> {
             .await
             .context("starting the demo's private nginx-rtmp (is libnginx-mod-rtmp installed?)"),
     }
-}
-
-/// A 6 s offline video from an FFmpeg lavfi `source` (the demo uses SMPTE
-/// bars, the classic "we'll be right back" card) with a 1 kHz tone.
-pub async fn make_offline_video(
-    path: &std::path::Path,
-    res: u32,
-    source: &str,
-) -> anyhow::Result<()> {
-    let size = format!("{}x{}", crate::config::width_16_9(res), res);
-    // "smptehdbars" takes its options after '=', "color=c=green" after ':'.
-    let sep = if source.contains('=') { ':' } else { '=' };
-    let status = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
-            .args([
-                "-f",
-                "lavfi",
-                "-i",
-                &format!("{source}{sep}s={size}:r=30:d=6"),
-            ])
-            .args([
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=1000:sample_rate=48000:d=6",
-            ])
-            .args([
-                "-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-pix_fmt", "yuv420p",
-            ])
-            .args(["-c:a", "aac", "-shortest"])
-            .arg(path)
-            .status(),
-    )
-    .await
-    .context("generating the offline video timed out")??;
-    anyhow::ensure!(
-        status.success(),
-        "ffmpeg could not generate the offline video ({status})"
-    );
-    Ok(())
 }

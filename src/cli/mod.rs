@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use tracing::error;
 
-use crate::bench;
 use crate::config::{Config, Source, EX_CONFIG};
 use crate::daemon::instance;
 use crate::ffmpeg::preflight;
@@ -97,39 +96,6 @@ enum Command {
         #[arg(long, default_value_t = 720)]
         res: u32,
     },
-    /// Measure relay on loopback and print a markdown table: start-up,
-    /// go-live and failover at a sink, smoothness, the daemon's CPU and
-    /// memory, and the whole pipeline's CPU against the naive design.
-    /// With --soak: the long soak instead.
-    Bench {
-        /// Publisher sessions (each ends by kill, clean stop or freeze in
-        /// turn; with --soak, at random).
-        #[arg(long, default_value_t = 20)]
-        cycles: usize,
-        /// Output and publisher heights (16:9), comma-separated: the cycles
-        /// run at the first, CPU and memory are measured at each.
-        #[arg(long, value_delimiter = ',', default_value = "720,1080")]
-        res: Vec<u32>,
-        #[arg(long, default_value_t = 30)]
-        fps: u32,
-        /// Seconds each publisher stays live in a cycle.
-        #[arg(long, default_value_t = 2)]
-        hold: u64,
-        /// Seconds over which CPU is sampled while live.
-        #[arg(long, default_value_t = 10)]
-        window: u64,
-        /// Run the soak: --cycles publisher sessions over --minutes.
-        #[arg(long)]
-        soak: bool,
-        #[arg(long, default_value_t = 10)]
-        minutes: u64,
-        /// Seed of the soak's random endings.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Exit with status 2 if any target is missed.
-        #[arg(long)]
-        strict: bool,
-    },
 }
 
 pub use crate::daemon::instance::EX_SOFTWARE;
@@ -150,32 +116,6 @@ pub fn main() -> i32 {
                 Err(err) => return config_error(err),
             };
             run(source, config)
-        }
-        Command::Bench {
-            cycles,
-            res,
-            fps,
-            hold,
-            window,
-            soak,
-            minutes,
-            seed,
-            strict,
-        } => {
-            let opts = bench::Options {
-                cycles,
-                res,
-                fps,
-                hold: std::time::Duration::from_secs(hold),
-                window: std::time::Duration::from_secs(window),
-                soak: soak.then(|| std::time::Duration::from_secs(minutes * 60)),
-                seed,
-                strict,
-            };
-            runtime().block_on(bench::run(opts)).unwrap_or_else(|err| {
-                error!("bench failed: {err:#}");
-                EX_SOFTWARE
-            })
         }
         Command::Status { name, json, socket } => {
             let (name, socket) = instance_socket(name, socket);
@@ -272,8 +212,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-/// Resolves on the first SIGTERM or SIGINT (the demo's and the bench's
-/// stop). SIGHUP must not end the process, as its default action would.
+/// Resolves on the first SIGTERM or SIGINT (the demo's stop). SIGHUP must
+/// not end the process, as its default action would.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");

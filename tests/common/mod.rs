@@ -2,42 +2,40 @@
 //! relay itself) driven from async tests, so each test can read like the
 //! behaviour it checks.
 //!
+//! The generic rigs (private nginx, publishers, sink, media, stat page,
+//! network namespaces, faulty servers) live in the `relay-rig` crate, which
+//! the benchmark and `relay demo` share; this module re-exports them
+//! beside what only relay's tests need: the relay process ([`RelayProc`])
+//! and its configuration ([`RelayEnv`]).
+//!
 //! Every child started here is killed and reaped when its owner is dropped,
 //! so a failing test leaves nothing behind. Output of every child is echoed to
 //! the test's stderr with a `[label]` prefix (cargo shows it for failing
 //! tests) and kept for assertions.
-//!
-//! Each test binary compiles this module and uses part of it.
 #![allow(dead_code)]
 
-mod faulty_http;
-mod media;
-mod netns;
 mod process;
-mod publisher;
 mod relay_env;
 mod relay_status;
-mod sink;
-mod stall_proxy;
-mod stat;
 
 use std::time::Duration;
 
-#[allow(unused_imports)]
-pub use faulty_http::*;
-pub use media::*;
-pub use netns::*;
 pub use process::*;
-pub use publisher::*;
-pub use relay::nginx::private::{NginxOptions, PrivateNginx};
 #[allow(unused_imports)]
 pub use relay_env::*;
 #[allow(unused_imports)]
-pub use relay_status::*;
-pub use sink::*;
+pub use relay_rig::faulty_http::*;
+pub use relay_rig::media::*;
+pub use relay_rig::netns::*;
+pub use relay_rig::nginx::{free_tcp_port, NginxOptions, PrivateNginx};
+pub use relay_rig::process::*;
+pub use relay_rig::publisher::*;
+pub use relay_rig::sink::*;
 #[allow(unused_imports)]
-pub use stall_proxy::*;
-pub use stat::*;
+pub use relay_rig::stall_proxy::*;
+pub use relay_rig::stat::*;
+#[allow(unused_imports)]
+pub use relay_status::*;
 
 /// How often the `wait_*` helpers look at what was recorded.
 const POLL: Duration = Duration::from_millis(50);

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use super::media::make_offline_video;
 use super::process::write_env_file;
-use relay::nginx::private::{NginxOptions, PrivateNginx};
+use relay_rig::media::make_offline_video;
+use relay_rig::nginx::{NginxOptions, PrivateNginx};
 
 /// The settings of relay's env file for a test. [`new`](Self::new) starts
 /// from what the tests share; [`set`](Self::set) changes or adds a key.
@@ -36,10 +36,7 @@ impl RelayEnv {
             ("RTMP_PORT", nginx.rtmp_port().to_string()),
             ("RTMP_STREAM_NAME", stream.to_string()),
             ("STATS_URL", nginx.stat_url()),
-            (
-                "ZMQ_PORT",
-                relay::nginx::private::free_tcp_port()?.to_string(),
-            ),
+            ("ZMQ_PORT", relay_rig::nginx::free_tcp_port()?.to_string()),
             (
                 "OFFLINE_VIDEO_PATH",
                 offline
@@ -100,7 +97,7 @@ pub async fn dir_with_offline(tag: &str) -> anyhow::Result<(tempfile::TempDir, P
 /// free port before it accepts a publisher; returns it and that port
 /// (relay's `PUBLISH_AUTH_PORT`).
 pub async fn start_nginx_with_publish_auth() -> anyhow::Result<(PrivateNginx, u16)> {
-    let auth_port = relay::nginx::private::free_tcp_port()?;
+    let auth_port = relay_rig::nginx::free_tcp_port()?;
     let nginx = PrivateNginx::start(NginxOptions {
         on_publish: Some(format!("http://127.0.0.1:{auth_port}/on_publish")),
         ..NginxOptions::default()

@@ -59,7 +59,7 @@ impl Faults {
     pub async fn new(tag: &str, opts: FaultOpts) -> anyhow::Result<Faults> {
         let (dir, offline) = dir_with_offline(&format!("faults-{tag}")).await?;
         let host = start_nginx().await?;
-        let dest_port = relay::nginx::private::free_tcp_port()?;
+        let dest_port = free_tcp_port()?;
         let dest = if opts.dest_down {
             None
         } else if opts.dest_denies {
