@@ -118,7 +118,7 @@ pub struct Live {
     pub stats_url: String,
     pub poll_interval: Duration,
     pub allowed_publishers: AllowedPublishers,
-    /// What a publisher must send as `?key=` (see `publish_auth.rs`); empty:
+    /// What a publisher must send as `?key=` (see `nginx/publish_auth.rs`); empty:
     /// anyone who knows the stream name may publish.
     pub publish_key: Secret,
 }

@@ -50,7 +50,7 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
         let (tune_tx, tune_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
         let (offline_tx, offline_rx) = tokio::sync::watch::channel(offline.clone());
         // The offline source reads a copy of the offline video made at
-        // start (`offline.rs`): a reload must notice a new file even when
+        // start (`pipeline/offline_copy.rs`): a reload must notice a new file even when
         // it probes the same.
         let mut stamp = file_stamp(&config.offline_video_path);
         let options = daemon::Options {

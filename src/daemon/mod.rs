@@ -2,7 +2,7 @@
 //!
 //! What is on air is decided in `policy/`, which is pure; this module runs
 //! everything around it. One task runs the event loop below; around it run
-//! the pump (the clock, see `pump.rs`), the output supervisor, the offline
+//! the pump (the clock, see `pipeline/pump.rs`), the output supervisor, the offline
 //! source, the stat poller and one task per ingest. They talk to the event
 //! loop through channels; the loop hands each thing that happened to the
 //! policy as an [`Event`] and carries out the [`Action`]s that come back:
@@ -63,7 +63,7 @@ pub struct Options {
     /// applies at once ([`crate::config::classify`]).
     pub reconfigure: Option<watch::Receiver<Arc<Config>>>,
     /// Where to keep the private copy of the offline video the offline
-    /// source reads (`offline.rs`); `None`: it reads the file in place.
+    /// source reads (`pipeline/offline_copy.rs`); `None`: it reads the file in place.
     pub offline_copy_dir: Option<PathBuf>,
     /// A reload that brings a new offline video (`OFFLINE_VIDEO_PATH` or
     /// its file) and otherwise only what applies at once: the offline

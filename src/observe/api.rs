@@ -10,7 +10,7 @@
 //!
 //! The socket task never touches the daemon's state: it hands each request
 //! to the daemon's event loop with a oneshot for the reply, so every change
-//! of what is on air still goes through the state machine in `daemon.rs`.
+//! of what is on air still goes through the policy (`policy/`).
 //!
 //! # `relay status --json`
 //!
