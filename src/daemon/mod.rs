@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 use crate::config::Config;
@@ -159,7 +160,11 @@ pub async fn run(
             None
         }
     };
-    let pump_task = tokio::spawn(
+    // The pump feeds the output until it is gone, so it stops last;
+    // operator endpoints stop first. Children stop in between.
+    let endpoints = Stage::new();
+    let feeding = Stage::new();
+    feeding.spawn(
         pump::run(
             format,
             pump::Timing {
@@ -219,20 +224,18 @@ pub async fn run(
     ));
 
     let (api_tx, api_rx) = mpsc::channel(4);
-    let api_task = match &options.control_socket {
-        Some(path) => match api::ControlSocket::bind(path).await {
+    if let Some(path) = &options.control_socket {
+        match api::ControlSocket::bind(path).await {
             Ok(socket) => {
                 info!(socket = %path.display(), "control socket listening");
-                Some(tokio::spawn(socket.serve(api_tx)))
+                endpoints.spawn(socket.serve(api_tx));
             }
             // Operator commands are a convenience; the stream matters more.
             Err(err) => {
                 warn!(socket = %path.display(), %err, "no control socket: relay status/switch will not reach this instance");
-                None
             }
-        },
-        None => None,
-    };
+        }
+    }
 
     let (metrics_tx, metrics_rx) = watch::channel(metrics::Snapshot {
         instance: config.instance.clone(),
@@ -246,20 +249,16 @@ pub async fn run(
         output_fps: None,
         output_speed: None,
     });
-    let metrics_task = match config.endpoints.metrics_addr {
-        Some(addr) => match metrics::serve(addr, metrics_rx, pump_stats.clone()).await {
-            Ok(task) => {
+    if let Some(addr) = config.endpoints.metrics_addr {
+        match metrics::serve(addr, metrics_rx, pump_stats.clone()).await {
+            Ok(serving) => {
                 info!("metrics at http://{addr}/metrics");
-                Some(task)
+                endpoints.spawn(serving);
             }
             // Like the control socket: the stream matters more.
-            Err(err) => {
-                warn!(%addr, %err, "cannot serve metrics (METRICS_ADDR)");
-                None
-            }
-        },
-        None => None,
-    };
+            Err(err) => warn!(%addr, %err, "cannot serve metrics (METRICS_ADDR)"),
+        }
+    }
 
     let (ingest_ev_tx, ingest_ev_rx) = mpsc::channel(8);
     let destinations = [DESTINATION];
@@ -301,15 +300,8 @@ pub async fn run(
             updates,
         )
         .await;
-    // Dropping the socket task removes the socket file.
-    if let Some(task) = api_task {
-        task.abort();
-        let _ = task.await;
-    }
-    if let Some(task) = metrics_task {
-        task.abort();
-        let _ = task.await;
-    }
+    // Stopping the socket's server removes the socket file.
+    endpoints.stop().await;
 
     // Orderly stop: ingest and output get SIGTERM, then SIGKILL after
     // KILL_GRACE; everything is reaped before we return.
@@ -318,9 +310,42 @@ pub async fn run(
     daemon.stop_current_ingest();
     children.shutdown().await;
     drop(daemon);
-    pump_task.abort();
+    feeding.stop().await;
     info!("stopped");
     result
+}
+
+/// Long-running tasks that stop together, by the same mechanism as the
+/// children (a `CancellationToken` and a `TaskTracker`): each runs until
+/// its work ends or the stage stops, and `stop` returns once all are gone.
+struct Stage {
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Stage {
+    fn new() -> Stage {
+        Stage {
+            token: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        let token = self.token.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = work => {}
+                () = token.cancelled() => {}
+            }
+        });
+    }
+
+    async fn stop(&self) {
+        self.token.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
 }
 
 /// The destination the output FFmpeg sends to (KICK_URL).

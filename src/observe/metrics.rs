@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::observe::api::StateName;
 use crate::observe::http::{self, Answer};
@@ -58,12 +57,13 @@ pub struct Snapshot {
     pub output_speed: Option<f64>,
 }
 
-/// Binds `addr` and serves `/metrics` from `snapshot` and `pump`.
+/// Binds `addr`; the future returned serves `/metrics` from `snapshot` and
+/// `pump` until it is dropped.
 pub async fn serve(
     addr: SocketAddr,
     snapshot: watch::Receiver<Snapshot>,
     pump: Arc<pump::Stats>,
-) -> std::io::Result<JoinHandle<()>> {
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
     let listener = http::bind(addr).await?;
     let handler: http::Handler = Arc::new(move |path| match path {
         "/metrics" => Answer::ok(
@@ -72,7 +72,7 @@ pub async fn serve(
         ),
         _ => Answer::not_found(),
     });
-    Ok(tokio::spawn(http::serve(listener, handler)))
+    Ok(http::serve(listener, handler))
 }
 
 /// The Prometheus text exposition of `s` and the pump's counters.
