@@ -57,7 +57,6 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct Options {
     pub ffmpeg: PathBuf,
-    pub timing: pump::Timing,
     /// Where to listen for `relay status` / `relay switch`; `None`: nowhere.
     pub control_socket: Option<PathBuf>,
     /// A reloaded configuration that differs only in keys the daemon
@@ -82,7 +81,6 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             ffmpeg: PathBuf::from("ffmpeg"),
-            timing: pump::Timing::default(),
             control_socket: None,
             reconfigure: None,
             offline_copy_dir: None,
@@ -169,7 +167,7 @@ pub async fn run(
             format,
             pump::Timing {
                 gap: config.policy.offline_after,
-                ..options.timing
+                ..pump::Timing::default()
             },
             pump_rx,
             selection_rx.clone(),
