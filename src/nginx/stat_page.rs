@@ -25,8 +25,8 @@
 //! * `time` (stream and client) is in milliseconds; `bw_*` are bits/s
 //!   averaged over 10 s and only recomputed when data flows, so right after
 //!   a publish starts they read 0 and after the publisher goes they keep the
-//!   last value for ~10 s or more. Derive the live rate from `bytes_in` with
-//!   [`BitrateMeter`] instead.
+//!   last value for ~10 s or more. The live rate is derived from `bytes_in`
+//!   instead (`policy/bitrate.rs`).
 //! * An application without `live on;` has no `<live>` element at all, and a
 //!   publisher on it is not listed anywhere.
 //! * A stream stays listed while a player is connected, even after its
@@ -40,7 +40,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quick_xml::events::Event;
 use serde::de::IgnoredAny;
@@ -707,67 +707,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
-// ---------------------------------------------------------------------------
-// Bitrate
-// ---------------------------------------------------------------------------
-
-/// Tracks bytes_in between polls to derive the live bitrate (bits/s);
-/// resets when the publisher's client id changes or bytes_in goes backwards.
-///
-/// The stream's `bytes_in` is not reset by nginx-rtmp when a new publisher
-/// takes over a stream that players kept alive, so the id is what separates
-/// one publisher's bytes from the previous one's.
-#[derive(Debug, Default)]
-pub struct BitrateMeter {
-    last: Option<Sample>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    publisher_id: u64,
-    bytes_in: u64,
-    at: Instant,
-}
-
-impl BitrateMeter {
-    pub fn new() -> BitrateMeter {
-        BitrateMeter::default()
-    }
-
-    /// Feeds one poll. Returns the bitrate in bits/s since the previous poll
-    /// of the same publisher, `None` on the first poll of a publisher, after
-    /// a reset, when there is no publisher (`publisher_id` `None`, which also
-    /// resets), or when no time has passed since the previous sample (that
-    /// call is then ignored). A sample older than the stored one also resets.
-    pub fn update(&mut self, publisher_id: Option<u64>, bytes_in: u64, at: Instant) -> Option<u64> {
-        let Some(id) = publisher_id else {
-            self.last = None;
-            return None;
-        };
-        let sample = Sample {
-            publisher_id: id,
-            bytes_in,
-            at,
-        };
-        let Some(last) = self.last else {
-            self.last = Some(sample);
-            return None;
-        };
-        if last.publisher_id != id || bytes_in < last.bytes_in || at < last.at {
-            self.last = Some(sample);
-            return None;
-        }
-        let nanos = at.duration_since(last.at).as_nanos();
-        if nanos == 0 {
-            return None;
-        }
-        let bits = u128::from(bytes_in - last.bytes_in) * 8;
-        let rate = bits.saturating_mul(1_000_000_000) / nanos;
-        self.last = Some(sample);
-        Some(u64::try_from(rate).unwrap_or(u64::MAX))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -834,58 +773,6 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "stat page http://127.0.0.1:8080/stat: unparsable stat XML: a b c"
-        );
-    }
-
-    #[test]
-    fn meter_math_and_resets() {
-        let t0 = Instant::now();
-        let s = Duration::from_secs;
-        let mut m = BitrateMeter::new();
-        assert_eq!(m.update(Some(8), 1_000, t0), None);
-        // 10_000 bytes in 2 s = 40_000 bit/s
-        assert_eq!(m.update(Some(8), 11_000, t0 + s(2)), Some(40_000));
-        // half a second
-        assert_eq!(
-            m.update(Some(8), 11_500, t0 + Duration::from_millis(2_500)),
-            Some(8_000)
-        );
-        // same instant again: ignored, state kept
-        assert_eq!(
-            m.update(Some(8), 12_000, t0 + Duration::from_millis(2_500)),
-            None
-        );
-        assert_eq!(m.update(Some(8), 12_500, t0 + s(3)), Some(16_000));
-        // stalled publisher: 0, not None
-        assert_eq!(m.update(Some(8), 12_500, t0 + s(4)), Some(0));
-        // new publisher id: reset even though bytes_in continues upward
-        assert_eq!(m.update(Some(9), 20_000, t0 + s(5)), None);
-        assert_eq!(m.update(Some(9), 21_000, t0 + s(6)), Some(8_000));
-        // counter going backwards: reset
-        assert_eq!(m.update(Some(9), 100, t0 + s(7)), None);
-        assert_eq!(m.update(Some(9), 1_100, t0 + s(8)), Some(8_000));
-        // no publisher: reset
-        assert_eq!(m.update(None, 1_100, t0 + s(9)), None);
-        assert_eq!(m.update(Some(9), 2_100, t0 + s(10)), None);
-        assert_eq!(m.update(Some(9), 3_100, t0 + s(11)), Some(8_000));
-        // a sample older than the stored one: reset
-        assert_eq!(m.update(Some(9), 4_100, t0 + s(1)), None);
-        assert_eq!(m.update(Some(9), 5_100, t0 + s(2)), Some(8_000));
-    }
-
-    #[test]
-    fn meter_extremes_do_not_overflow() {
-        let t0 = Instant::now();
-        let mut m = BitrateMeter::new();
-        assert_eq!(m.update(Some(u64::MAX), 0, t0), None);
-        assert_eq!(
-            m.update(Some(u64::MAX), u64::MAX, t0 + Duration::from_nanos(1)),
-            Some(u64::MAX)
-        );
-        assert_eq!(m.update(Some(1), 0, t0), None);
-        assert_eq!(
-            m.update(Some(1), u64::MAX, t0 + Duration::from_secs(8)),
-            Some(u64::MAX)
         );
     }
 }

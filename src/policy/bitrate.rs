@@ -162,4 +162,56 @@ mod tests {
         let rate = c.update(Some(1), u64::MAX, t0 + Duration::from_nanos(1), KEEP);
         assert_eq!(rate, Some(u64::MAX));
     }
+
+    #[test]
+    fn meter_math_and_resets() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut m = ByteCounter::new();
+        assert_eq!(m.update(Some(8), 1_000, t0, KEEP), None);
+        // 10_000 bytes in 2 s = 40_000 bit/s
+        assert_eq!(m.update(Some(8), 11_000, t0 + s(2), KEEP), Some(40_000));
+        // half a second
+        assert_eq!(
+            m.update(Some(8), 11_500, t0 + Duration::from_millis(2_500), KEEP),
+            Some(8_000)
+        );
+        // same instant again: ignored, state kept
+        assert_eq!(
+            m.update(Some(8), 12_000, t0 + Duration::from_millis(2_500), KEEP),
+            None
+        );
+        assert_eq!(m.update(Some(8), 12_500, t0 + s(3), KEEP), Some(16_000));
+        // stalled publisher: 0, not None
+        assert_eq!(m.update(Some(8), 12_500, t0 + s(4), KEEP), Some(0));
+        // new publisher id: reset even though bytes_in continues upward
+        assert_eq!(m.update(Some(9), 20_000, t0 + s(5), KEEP), None);
+        assert_eq!(m.update(Some(9), 21_000, t0 + s(6), KEEP), Some(8_000));
+        // counter going backwards: reset
+        assert_eq!(m.update(Some(9), 100, t0 + s(7), KEEP), None);
+        assert_eq!(m.update(Some(9), 1_100, t0 + s(8), KEEP), Some(8_000));
+        // no publisher: reset
+        assert_eq!(m.update(None, 1_100, t0 + s(9), KEEP), None);
+        assert_eq!(m.update(Some(9), 2_100, t0 + s(10), KEEP), None);
+        assert_eq!(m.update(Some(9), 3_100, t0 + s(11), KEEP), Some(8_000));
+        // a sample older than the stored one: reset
+        assert_eq!(m.update(Some(9), 4_100, t0 + s(1), KEEP), None);
+        assert_eq!(m.update(Some(9), 5_100, t0 + s(2), KEEP), Some(8_000));
+    }
+
+    #[test]
+    fn meter_extremes_do_not_overflow() {
+        let t0 = Instant::now();
+        let mut m = ByteCounter::new();
+        assert_eq!(m.update(Some(u64::MAX), 0, t0, KEEP), None);
+        assert_eq!(
+            m.update(Some(u64::MAX), u64::MAX, t0 + Duration::from_nanos(1), KEEP),
+            Some(u64::MAX)
+        );
+        assert_eq!(m.update(Some(1), 0, t0, KEEP), None);
+        assert_eq!(
+            m.update(Some(1), u64::MAX, t0 + Duration::from_secs(8), KEEP),
+            Some(u64::MAX)
+        );
+    }
 }
