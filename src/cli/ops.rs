@@ -234,6 +234,9 @@ mod tests {
             ingest_pid: None,
             reloads: 0,
             last_reload: None,
+            last_output_exit: None,
+            stat_page_ok: true,
+            switch_failures: 0,
             policy: crate::observe::api::Policy {
                 offline_after_ms: 300,
                 live_stable_s: 3.0,

@@ -281,6 +281,7 @@ pub async fn run(
         metrics: metrics_tx,
         approvals,
         stats_ok: true,
+        switch_failures: 0,
         output: OutputState::default(),
         ready_sent: false,
         last_status: String::new(),
@@ -376,6 +377,17 @@ struct OutputState {
     rates: Option<(f64, f64)>,
     restarts: u64,
     in_backoff: bool,
+    /// Why the last output stopped.
+    last_exit: Option<LastExit>,
+}
+
+/// Why the output last stopped, for `relay status`.
+#[derive(Debug)]
+struct LastExit {
+    at: Instant,
+    kind: &'static str,
+    was_streaming: bool,
+    detail: String,
 }
 
 /// Fetches the stat page every `interval`, or at once when asked.

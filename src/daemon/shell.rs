@@ -30,6 +30,8 @@ pub(super) struct Daemon {
     /// What nginx's on_publish endpoint accepted, with PUBLISH_KEY set.
     pub(super) approvals: Option<Approvals>,
     pub(super) stats_ok: bool,
+    /// Switches the zmq filter did not confirm.
+    pub(super) switch_failures: u64,
     pub(super) output: OutputState,
     pub(super) ready_sent: bool,
     pub(super) last_status: String,
@@ -100,6 +102,9 @@ impl Daemon {
                     // A (re)starting output starts on the selection.
                     let _ = self.selection.send(input);
                     let result = self.select(input).await;
+                    if matches!(result, Switched::Failed(_)) {
+                        self.switch_failures += 1;
+                    }
                     let more = self
                         .policy
                         .handle(std::time::Instant::now(), Event::Switched { input, result });
@@ -221,6 +226,12 @@ impl Daemon {
                 self.output = OutputState {
                     restarts,
                     in_backoff: true,
+                    last_exit: Some(LastExit {
+                        at: Instant::now(),
+                        kind: reason.kind(),
+                        was_streaming: again == "reconnecting",
+                        detail: reason.to_string(),
+                    }),
                     ..OutputState::default()
                 };
                 warn!(

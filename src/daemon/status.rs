@@ -47,6 +47,14 @@ impl Daemon {
             },
             output_pid: self.output.pid,
             ingest_pid: self.ingest.as_ref().map(|i| i.child.pid),
+            last_output_exit: self.output.last_exit.as_ref().map(|e| api::OutputExit {
+                kind: e.kind.to_string(),
+                was_streaming: e.was_streaming,
+                seconds_ago: e.at.elapsed().as_secs(),
+                detail: e.detail.clone(),
+            }),
+            stat_page_ok: self.stats_ok,
+            switch_failures: self.switch_failures,
             reloads: self.options.reloads.as_ref().map_or(0, |r| r.borrow().0),
             last_reload: self.options.reloads.as_ref().and_then(|r| {
                 r.borrow()

@@ -55,6 +55,17 @@ pub(crate) enum Exit {
 }
 
 impl Exit {
+    /// A stable word for `relay status`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Exit::Exited { .. } => "exited",
+            Exit::Stalled(_) => "stalled",
+            Exit::Restart => "restart_requested",
+            Exit::Stopped => "stopped",
+            Exit::Spawn(_) => "spawn_failed",
+        }
+    }
+
     /// How a child that exited by itself says why: its status and last
     /// lines, without the "ffmpeg exited" that [`fmt::Display`] puts first.
     pub(crate) fn detail(&self) -> String {

@@ -172,6 +172,36 @@ pub struct Status {
     /// The last reload and what it did; `null` before the first.
     #[serde(default)]
     pub last_reload: Option<LastReload>,
+    /// Why the output FFmpeg last stopped; `null` if it never did.
+    #[serde(default)]
+    pub last_output_exit: Option<OutputExit>,
+    /// Whether the last poll of nginx's stat page got an answer.
+    #[serde(default = "yes")]
+    pub stat_page_ok: bool,
+    /// Switches the output's zmq filter did not confirm (each is retried
+    /// once, then the output is restarted on the selection).
+    #[serde(default)]
+    pub switch_failures: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Why the output FFmpeg stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputExit {
+    /// `exited` (by itself: the platform closed the connection, a crash),
+    /// `stalled` (no progress for 15 s), `restart_requested` (its zmq
+    /// control did not answer) or `spawn_failed`.
+    pub kind: String,
+    /// Whether it had been streaming: its restart is then a reconnect to
+    /// the platform; otherwise it is still trying to get through.
+    pub was_streaming: bool,
+    /// Seconds since it stopped.
+    pub seconds_ago: u64,
+    /// FFmpeg's exit status and last lines, or why it was stopped.
+    pub detail: String,
 }
 
 /// What a reload did.

@@ -65,6 +65,10 @@ async fn broken_stat_page_keeps_live_on_air() -> anyhow::Result<()> {
         live_on_air(&status) && no_switch_since(&status, broken_at),
         "the selection changed while the stat page was broken: {status:?}"
     );
+    ensure!(
+        !status.stat_page_ok,
+        "relay should say the stat page fails: {status:?}"
+    );
     let unavailable = f.lines_since(mark, "stat page unavailable");
     eprintln!("[test] {polls} polls failed; relay logged: {unavailable:#?}");
     ensure!(
@@ -74,7 +78,8 @@ async fn broken_stat_page_keeps_live_on_air() -> anyhow::Result<()> {
 
     // Back: relay says so.
     stats.set(StatMode::Pass);
-    f.wait_for_log_since(mark, "stat page answers again", secs(15))
+    f.relay()
+        .wait_for_status("the stat page answers again", |s| s.stat_page_ok, secs(15))
         .await?;
 
     // Hanging page, dying publisher: the offline video goes on air anyway.

@@ -181,7 +181,7 @@ async fn forced_disconnect_is_a_reconnect() -> anyhow::Result<()> {
     let mut f = Faults::new("forced", FaultOpts::default()).await?;
     let (sink, first) = f.start_offline().await?;
 
-    let mark = f.relay().log_mark();
+    let before = f.relay().status().await?;
     let dropped = Instant::now();
     let url = format!(
         "{}/drop/publisher?app=out&name={KEY}",
@@ -189,13 +189,19 @@ async fn forced_disconnect_is_a_reconnect() -> anyhow::Result<()> {
     );
     let answer = reqwest::get(&url).await?.text().await?;
     eprintln!("[test] {url} -> {answer:?}");
-    let line = f
-        .wait_for_log_since(mark, "output stopped", secs(20))
+    let s = f
+        .relay()
+        .wait_for_status(
+            "the output stopped",
+            |s| s.output_restarts > before.output_restarts,
+            secs(20),
+        )
         .await?;
-    eprintln!("[test] relay: {line}");
+    let exit = s.last_output_exit.as_ref().expect("why the output stopped");
+    eprintln!("[test] relay: {exit:?}");
     ensure!(
-        line.contains("; reconnecting in "),
-        "a dropped connection is a reconnect: {line}"
+        exit.kind == "exited" && exit.was_streaming,
+        "a dropped connection is a reconnect: {exit:?}"
     );
     f.wait_new_output_connection(first, "the drop").await?;
     expect_on_air(&f, &sink, Colour::Green, Instant::now(), secs(40)).await?;
@@ -219,27 +225,31 @@ async fn unanswered_zmq_restarts_the_output_on_the_selection() -> anyhow::Result
     let (sink, first, mut blue) = f.start_live(Colour::Blue).await?;
 
     let output = output_ffmpeg(&f)?;
-    let mark = f.relay().log_mark();
+    let before = f.relay().status().await?;
     kill(Pid::from_raw(output as i32), Signal::SIGSTOP)?;
     blue.kill().await?;
     let result = async {
-        f.relay()
-            .wait_for_log_since(mark, "could not switch to offline", secs(20))
-            .await?;
-        f.relay()
-            .wait_for_log_since(
-                mark,
-                "zmq control does not answer; restarting the output",
-                secs(20),
+        // The switch and its retry go unanswered; then the output restarts.
+        let s = f
+            .relay()
+            .wait_for_status(
+                "the output restarted after two unanswered switches",
+                |s| {
+                    s.switch_failures >= before.switch_failures + 2
+                        && s.output_restarts > before.output_restarts
+                        && s.output_pid.is_some_and(|pid| pid != output)
+                },
+                secs(40),
             )
             .await?;
-        let started = f
-            .relay()
-            .wait_for_log_since(mark, "output started", secs(20))
-            .await?;
+        let exit = s.last_output_exit.as_ref().expect("why the output stopped");
         ensure!(
-            started.contains("on_air=\"offline\""),
-            "the output restarted on the wrong source: {started}"
+            exit.kind == "restart_requested",
+            "the output should be restarted for its zmq control: {exit:?}"
+        );
+        ensure!(
+            offline_on_air(&s),
+            "the output restarted on the wrong source: {s:?}"
         );
         anyhow::Ok(())
     }
@@ -375,22 +385,22 @@ async fn stalled_destination_is_detected_and_recovered() -> anyhow::Result<()> {
     let first = f.wait_output_connection(secs(10)).await?;
 
     let proxy = f.proxy.as_ref().expect("proxy");
-    let mark = f.relay().log_mark();
     let t0 = Instant::now();
     proxy.stall(true);
-    // Why the output stopped is only in the log: the status counts restarts.
-    let stalled = f
-        .wait_for_log_since(mark, "output stopped: no progress", secs(50))
-        .await?;
-    eprintln!("[test] after {:?}: {stalled}", t0.elapsed());
     let restarted = f
         .relay()
         .wait_for_status(
             "the output restarted",
             |s| s.output_restarts > live.output_restarts,
-            secs(20),
+            secs(70),
         )
         .await?;
+    let exit = restarted.last_output_exit.as_ref().expect("why it stopped");
+    eprintln!("[test] after {:?}: {exit:?}", t0.elapsed());
+    ensure!(
+        exit.kind == "stalled",
+        "a destination that stops reading stalls the output: {exit:?}"
+    );
     ensure!(
         restarted.state == StateName::Live,
         "the output restarted on the wrong source: {restarted:?}"
