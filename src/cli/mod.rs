@@ -68,8 +68,17 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
     },
-    /// Send one raw command (e.g. 'streamselect map 1') to the output
-    /// FFmpeg's zmq filter, on the instance's ZMQ_PORT; prints the reply.
+    /// Send one raw command to the output FFmpeg's zmq filter, on the
+    /// instance's ZMQ_PORT, and print the reply (to change what is on air,
+    /// use `relay switch`).
+    ///
+    /// relay is not told, and it goes on feeding the output's inputs for
+    /// what it has on air. 'streamselect map 1' selects the offline input
+    /// of the picture only ('astreamselect map 1' is the sound), and while
+    /// live is on air relay writes the live frame to that input too, so the
+    /// live picture stays on air. relay's next switch, or an output restart,
+    /// selects what relay has on air again. Only TARGET COMMAND [ARG] is
+    /// sent: FFmpeg 5.1 crashes on a command it cannot parse.
     Zmq {
         /// NAME COMMAND, or only COMMAND with --config.
         #[arg(num_args = 1..=2, required = true, value_name = "[NAME] COMMAND")]
