@@ -46,6 +46,9 @@ pub async fn run(source: &Source) -> i32 {
             config.output_url_masked()
         )),
     );
+    for notice in &config.notices {
+        println!("note config: {notice}");
+    }
     let ffmpeg = Path::new("ffmpeg");
     let results = [
         report(

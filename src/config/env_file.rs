@@ -44,6 +44,13 @@ pub(super) fn dotenv_layer(path: &Path, text: &str) -> Result<Layer, ConfigError
             ));
         }
         let Some(known) = key(name) else {
+            if let Some(why) = super::keys::ignored(name) {
+                let origin = &layer.origin;
+                layer
+                    .notices
+                    .push(format!("{name} in {origin} (line {number}): {why}"));
+                continue;
+            }
             return Err(unknown_key(
                 name,
                 &layer.origin,

@@ -421,6 +421,29 @@ pub static KEYS: [Key; 28] = [
     },
 ];
 
+/// Keys of the Docker setup relay replaces that have no meaning here: a
+/// file with them still loads, with one notice each saying why, so that an
+/// existing `.env` works as written. Every other unknown key is an error.
+pub const IGNORED: [(&str, &str); 2] = [
+    (
+        "LOG_DIR",
+        "relay logs to the journal, not to files: read it with `journalctl -u relay@NAME` \
+         (`-f` follows it); LOG_DIR is ignored and can be removed",
+    ),
+    (
+        "COMPOSE_PROJECT_NAME",
+        "a docker-compose setting; relay ignores it and it can be removed",
+    ),
+];
+
+/// Why relay ignores `upper`, if it is one of [`IGNORED`].
+pub fn ignored(upper: &str) -> Option<&'static str> {
+    IGNORED
+        .iter()
+        .find(|(name, _)| *name == upper)
+        .map(|(_, why)| *why)
+}
+
 /// The key named `upper` exactly (the `.env` and environment spelling).
 pub fn key(upper: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.name == upper)

@@ -80,6 +80,9 @@ pub struct Config {
     pub policy: SwitchPolicy,
     pub supervision: Supervision,
     pub endpoints: Endpoints,
+    /// Keys relay ignores that the files set, each with why: logged once
+    /// at start ([`keys::IGNORED`]).
+    pub notices: Vec<String>,
 }
 
 /// Where the output goes (KICK_URL, KICK_KEY).
@@ -294,6 +297,7 @@ impl Config {
             policy: SwitchPolicy::default(),
             supervision: Supervision::default(),
             endpoints: Endpoints::default(),
+            notices: Vec::new(),
         }
     }
 

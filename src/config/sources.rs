@@ -21,6 +21,8 @@ pub(super) struct Layer {
     values: BTreeMap<&'static str, String>,
     /// The file it was read from, if any.
     pub file: Option<PathBuf>,
+    /// Keys it set that relay ignores ([`super::keys::IGNORED`]), and why.
+    pub notices: Vec<String>,
 }
 
 // Not derived: the values include the stream key.
@@ -39,6 +41,7 @@ impl Layer {
             origin: origin.into(),
             values: BTreeMap::new(),
             file: None,
+            notices: Vec::new(),
         }
     }
 
@@ -219,6 +222,13 @@ fn toml_layer(path: &Path, text: &str) -> Result<Layer, ConfigError> {
     for (name, value) in table.into_inner() {
         let name = name.into_inner();
         let Some(known) = toml_key(&name) else {
+            let upper = name.to_ascii_uppercase();
+            if let Some(why) = super::keys::ignored(&upper) {
+                layer
+                    .notices
+                    .push(format!("{name} in {}: {why}", layer.origin));
+                continue;
+            }
             return Err(unknown_key(&name, &layer.origin, None, KeyCase::Lower));
         };
         let text = match scalar_text(value.into_inner()) {

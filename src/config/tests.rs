@@ -1086,3 +1086,43 @@ fn instance_name_must_be_plain() {
 fn exit_code_is_sysexits_config() {
     assert_eq!(EX_CONFIG, 78);
 }
+
+#[test]
+fn the_docker_setups_keys_load_with_a_notice_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("COMPOSE_PROJECT_NAME=relay1\n");
+    text.push_str("KICK_URL=rtmps://ingest.example.com:443/app\n");
+    text.push_str("KICK_KEY=sk_test_123\n");
+    text.push_str("OFFLINE_VIDEO_PATH=/srv/offline.mp4\n");
+    text.push_str("LOG_DIR=./logs\n");
+    let env = write(dir.path(), "relay1.env", &text);
+    let config = Config::load_with_env(&Source::File(env.clone()), &no_env).unwrap();
+    assert_eq!(config.notices.len(), 2, "{:?}", config.notices);
+    assert!(config.notices[0].starts_with("COMPOSE_PROJECT_NAME in "));
+    assert!(config.notices[1].contains("journalctl -u relay@NAME"));
+    assert!(config.notices[1].contains("(line 5)"));
+    // Not a secret, but a notice never quotes a line back either.
+    assert!(config.notices.iter().all(|n| !n.contains("./logs")));
+
+    // In TOML too, lower case.
+    let toml = write(
+        dir.path(),
+        "relay2.toml",
+        "kick_url = \"rtmps://ingest.example.com:443/app\"\nkick_key = \"sk\"\n\
+         offline_video_path = \"/srv/offline.mp4\"\nlog_dir = \"./logs\"\n",
+    );
+    let config = Config::load_with_env(&Source::File(toml), &no_env).unwrap();
+    assert_eq!(config.notices.len(), 1, "{:?}", config.notices);
+
+    // Every other unknown key still fails.
+    let env = write(
+        dir.path(),
+        "relay3.env",
+        &format!("{text}LOG_LEVEL=debug\n"),
+    );
+    let err = Config::load_with_env(&Source::File(env), &no_env).unwrap_err();
+    assert!(
+        matches!(err, ConfigError::UnknownKey { ref key, .. } if key == "LOG_LEVEL"),
+        "{err}"
+    );
+}

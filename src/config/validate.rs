@@ -90,7 +90,9 @@ pub(super) fn assemble(instance: &str, layers: &[Layer]) -> Result<Config, Confi
             (rule.apply)(&mut draft, &origin_of)?;
         }
     }
-    Ok(draft.config)
+    let mut config = draft.config;
+    config.notices = layers.iter().flat_map(|l| l.notices.clone()).collect();
+    Ok(config)
 }
 
 #[cfg(test)]

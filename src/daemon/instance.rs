@@ -39,6 +39,9 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    for notice in &config.notices {
+        warn!("{notice}");
+    }
     let (reloads_tx, reloads_rx) = tokio::sync::watch::channel::<daemon::Reloads>((0, None));
     let reloaded = |outcome: &'static str, detail: String| {
         reloads_tx.send_modify(|(count, last)| {

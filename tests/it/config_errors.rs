@@ -181,6 +181,31 @@ async fn unknown_key_in_env_file() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Docker setup's `.env` files carry two keys relay has no use for:
+/// they load, and `relay check` says why each is ignored.
+#[tokio::test]
+async fn the_docker_setups_extra_keys_are_noted_not_refused() -> anyhow::Result<()> {
+    let s = Setup::new().await?;
+    let file = s.env_file(
+        "relay1.env",
+        &[],
+        &["LOG_DIR=./logs", "COMPOSE_PROJECT_NAME=relay1"],
+    );
+    let path = file.display().to_string();
+    let out = run_relay(&["check", "--config", &path], &[]).await?;
+    assert_ne!(out.status.code(), Some(78), "{}", out.describe());
+    let notes: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("note config: "))
+        .collect();
+    assert_eq!(notes.len(), 2, "{}", out.describe());
+    assert!(notes[0].contains("LOG_DIR") && notes[0].contains("journalctl"));
+    assert!(notes[1].contains("COMPOSE_PROJECT_NAME"));
+    assert!(!out.stdout.contains(SECRET) && !out.stderr.contains(SECRET));
+    Ok(())
+}
+
 #[tokio::test]
 async fn unknown_key_in_toml_file() -> anyhow::Result<()> {
     let s = Setup::new().await?;
