@@ -45,16 +45,19 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Show what a running instance has on air and how it is doing
-    /// (exit status 3 if it is not running).
+    /// (exit status 3 if it is not running); without a name, one line for
+    /// every instance on the host, running or not.
     Status {
         /// Instance name: its control socket is NAME.sock in the runtime
         /// directory ($RUNTIME_DIRECTORY, $RELAY_RUNTIME_DIR or /run/relay).
-        name: String,
+        /// Without it: every NAME.env or NAME.toml in the configuration
+        /// directory and every control socket in the runtime directory.
+        name: Option<String>,
         /// Print stable JSON (field names documented in `relay::api`).
         #[arg(long)]
         json: bool,
         /// Use this control socket instead.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", requires = "name")]
         socket: Option<PathBuf>,
     },
     /// Override what is on air until `relay switch NAME auto`.
@@ -117,10 +120,17 @@ pub fn main() -> i32 {
             };
             run(source, config)
         }
-        Command::Status { name, json, socket } => {
+        Command::Status {
+            name: Some(name),
+            json,
+            socket,
+        } => {
             let (name, socket) = instance_socket(name, socket);
             runtime().block_on(ops::status(&name, &socket, json))
         }
+        Command::Status {
+            name: None, json, ..
+        } => runtime().block_on(ops::status_all(json)),
         Command::Switch { name, to, socket } => {
             let (name, socket) = instance_socket(name, socket);
             runtime().block_on(ops::switch(&name, &socket, to))
