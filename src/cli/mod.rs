@@ -1,6 +1,7 @@
 //! The command line: `relay run NAME`, `relay run --config FILE`, `relay demo`,
 //! and the operator commands `relay status|switch|zmq|check` (see `ops.rs`
-//! and `check.rs`).
+//! and `check.rs`). `docs.rs` turns this definition and the key table into
+//! the manual pages and shell completions the package installs.
 //!
 //! Configuration problems are found before anything starts and end the
 //! process with one line naming the key or file, and exit status 78
@@ -19,6 +20,7 @@ use crate::observe::logging;
 
 pub mod check;
 pub mod demo;
+pub mod docs;
 pub mod ops;
 
 #[derive(Debug, Parser)]
@@ -99,6 +101,19 @@ enum Command {
         #[arg(long, default_value_t = 720)]
         res: u32,
     },
+    /// Write the manual pages, shell completions and copyright file the
+    /// package installs into DIR (see `docs.rs`).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Where to write them: `packaging` in the source tree.
+        dir: PathBuf,
+    },
+}
+
+/// The command line's definition, for the manual page and the completions.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
 }
 
 pub use crate::daemon::instance::EX_SOFTWARE;
@@ -160,6 +175,13 @@ pub fn main() -> i32 {
             error!("demo failed: {err:#}");
             EX_SOFTWARE
         }),
+        Command::GenerateDocs { dir } => match docs::write_all(&dir) {
+            Ok(()) => 0,
+            Err(err) => {
+                eprintln!("relay: {err:#}");
+                EX_SOFTWARE
+            }
+        },
     }
 }
 
