@@ -3,7 +3,9 @@
 //! One test, in steps, because every step needs the same booted system:
 //!
 //! 1. builds the .deb with `cargo deb` (or takes `RELAY_TEST_DEB`) and runs
-//!    lintian on it: no errors;
+//!    lintian on it: no errors, no missing manual page; the manual pages,
+//!    shell completions and copyright file are in it, and `man -l` renders
+//!    the pages;
 //! 2. boots a Debian 12 tree with `systemd-nspawn --boot --private-network`
 //!    (its own network namespace: all traffic stays on its loopback), and
 //!    installs the .deb there with apt;
@@ -17,7 +19,7 @@
 //! kept in `RELAY_TEST_CACHE` (default `/var/cache/relay-tests`). Each run
 //! boots a fresh copy and removes it afterwards, also when a step fails.
 //!
-//! Needs root, `debootstrap`, `systemd-container`, `lintian` and cargo-deb
+//! Needs root, `debootstrap`, `systemd-container`, `lintian`, `man-db` and cargo-deb
 //! (`cargo install cargo-deb --locked`). The first run downloads from the
 //! Debian mirror (`RELAY_TEST_MIRROR` overrides debootstrap's default).
 
@@ -82,7 +84,8 @@ fn deb_installs_and_runs_under_systemd() {
     steps.done("build the .deb");
 
     lintian(&deb);
-    steps.done("lintian");
+    check_contents(&deb);
+    steps.done("lintian, contents");
 
     let depends = package_depends(&deb);
     let cache = Cache::new();
@@ -155,6 +158,11 @@ fn install(ct: &Container, deb: &Path) {
 }
 
 fn check_installation(ct: &Container) {
+    ct.ok("grep -q 'Permission is hereby granted' /usr/share/doc/relay/copyright");
+    // Nothing is configured yet: relay status lists no instance (the
+    // example is not one) and succeeds.
+    let listed = ct.ok("relay status");
+    assert!(listed.trim().is_empty(), "relay status:\n{listed}");
     assert_eq!(
         ct.ok("stat -c '%U:%G %a' /etc/relay").trim(),
         "root:relay 750"
@@ -523,6 +531,7 @@ fn preflight() {
         ("lintian", "lintian"),
         ("nsenter", "util-linux"),
         ("dpkg-deb", "dpkg"),
+        ("man", "man-db"),
     ] {
         if !on_path(tool) {
             missing.push(package);
@@ -590,6 +599,67 @@ fn lintian(deb: &Path) {
         !text.lines().any(|l| l.starts_with("E: ")),
         "lintian:\n{text}"
     );
+    // The package has its manual pages and copyright notice.
+    for tag in ["no-manual-page", "copyright-without-copyright-notice"] {
+        assert!(
+            !text.lines().any(|l| l.contains(&format!(": {tag}"))),
+            "lintian reports {tag}:\n{text}"
+        );
+    }
+}
+
+/// The manual pages (gzipped, as Debian wants), the completions and the
+/// licence are in the .deb where Debian's tools look for them.
+fn check_contents(deb: &Path) {
+    let out = Command::new("dpkg-deb")
+        .arg("--contents")
+        .arg(deb)
+        .output()
+        .expect("dpkg-deb --contents");
+    assert!(out.status.success(), "dpkg-deb --contents:\n{}", show(&out));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    for path in [
+        "./usr/share/man/man1/relay.1.gz",
+        "./usr/share/man/man5/relay.conf.5.gz",
+        "./usr/share/bash-completion/completions/relay",
+        "./usr/share/zsh/vendor-completions/_relay",
+        "./usr/share/fish/vendor_completions.d/relay.fish",
+        "./usr/share/doc/relay/copyright",
+    ] {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.split_whitespace().last() == Some(path)),
+            "{path} is not in the .deb:\n{listing}"
+        );
+    }
+    // The pages render (man-db on the host reads them as installed).
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(deb)
+        .arg(dir.path())
+        .output()
+        .expect("dpkg-deb -x");
+    assert!(out.status.success(), "dpkg-deb -x:\n{}", show(&out));
+    for (page, needles) in [
+        ("man1/relay.1.gz", ["relay status", "relay.conf(5)"]),
+        ("man5/relay.conf.5.gz", ["KICK_URL", "LOW_BITRATE_SECS"]),
+    ] {
+        let out = Command::new("man")
+            .arg("-l")
+            .arg(dir.path().join("usr/share/man").join(page))
+            .env("MANWIDTH", "80")
+            .env("MANPAGER", "cat")
+            .output()
+            .expect("run man (apt-get install man-db)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && needles.iter().all(|n| text.contains(n)),
+            "man -l {page}:\n{}",
+            show(&out)
+        );
+    }
 }
 
 /// The package names in the .deb's Depends (first of each alternative).

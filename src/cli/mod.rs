@@ -1,6 +1,7 @@
 //! The command line: `relay run NAME`, `relay run --config FILE`, `relay demo`,
 //! and the operator commands `relay status|switch|zmq|check` (see `ops.rs`
-//! and `check.rs`).
+//! and `check.rs`). `docs.rs` turns this definition and the key table into
+//! the manual pages and shell completions the package installs.
 //!
 //! Configuration problems are found before anything starts and end the
 //! process with one line naming the key or file, and exit status 78
@@ -19,6 +20,7 @@ use crate::observe::logging;
 
 pub mod check;
 pub mod demo;
+pub mod docs;
 pub mod ops;
 
 #[derive(Debug, Parser)]
@@ -45,16 +47,19 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Show what a running instance has on air and how it is doing
-    /// (exit status 3 if it is not running).
+    /// (exit status 3 if it is not running); without a name, one line for
+    /// every instance on the host, running or not.
     Status {
         /// Instance name: its control socket is NAME.sock in the runtime
         /// directory ($RUNTIME_DIRECTORY, $RELAY_RUNTIME_DIR or /run/relay).
-        name: String,
+        /// Without it: every NAME.env or NAME.toml in the configuration
+        /// directory and every control socket in the runtime directory.
+        name: Option<String>,
         /// Print stable JSON (field names documented in `relay::api`).
         #[arg(long)]
         json: bool,
         /// Use this control socket instead.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", requires = "name")]
         socket: Option<PathBuf>,
     },
     /// Override what is on air until `relay switch NAME auto`.
@@ -105,6 +110,19 @@ enum Command {
         #[arg(long, default_value_t = 720)]
         res: u32,
     },
+    /// Write the manual pages, shell completions and copyright file the
+    /// package installs into DIR (see `docs.rs`).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Where to write them: `packaging` in the source tree.
+        dir: PathBuf,
+    },
+}
+
+/// The command line's definition, for the manual page and the completions.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
 }
 
 pub use crate::daemon::instance::EX_SOFTWARE;
@@ -126,10 +144,17 @@ pub fn main() -> i32 {
             };
             run(source, config)
         }
-        Command::Status { name, json, socket } => {
+        Command::Status {
+            name: Some(name),
+            json,
+            socket,
+        } => {
             let (name, socket) = instance_socket(name, socket);
             runtime().block_on(ops::status(&name, &socket, json))
         }
+        Command::Status {
+            name: None, json, ..
+        } => runtime().block_on(ops::status_all(json)),
         Command::Switch { name, to, socket } => {
             let (name, socket) = instance_socket(name, socket);
             runtime().block_on(ops::switch(&name, &socket, to))
@@ -159,6 +184,13 @@ pub fn main() -> i32 {
             error!("demo failed: {err:#}");
             EX_SOFTWARE
         }),
+        Command::GenerateDocs { dir } => match docs::write_all(&dir) {
+            Ok(()) => 0,
+            Err(err) => {
+                eprintln!("relay: {err:#}");
+                EX_SOFTWARE
+            }
+        },
     }
 }
 

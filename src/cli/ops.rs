@@ -5,10 +5,13 @@
 //! Each returns the process exit status; what the operator reads goes to
 //! stdout, problems to stderr.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::Config;
+use serde::Serialize;
+
+use crate::config::{config_dir, Config};
 use crate::daemon::show_duration;
 use crate::ffmpeg::zmq::{ControlError, Switch};
 use crate::observe::api::{self, ClientError, Mode, Reply, Request, Status};
@@ -38,6 +41,128 @@ pub async fn status(name: &str, socket: &Path, json: bool) -> i32 {
         print!("{}", describe(name, &status));
     }
     0
+}
+
+/// One instance in `relay status` without a name; the JSON of
+/// `relay status --json` then is a list of these.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Listed {
+    /// The instance name (`relay@NAME`).
+    pub instance: String,
+    /// Whether its control socket answered.
+    pub running: bool,
+    /// What it reported, as for `relay status NAME --json`; `null` if it
+    /// does not run.
+    pub status: Option<Status>,
+    /// Why a socket that exists did not answer, else `null`.
+    pub error: Option<String>,
+}
+
+/// `relay status` without a name: every instance on the host, one line
+/// each, running or not. Instances are the configuration files in the
+/// configuration directory and the control sockets in the runtime
+/// directory. Exit status 0 whatever they are doing.
+pub async fn status_all(json: bool) -> i32 {
+    let config_dir = config_dir(&|k| std::env::var(k).ok());
+    let runtime_dir = api::runtime_dir();
+    let mut listed = Vec::new();
+    for name in instance_names(&config_dir, &runtime_dir) {
+        let socket = runtime_dir.join(format!("{name}.sock"));
+        let entry = match api::call(&socket, &Request::Status).await {
+            Ok(Reply::Status(status)) => Listed {
+                instance: name,
+                running: true,
+                status: Some(status),
+                error: None,
+            },
+            Err(ClientError::NotRunning { .. }) => Listed {
+                instance: name,
+                running: false,
+                status: None,
+                error: None,
+            },
+            Ok(other) => Listed {
+                instance: name,
+                running: false,
+                status: None,
+                error: Some(format!("unexpected reply: {other:?}")),
+            },
+            Err(err) => Listed {
+                instance: name,
+                running: false,
+                status: None,
+                error: Some(err.to_string()),
+            },
+        };
+        listed.push(entry);
+    }
+    if json {
+        match serde_json::to_string_pretty(&listed) {
+            Ok(text) => println!("{text}"),
+            Err(err) => {
+                eprintln!("relay: {err}");
+                return EX_FAILED;
+            }
+        }
+    } else if listed.is_empty() {
+        eprintln!(
+            "relay: no instances (no NAME.env or NAME.toml in {}, no control socket in {})",
+            config_dir.display(),
+            runtime_dir.display()
+        );
+    } else {
+        for entry in &listed {
+            println!("{}", describe_line(entry));
+        }
+    }
+    0
+}
+
+/// The instances on the host, sorted: `NAME.env` and `NAME.toml` in the
+/// configuration directory and `NAME.sock` in the runtime directory. The
+/// package's `example.env` is not an instance unless one by that name runs.
+fn instance_names(config_dir: &Path, runtime_dir: &Path) -> Vec<String> {
+    let stems = |dir: &Path, extensions: &[&str]| -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.path();
+                let extension = path.extension()?.to_str()?;
+                let stem = path.file_stem()?.to_str()?;
+                let usable = extensions.contains(&extension) && !stem.is_empty();
+                (usable && !stem.starts_with('.')).then(|| stem.to_owned())
+            })
+            .collect()
+    };
+    let mut names: BTreeSet<String> = stems(config_dir, &["env", "toml"])
+        .into_iter()
+        .filter(|name| name != "example")
+        .collect();
+    names.extend(stems(runtime_dir, &["sock"]));
+    names.into_iter().collect()
+}
+
+/// One line of `relay status` without a name.
+pub fn describe_line(entry: &Listed) -> String {
+    let name = &entry.instance;
+    match (&entry.status, &entry.error) {
+        (Some(s), _) => {
+            let publisher = s.publisher.as_deref().unwrap_or("none");
+            let uptime = s.output_uptime_s.map_or_else(
+                || "not streaming".to_string(),
+                |up| format!("up {}", show_duration(Duration::from_secs(up))),
+            );
+            format!(
+                "relay@{name}: {}, publisher {publisher}, output {uptime}",
+                s.state.text()
+            )
+        }
+        (None, Some(why)) => format!("relay@{name}: no answer ({why})"),
+        (None, None) => format!("relay@{name}: not running"),
+    }
 }
 
 /// `relay switch`: asks the daemon to override what is on air.

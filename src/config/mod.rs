@@ -49,6 +49,7 @@ pub use keys::{key, Applies, Fallback, Key, Secrecy, KEYS};
 pub use parse::{width_16_9, AllowedPublishers, Bitrate, LowBitrate};
 pub use reload::{changed_keys, classify, ReloadPlan};
 pub use secret::{OutputTarget, Secret};
+pub use sources::config_dir;
 
 use secret::{mask_url, split_path};
 use sources::{environment_layer, file_layer, instance_layers, pairs_layer};

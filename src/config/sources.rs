@@ -78,6 +78,14 @@ impl Layer {
     }
 }
 
+/// The configuration directory: `$RELAY_CONFIG_DIR`, else `/etc/relay`.
+pub fn config_dir(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    env("RELAY_CONFIG_DIR")
+        .filter(|d| !d.trim().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR))
+}
+
 /// `NAME.toml` then `NAME.env` in the configuration directory.
 pub(super) fn instance_layers(
     name: &str,
@@ -86,10 +94,7 @@ pub(super) fn instance_layers(
     if name.is_empty() || name.contains('/') || name.starts_with('.') || name.contains('\0') {
         return Err(ConfigError::InstanceName(name.to_owned()));
     }
-    let dir = env("RELAY_CONFIG_DIR")
-        .filter(|d| !d.trim().is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR));
+    let dir = config_dir(env);
     let toml_path = dir.join(format!("{name}.toml"));
     let env_path = dir.join(format!("{name}.env"));
 

@@ -396,3 +396,52 @@ async fn check_reports_every_part_and_fails_on_each_broken_one() -> anyhow::Resu
     ensure!(out.stdout.contains("ok   offline video: "), "{out}");
     Ok(())
 }
+
+#[tokio::test]
+async fn status_without_a_name_lists_every_instance() -> anyhow::Result<()> {
+    let r = Running::start("op-list").await?;
+    // A configured instance that does not run, and the package's example,
+    // which is not an instance.
+    let config_dir = r.rig.dir.path();
+    std::fs::write(
+        config_dir.join("stopped.env"),
+        "KICK_URL=rtmp://127.0.0.1/x\n",
+    )?;
+    std::fs::write(config_dir.join("example.env"), "#KICK_URL=\n")?;
+
+    let out = r.relay(&["status"]).await?;
+    ensure!(out.code == 0, "{out}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    ensure!(lines.len() == 2, "one line per instance: {out}");
+    ensure!(
+        lines[0].starts_with(&format!(
+            "relay@{NAME}: offline, publisher none, output up "
+        )),
+        "{out}"
+    );
+    ensure!(lines[1] == "relay@stopped: not running", "{out}");
+
+    let out = r.relay(&["status", "--json"]).await?;
+    ensure!(out.code == 0, "{out}");
+    let list: Value = serde_json::from_str(&out.stdout).with_context(|| format!("{out}"))?;
+    let list = list.as_array().context("a JSON list")?;
+    ensure!(list.len() == 2, "{out}");
+    ensure!(
+        list[0]["instance"] == NAME && list[0]["running"] == true,
+        "{out}"
+    );
+    ensure!(list[0]["status"]["state"] == "offline", "{out}");
+    ensure!(
+        list[1]["instance"] == "stopped" && list[1]["running"] == false,
+        "{out}"
+    );
+    ensure!(list[1]["status"].is_null(), "{out}");
+
+    // Nothing on the host: no lines, and still exit 0.
+    let empty = tempfile::tempdir()?;
+    let out = operator(&["status"], empty.path(), empty.path()).await?;
+    ensure!(out.code == 0 && out.stdout.is_empty(), "{out}");
+    let out = operator(&["status", "--json"], empty.path(), empty.path()).await?;
+    ensure!(out.code == 0 && out.stdout.trim() == "[]", "{out}");
+    Ok(())
+}
