@@ -609,6 +609,7 @@ async fn killing_the_offline_source_keeps_the_output_up() -> anyhow::Result<()> 
     let output = output_ffmpeg_of(rig.relay.pid())?;
     let source = offline_source_of(rig.relay.pid())?;
     let mark = rig.relay.log_mark();
+    let killed = Instant::now();
     kill(Pid::from_raw(source as i32), Signal::SIGKILL)?;
     rig.relay
         .wait_for_log_since(mark, "offline video source stopped", secs(10))
@@ -616,8 +617,17 @@ async fn killing_the_offline_source_keeps_the_output_up() -> anyhow::Result<()> 
     rig.relay
         .wait_for_log_since(mark, "restarting the offline video source", secs(20))
         .await?;
+    // Until the new source's frames come, the output shows black (at least
+    // the crash backoff). The sink sees what was sent about a second ago, so
+    // green right after the restart may still be from before the kill: the
+    // new source's green is the green after the black.
+    let black = rig
+        .sink
+        .wait_for_since(Colour::Black, killed, secs(20))
+        .await
+        .with_context(|| rig.context())?;
     rig.sink
-        .wait_for_since(Colour::Green, Instant::now(), secs(20))
+        .wait_for_since(Colour::Green, black, secs(20))
         .await
         .with_context(|| rig.context())?;
     rig.sink.expect_steady(Colour::Green, secs(3)).await?;
