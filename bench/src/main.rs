@@ -19,6 +19,7 @@
 
 mod cpu;
 mod cycles;
+mod feeds;
 mod naive;
 mod report;
 mod rig;
@@ -149,10 +150,13 @@ async fn bench(nginx: &PrivateNginx, opts: &Options) -> anyhow::Result<bool> {
         let cycles = if i == 0 { opts.cycles } else { 0 };
         phases.push(cycles::phase(nginx, opts, res, cycles).await?);
     }
+    eprintln!("bench: feeds: video only beside audio+video, a 2 fps feed");
+    let feeds = feeds::run(nginx, opts).await?;
     let load_after = report::load_average();
     Ok(report::print_bench(
         opts,
         &phases,
+        &feeds,
         &load_before,
         &load_after,
     ))

@@ -153,7 +153,13 @@ fn steady(s: &Smoothness) -> String {
     )
 }
 
-pub fn print_bench(opts: &Options, phases: &[Phase], load_before: &str, load_after: &str) -> bool {
+pub fn print_bench(
+    opts: &Options,
+    phases: &[Phase],
+    feeds: &crate::feeds::Feeds,
+    load_before: &str,
+    load_after: &str,
+) -> bool {
     let mut t = Table {
         rows: Vec::new(),
         passed: true,
@@ -265,6 +271,21 @@ pub fn print_bench(opts: &Options, phases: &[Phase], load_before: &str, load_aft
             ),
         }
     }
+    let secs = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2} s"));
+    t.row(
+        "go-live, 5 s GOP (720p): publisher with audio / video only",
+        secs(feeds.go_live_audio_video),
+        secs(feeds.go_live_video_only),
+        "video only ≤ 2 s",
+        feeds.go_live_video_only.map(|v| v <= 2.0),
+    );
+    t.row(
+        "failover after a kill (720p): 2 fps feed / full-rate feed",
+        secs(feeds.failover_2fps),
+        secs(feeds.failover_full),
+        "",
+        None,
+    );
     let same = phases.iter().all(|p| p.same_output);
     t.row(
         "output reconnections during the run",
