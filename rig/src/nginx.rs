@@ -385,6 +385,7 @@ rtmp {{
         application live {{
             live on;
             record off;
+            wait_video on;
 {on_publish}        }}
         application out {{
             live on;

@@ -353,6 +353,7 @@ mod tests {
             live_frames: 10,
             filler_frames: 3,
             dropped_ticks: 0,
+            starved_holds: 0,
             held_off_air: None,
             held_kind: None,
             output_pid: Some(42),

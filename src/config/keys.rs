@@ -356,7 +356,7 @@ pub static KEYS: [Key; 28] = [
         default: Fallback::Text("300"),
         applies: Applies::AtOnce,
         secrecy: Secrecy::Public,
-        doc: "Milliseconds without a live frame before the offline video goes on air, 100 to 10000.",
+        doc: "Milliseconds without a live frame before the offline video goes on air, 100 to 10000; counted from when the next frame was due, so a feed slower than the output (a few frames a second) is judged on its own rhythm.",
         parse: |d, v| put(&mut d.config.policy.offline_after, parse_offline_after(v)),
         value: |c| c.policy.offline_after.as_millis().to_string(),
     },

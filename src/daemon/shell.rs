@@ -358,6 +358,7 @@ impl Daemon {
         let expect = match expect {
             policy::Expect::AudioVideo => Expect::AudioVideo,
             policy::Expect::VideoOnly => Expect::VideoOnly,
+            policy::Expect::Either => Expect::Either,
         };
         let started = ingest::spawn(
             &self.config,

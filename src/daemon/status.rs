@@ -33,6 +33,7 @@ impl Daemon {
             live_frames: self.pump_stats.live_frames.load(Ordering::Relaxed),
             filler_frames: self.pump_stats.filler_frames.load(Ordering::Relaxed),
             dropped_ticks: self.pump_stats.dropped_ticks.load(Ordering::Relaxed),
+            starved_holds: self.pump_stats.starved_holds.load(Ordering::Relaxed),
             held_off_air: held.map(|(_, why)| why.to_string()),
             held_kind: held.map(|(hold, _)| hold.name().to_string()),
             policy: api::Policy {

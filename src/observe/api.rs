@@ -149,6 +149,11 @@ pub struct Status {
     pub filler_frames: u64,
     /// Clock ticks dropped because the output did not keep up.
     pub dropped_ticks: u64,
+    /// Times a late live frame held the last picture instead of failing
+    /// over, because the publisher's data was still arriving at a starved
+    /// ingest (for at most 3 s each).
+    #[serde(default)]
+    pub starved_holds: u64,
     /// Why an allowed publisher whose frames flow is kept off air for now
     /// (LIVE_STABLE_SECS, LOW_BITRATE_KBPS); `null` if it is not.
     #[serde(default)]

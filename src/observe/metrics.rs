@@ -204,6 +204,12 @@ pub fn render(s: &Snapshot, pump: &pump::Stats) -> String {
         "Clock ticks dropped because the output did not keep up.",
         &counter(&pump.dropped_ticks),
     );
+    family(
+        "relay_starved_holds_total",
+        "counter",
+        "Late live frames that held the last picture because the publisher's data was still arriving at a starved ingest.",
+        &counter(&pump.starved_holds),
+    );
     out
 }
 

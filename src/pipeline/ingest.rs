@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::ffmpeg;
 use crate::ffmpeg::child::{self, Running, Spec};
 use crate::pipeline::frames::{Frame, FrameBuf, FramePool};
+use crate::pipeline::ingest_link::IngestLink;
 use crate::pipeline::pipe_frames::{PipePool, PipedFrame};
 use crate::pipeline::pipe_io::{self, wait_for};
 use crate::pipeline::raw_format::{RawFormat, AUDIO_BYTES_PER_SAMPLE};
@@ -63,7 +64,22 @@ pub enum Expect {
     /// Video only: probing stops at the first video packet instead of
     /// waiting seconds for audio that never comes.
     VideoOnly,
+    /// Not known yet (an ingest that waits for a publisher, or one whose
+    /// metadata the stat page has not shown): probing stops after
+    /// `EITHER_ANALYZE_US` of stream time, and the audio is optional, so a
+    /// video-only publisher goes on air from its first keyframe without a
+    /// restart that would cost it a GOP (ARCHITECTURE.md, "Ingest start-up").
+    Either,
 }
+
+/// How much stream time an `Expect::Either` ingest probes before it
+/// starts with the streams it has found. nginx sends a joining player the
+/// publisher's audio and video together from its first keyframe (with
+/// `wait_video on`, video first), so both are found within a few packets;
+/// only a video-only stream needs the whole 0.3 s. Measured with a 5 s GOP:
+/// first frame 0.43 s after the publisher started with audio, 0.69 s
+/// without (5.4 s with FFmpeg's default analyze duration).
+const EITHER_ANALYZE_US: &str = "300000";
 
 pub fn args(config: &Config, expect: Expect) -> Vec<String> {
     let f = RawFormat::of(config);
@@ -77,8 +93,10 @@ pub fn args(config: &Config, expect: Expect) -> Vec<String> {
     push(ffmpeg::COMMON_ARGS);
     // No `-fflags nobuffer`: measured, it delays the first frame by ~2 s.
     push(&["-fpsprobesize", "0"]);
-    if expect == Expect::VideoOnly {
-        push(&["-probesize", "32", "-analyzeduration", "0"]);
+    match expect {
+        Expect::AudioVideo => {}
+        Expect::VideoOnly => push(&["-probesize", "32", "-analyzeduration", "0"]),
+        Expect::Either => push(&["-analyzeduration", EITHER_ANALYZE_US]),
     }
     // Frame threads would hold decoded frames back (one per thread) while
     // audio goes straight through: slice threads only.
@@ -93,11 +111,40 @@ pub fn args(config: &Config, expect: Expect) -> Vec<String> {
     // being copied again into FFmpeg's 32 KB I/O buffer first.
     push(&["-f", "rawvideo", "-pix_fmt", "yuv420p"]);
     push(&["-avioflags", "direct", &child::fd_url(VIDEO_FD)]);
-    if expect == Expect::AudioVideo {
-        push(&["-map", "0:a:0", "-af"]);
-        push(&[&ffmpeg::render(ffmpeg::INGEST_AUDIO_FILTER, &vars)]);
-        push(&["-f", "s16le", "-ar", &f.sample_rate.to_string(), "-ac", "2"]);
-        push(&[&child::fd_url(AUDIO_FD)]);
+    let audio_filter = ffmpeg::render(ffmpeg::INGEST_AUDIO_FILTER, &vars);
+    let rate = f.sample_rate.to_string();
+    let audio_url = child::fd_url(AUDIO_FD);
+    match expect {
+        Expect::AudioVideo => {
+            push(&["-map", "0:a:0", "-af", &audio_filter]);
+            push(&["-f", "s16le", "-ar", &rate, "-ac", "2", &audio_url]);
+        }
+        Expect::VideoOnly => {}
+        Expect::Either => {
+            // FFmpeg refuses an output file without streams, which an
+            // optional audio map makes of a video-only publisher's. So the
+            // audio goes through a tee that also carries the video,
+            // copied, to a null muxer: the tee always has a stream, and
+            // its s16le branch fails alone ("onfail=ignore") when there is
+            // no audio; relay then fills silence. Without interleaving
+            // (`max_interleave_delta` 1 µs) the audio comes as promptly as
+            // from a plain output, also from a 2 fps publisher.
+            push(&["-map", "0:a:0?", "-map", "0:v:0", "-c:v", "copy"]);
+            push(&[
+                "-af",
+                &audio_filter,
+                "-c:a",
+                "pcm_s16le",
+                "-ar",
+                &rate,
+                "-ac",
+                "2",
+            ]);
+            push(&["-max_interleave_delta", "1", "-f", "tee"]);
+            push(&[&format!(
+                "[select=a:f=s16le:onfail=ignore]{audio_url}|[select=v:f=null:onfail=ignore]-"
+            )]);
+        }
     }
     a
 }
@@ -201,6 +248,9 @@ impl AudioQueue {
 /// What the pump reads from one ingest.
 pub struct LiveFeed {
     pub session: u64,
+    /// The ingest's connection to nginx, to tell a stopped publisher from
+    /// a starved ingest.
+    pub link: Option<IngestLink>,
     /// Frames, each with the audio mark at the moment it was read.
     pub video: mpsc::Receiver<(Frame, u64)>,
     pub audio: Arc<AudioQueue>,
@@ -223,7 +273,7 @@ pub fn spawn(
     let format = RawFormat::of(config);
     let video = child::read_pipe()?;
     let mut fds = vec![(video.theirs, VIDEO_FD)];
-    let audio = if expect == Expect::AudioVideo {
+    let audio = if expect != Expect::VideoOnly {
         let p = child::read_pipe()?;
         fds.push((p.theirs, AUDIO_FD));
         Some(p.ours)
@@ -238,6 +288,7 @@ pub fn spawn(
         stdout: false,
         secrets: Vec::new(),
     })?;
+    let link = IngestLink::new(running.pid);
     let (tx, rx) = mpsc::channel(VIDEO_QUEUE);
     let queue = Arc::new(AudioQueue::new(&format));
     let (frames, pipes, feed_audio) = (frames.clone(), pipes.cloned(), queue.clone());
@@ -253,6 +304,7 @@ pub fn spawn(
         child: running,
         feed: LiveFeed {
             session,
+            link: Some(link),
             video: rx,
             audio: queue,
         },

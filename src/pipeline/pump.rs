@@ -36,6 +36,21 @@ use crate::pipeline::raw_format::{RawFormat, SampleClock, AUDIO_BYTES_PER_SAMPLE
 /// a switch, or filler queued earlier would still be what goes on air.
 const BACKLOG_FRAMES: u32 = 10;
 
+/// The longest frame interval a feed can have and still be told from a
+/// stopped one by its rhythm: a 1 fps slideshow goes on air and stays; a
+/// feed slower than that fails over between its frames.
+const MAX_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Frame intervals the rhythm is judged on: the median of the last few,
+/// so one late frame does not change it.
+const RHYTHM_FRAMES: usize = 8;
+
+/// How long a late frame holds the last picture, instead of failing over,
+/// while the publisher's data still arrives unread at the ingest (relay's
+/// own ingest starved, not a stopped publisher). After that relay fails
+/// over anyway: a stuck ingest must not freeze the picture for long.
+pub const STARVED_HOLD: Duration = Duration::from_secs(3);
+
 /// Instructions to the pump.
 pub enum Command {
     /// A (re)started output: write to these pipes from now on.
@@ -67,6 +82,9 @@ pub struct Stats {
     pub filler_frames: AtomicU64,
     pub dropped_ticks: AtomicU64,
     pub skipped_live_frames: AtomicU64,
+    /// Times a late live frame held the last picture because the
+    /// publisher's data was still arriving (a starved ingest).
+    pub starved_holds: AtomicU64,
 }
 
 /// Timing of the pump's decisions.
@@ -97,6 +115,25 @@ struct LiveState {
     ready_sent: bool,
     last_frame_at: Option<Instant>,
     stopped_sent: bool,
+    rhythm: Rhythm,
+    /// Since when a late frame holds the picture for a starved ingest.
+    starved_since: Option<Instant>,
+}
+
+impl LiveState {
+    fn new(feed: LiveFeed, format: &RawFormat) -> LiveState {
+        LiveState {
+            feed,
+            backlog: Backlog::new(format.fps),
+            sync: AudioSync::new(format),
+            flowing_since: None,
+            ready_sent: false,
+            last_frame_at: None,
+            stopped_sent: false,
+            rhythm: Rhythm::default(),
+            starved_since: None,
+        }
+    }
 }
 
 /// Runs the clock until `commands` closes.
@@ -140,15 +177,7 @@ pub async fn run(
                 Some(Command::SetGap(gap)) => timing.gap = gap,
                 Some(Command::Offline(source)) => offline = source,
                 Some(Command::Feed(feed)) => {
-                    live = feed.map(|feed| LiveState {
-                        feed,
-                        backlog: Backlog::new(format.fps),
-                        sync: AudioSync::new(&format),
-                        flowing_since: None,
-                        ready_sent: false,
-                        last_frame_at: None,
-                        stopped_sent: false,
-                    });
+                    live = feed.map(|feed| LiveState::new(feed, &format));
                     if live.is_none() {
                         last_frame = None;
                     }
@@ -177,18 +206,22 @@ pub async fn run(
                         left = Some(mark);
                         if l.flowing_since.is_none() {
                             l.sync.restart();
+                            l.rhythm = Rhythm::default();
                             l.flowing_since = Some(now);
                             l.ready_sent = false;
                             l.stopped_sent = false;
                             let _ = events.try_send(Event::Flowing { session: l.feed.session });
+                        } else if let Some(last) = l.last_frame_at {
+                            l.rhythm.push(now - last);
                         }
+                        l.starved_since = None;
                         l.last_frame_at = Some(now);
                         last_frame = Some(frame.clone());
                         video = Some(frame);
                         stats.live_frames.fetch_add(1, Ordering::Relaxed);
                     }
                     audio = l.sync.take(&l.feed.audio, left, audio_len);
-                    check_flow(l, now, &timing, &events);
+                    check_flow(l, now, &timing, period, &events, &stats);
                 }
                 let live_audio = pad_audio(audio, audio_len, &silence);
                 let (offline_video, offline_audio) = match (&video, &offline) {
@@ -412,27 +445,104 @@ impl AudioSync {
     }
 }
 
-/// Sends `Ready` after the pre-roll and `Stopped` after the gap.
-fn check_flow(l: &mut LiveState, now: Instant, timing: &Timing, events: &mpsc::Sender<Event>) {
+/// The rhythm of a run of live frames: the median interval between the
+/// last `RHYTHM_FRAMES` frames, as the pump took them.
+#[derive(Debug, Default)]
+struct Rhythm {
+    intervals: std::collections::VecDeque<Duration>,
+}
+
+impl Rhythm {
+    fn push(&mut self, interval: Duration) {
+        if self.intervals.len() == RHYTHM_FRAMES {
+            self.intervals.pop_front();
+        }
+        self.intervals.push_back(interval);
+    }
+
+    /// The feed's frame interval, once two frames have come.
+    fn interval(&self) -> Option<Duration> {
+        let mut v: Vec<Duration> = self.intervals.iter().copied().collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied()
+    }
+}
+
+/// How long without a frame means the feed has stopped: the failover gap
+/// (OFFLINE_AFTER_MS), counted from when the next frame was due. For a
+/// feed at the output's frame rate that is the gap itself; a 2 fps feed
+/// (500 ms between frames) is stopped 300 ms after a frame it should have
+/// sent, not between two of its frames. Before a run has a rhythm (one
+/// frame so far) its second frame gets up to `MAX_INTERVAL`; it cannot be
+/// on air yet. The live audio is no separate sign of life: publishers'
+/// FLV muxers interleave by timestamp, so a slow feed's sound comes in
+/// bursts with its frames.
+fn stop_after(l: &LiveState, gap: Duration, period: Duration) -> Duration {
+    match l.rhythm.interval() {
+        Some(interval) => gap + interval.min(MAX_INTERVAL).saturating_sub(period),
+        None => gap + MAX_INTERVAL,
+    }
+}
+
+/// Sends `Ready` after the pre-roll and `Stopped` when the feed stopped:
+/// no frame for longer than its rhythm allows, and no sign that the
+/// publisher's data is still arriving at a starved ingest.
+fn check_flow(
+    l: &mut LiveState,
+    now: Instant,
+    timing: &Timing,
+    period: Duration,
+    events: &mpsc::Sender<Event>,
+    stats: &Stats,
+) {
     let session = l.feed.session;
     let (Some(since), Some(last)) = (l.flowing_since, l.last_frame_at) else {
         return;
     };
     let silent_for = now - last;
-    if silent_for >= timing.gap {
-        if !l.stopped_sent {
-            l.stopped_sent = true;
-            l.flowing_since = None;
-            debug!(session, ?silent_for, "live frames stopped");
-            let _ = events.try_send(Event::Stopped {
-                session,
-                silent_for,
-            });
+    if silent_for >= stop_after(l, timing.gap, period) {
+        if l.stopped_sent {
+            return;
         }
-    } else if !l.ready_sent && now - since >= timing.preroll {
+        if starved(l, now, stats) {
+            return;
+        }
+        l.stopped_sent = true;
+        l.flowing_since = None;
+        l.starved_since = None;
+        debug!(session, ?silent_for, "live frames stopped");
+        let _ = events.try_send(Event::Stopped {
+            session,
+            silent_for,
+        });
+    } else if !l.ready_sent && now - since >= timing.preroll && l.rhythm.interval().is_some() {
         l.ready_sent = true;
         let _ = events.try_send(Event::Ready { session });
     }
+}
+
+/// Whether a late frame should hold the last picture: the publisher's
+/// data is still arriving unread at the ingest, for at most
+/// `STARVED_HOLD`.
+fn starved(l: &mut LiveState, now: Instant, stats: &Stats) -> bool {
+    if let Some(since) = l.starved_since {
+        return now.saturating_duration_since(since) < STARVED_HOLD;
+    }
+    let waiting = l
+        .feed
+        .link
+        .as_ref()
+        .and_then(|link| link.unread_bytes())
+        .is_some_and(|n| n > 0);
+    if waiting {
+        l.starved_since = Some(now);
+        stats.starved_holds.fetch_add(1, Ordering::Relaxed);
+        debug!(
+            session = l.feed.session,
+            "live frame late while the publisher's data waits unread: holding the last picture"
+        );
+    }
+    waiting
 }
 
 /// Live audio for one tick, completed with silence if short.

@@ -87,6 +87,8 @@ impl Input {
 pub enum Expect {
     AudioVideo,
     VideoOnly,
+    /// Not known yet: probe briefly, audio optional.
+    Either,
 }
 
 /// Why what is on air changed: a stable word for status, metrics and tests.
@@ -496,6 +498,7 @@ impl Policy {
         let source = &mut self.sources[i];
         source.flowing = Some(session);
         source.flowing_since = Some(now);
+        source.note_served();
         info!(session, source = source.kind.name(), "live frames arriving");
         // Confirm the publisher now rather than at the next poll.
         self.out.push(Action::PollNow);
@@ -511,7 +514,6 @@ impl Policy {
         source.flowing_since = None;
         self.set_hold_timer(None);
         self.held = None;
-        self.last_drop = Some(now);
         let mut reason = format!(
             "no live frame for {} ms (OFFLINE_AFTER_MS {})",
             silent_for.as_millis(),
@@ -523,13 +525,31 @@ impl Policy {
             self.manual = None;
             reason.push_str("; manual live override ended, back to auto");
         }
-        if matches!(self.on_air, OnAir::Live { .. }) {
+        // Only a failover counts for the flap hold: frames that stopped
+        // before they ever went on air (a feed too slow or too short to
+        // be ready) hold nobody off.
+        if matches!(self.on_air, OnAir::Live { session: s, .. } if s == session) {
+            self.last_drop = Some(now);
             self.go_offline(now, &reason, Why::FramesStopped);
         }
-        // nginx keeps this player attached to the stream and would hand it
-        // the next publisher with restarted timestamps: replace it with a
-        // fresh one.
-        let kind = self.sources[i].kind;
+        // A publisher that stalled is still connected: its ingest stays
+        // and carries on when the stream resumes. A fresh one would join
+        // mid-GOP, and could fail on the timestamps' jump. Once the
+        // publisher leaves, nginx would hand this player the next
+        // publisher with restarted timestamps: then it is replaced (on
+        // the stat page that shows it).
+        let source = &self.sources[i];
+        if source.ingest.as_ref().is_some_and(|i| i.served.is_some())
+            && !source.ingest_outlived_its_publisher()
+        {
+            info!(
+                session,
+                source = source.kind.name(),
+                "live frames stopped; the publisher is still connected, its ingest waits for it"
+            );
+            return;
+        }
+        let kind = source.kind;
         self.stop_ingest(kind);
         self.set_retry(kind, Some(now));
     }

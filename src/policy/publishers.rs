@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::source::Seen;
-use super::{OnAir, Policy, SourceKind, StatSummary, Why, NO_PICTURE, RETURN_WINDOW};
+use super::{Expect, OnAir, Policy, SourceKind, StatSummary, Why, NO_PICTURE, RETURN_WINDOW};
 
 impl Policy {
     pub(super) fn on_stat_page(&mut self, now: Instant, page: StatSummary) {
@@ -64,6 +64,13 @@ impl Policy {
         }
         let source = self.source_mut(kind);
         source.publisher = seen.clone();
+        source.note_served();
+        // A new publisher while the ingest, stopped, still holds the last
+        // one's stream: a fresh ingest for the new one.
+        if source.flowing.is_none() && source.ingest_outlived_its_publisher() {
+            self.restart_ingest(kind, now);
+        }
+        let source = self.source_mut(kind);
 
         match seen {
             Some(s) if !s.allowed => {
@@ -94,7 +101,11 @@ impl Policy {
             Some(s) => {
                 source.refused = None;
                 let wanted = source.expect();
-                let mismatch = source.ingest.as_ref().is_some_and(|i| i.expect != wanted)
+                // An `Either` ingest takes the stream as it comes.
+                let mismatch = source
+                    .ingest
+                    .as_ref()
+                    .is_some_and(|i| i.expect != wanted && i.expect != Expect::Either)
                     && s.publisher.has_audio.is_some();
                 if mismatch && source.flowing.is_none() {
                     info!(

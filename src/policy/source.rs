@@ -30,6 +30,8 @@ pub(super) struct Ingest {
     pub session: u64,
     pub expect: Expect,
     pub started: Instant,
+    /// The publisher (stat page id) whose frames it has delivered.
+    pub served: Option<u64>,
 }
 
 /// A publisher seen on the stat page, as judged.
@@ -89,6 +91,26 @@ impl Source {
         self.ingest.as_ref().map(|i| i.session)
     }
 
+    /// Notes which publisher the flowing ingest serves, once the stat page
+    /// has shown one.
+    pub fn note_served(&mut self) {
+        let id = self.publisher.as_ref().map(|p| p.publisher.id);
+        if let (Some(ingest), Some(_), Some(id)) = (self.ingest.as_mut(), self.flowing, id) {
+            ingest.served.get_or_insert(id);
+        }
+    }
+
+    /// Whether the ingest serves another publisher than the stat page's:
+    /// nginx would hand it the new one's stream with restarted timestamps,
+    /// which a running FFmpeg does not recover from.
+    pub fn ingest_outlived_its_publisher(&self) -> bool {
+        let id = self.publisher.as_ref().map(|p| p.publisher.id);
+        self.ingest
+            .as_ref()
+            .and_then(|i| i.served)
+            .is_some_and(|served| Some(served) != id)
+    }
+
     /// Whether the publisher and the ingest have both been there for
     /// `limit` without a live frame.
     pub fn no_picture_for(&self, limit: Duration, now: Instant) -> bool {
@@ -98,11 +120,14 @@ impl Source {
             && self.ingest.as_ref().is_some_and(|i| since(i.started))
     }
 
-    /// What the ingest should expect from the publisher.
+    /// What the ingest should expect from the publisher: what the stat
+    /// page's metadata says, or `Either` while it says nothing (no
+    /// publisher yet, or its metadata not shown).
     pub fn expect(&self) -> Expect {
         match self.publisher.as_ref().and_then(|p| p.publisher.has_audio) {
+            Some(true) => Expect::AudioVideo,
             Some(false) => Expect::VideoOnly,
-            _ => Expect::AudioVideo,
+            None => Expect::Either,
         }
     }
 }
@@ -158,6 +183,7 @@ impl Policy {
             session,
             expect,
             started: now,
+            served: None,
         });
         self.next_session += 1;
         self.set_retry(kind, None);

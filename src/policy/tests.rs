@@ -175,7 +175,7 @@ fn a_standby_ingest_waits_for_the_first_publisher() {
         [Action::StartIngest {
             source: SourceKind::Rtmp,
             session: 1,
-            expect: Expect::AudioVideo,
+            expect: Expect::Either,
         }]
     );
     assert_eq!(rig.state(), StateName::Offline);
@@ -212,7 +212,7 @@ fn frames_without_a_publisher_on_the_stat_page_stay_off_air() {
 }
 
 #[test]
-fn frames_that_stop_fail_over_and_get_a_fresh_ingest() {
+fn frames_that_stop_fail_over_and_get_a_fresh_ingest_once_the_publisher_left() {
     let mut rig = Rig::new();
     let session = rig.live_at(1.0, 1);
     rig.at(5.0);
@@ -221,14 +221,80 @@ fn frames_that_stop_fail_over_and_get_a_fresh_ingest() {
         silent_for: Duration::from_millis(310),
     });
     assert!(selects(&actions, Input::Offline));
+    assert_eq!(rig.state(), StateName::Offline);
+    assert_eq!(rig.why(), Some(Why::FramesStopped));
+    assert!(rig.policy.last_switch().unwrap().reason.contains("310 ms"));
+    // Still on the stat page (stalled): its ingest waits for it.
+    assert!(!actions.contains(&Action::StopIngest { session }));
+    assert!(!starts_ingest(&rig.page(Some(1), 2_000)));
+    // Gone: nginx would hand the player the next publisher.
+    rig.at(6.0);
+    let actions = rig.page(None, 0);
     assert!(actions.contains(&Action::StopIngest { session }));
     assert!(actions.contains(&Action::SetTimer {
         timer: Timer::IngestRetry(SourceKind::Rtmp),
         at: Some(rig.now),
     }));
-    assert_eq!(rig.state(), StateName::Offline);
-    assert_eq!(rig.why(), Some(Why::FramesStopped));
-    assert!(rig.policy.last_switch().unwrap().reason.contains("310 ms"));
+}
+
+#[test]
+fn a_stalled_publisher_resumes_on_the_same_ingest() {
+    let mut rig = Rig::new();
+    let session = rig.live_at(1.0, 1);
+    rig.at(5.0);
+    rig.handle(Event::Stopped {
+        session,
+        silent_for: Duration::from_millis(300),
+    });
+    rig.at(10.0);
+    rig.handle(Event::Flowing { session });
+    rig.at(10.3);
+    rig.handle(Event::Ready { session });
+    // Back within the return window: held for LIVE_STABLE_SECS, then on.
+    assert_eq!(rig.state(), StateName::GoingLive);
+    rig.at(13.1);
+    let actions = rig.fire(Timer::Hold);
+    assert!(selects(&actions, Input::Live));
+}
+
+#[test]
+fn a_new_publisher_gets_a_fresh_ingest_after_a_stall() {
+    let mut rig = Rig::new();
+    let session = rig.live_at(1.0, 1);
+    rig.at(5.0);
+    rig.handle(Event::Stopped {
+        session,
+        silent_for: Duration::from_millis(300),
+    });
+    // Between two polls the stalled publisher left and another came.
+    let actions = rig.page(Some(2), 0);
+    assert!(actions.contains(&Action::StopIngest { session }));
+    assert!(starts_ingest(&actions));
+}
+
+#[test]
+fn frames_that_never_went_on_air_do_not_count_as_a_failover() {
+    let mut rig = Rig::new();
+    rig.fire(Timer::IngestRetry(SourceKind::Rtmp));
+    rig.page(Some(1), 1_000);
+    // A feed that starts and stops before its pre-roll, again and again.
+    for k in 0..5 {
+        rig.at(1.0 + k as f64);
+        rig.handle(Event::Flowing { session: 1 });
+        rig.at(1.2 + k as f64);
+        rig.handle(Event::Stopped {
+            session: 1,
+            silent_for: Duration::from_millis(300),
+        });
+    }
+    rig.at(8.0);
+    rig.handle(Event::Flowing { session: 1 });
+    rig.at(8.4);
+    let actions = rig.handle(Event::Ready { session: 1 });
+    assert!(
+        selects(&actions, Input::Live),
+        "held off as if it had failed over"
+    );
 }
 
 #[test]
@@ -239,6 +305,7 @@ fn events_of_a_replaced_ingest_are_ignored() {
         session: old,
         silent_for: Duration::from_millis(300),
     });
+    rig.page(None, 0);
     rig.fire(Timer::IngestRetry(SourceKind::Rtmp));
     for event in [
         Event::Flowing { session: old },
@@ -384,19 +451,28 @@ fn a_publisher_nginx_never_asked_about_is_unchecked_and_refused() {
 }
 
 #[test]
-fn a_video_only_publisher_gets_an_ingest_that_expects_no_audio() {
+fn a_video_only_publisher_keeps_the_ingest_that_waited_for_it() {
     let mut rig = Rig::new();
     rig.fire(Timer::IngestRetry(SourceKind::Rtmp));
-    let actions = rig.page_with(
-        Some(Publisher {
-            id: 3,
-            address: Some(PUBLISHER),
-            unchecked: false,
-            has_audio: Some(false),
-        }),
-        0,
-    );
-    assert!(actions.contains(&Action::StopIngest { session: 1 }));
+    let video_only = Publisher {
+        id: 3,
+        address: Some(PUBLISHER),
+        unchecked: false,
+        has_audio: Some(false),
+    };
+    // The waiting ingest takes audio or none: no restart, no lost GOP.
+    let actions = rig.page_with(Some(video_only.clone()), 0);
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::StopIngest { .. })));
+    // A later ingest for the same publisher is told what to expect.
+    rig.handle(Event::IngestExited {
+        session: 1,
+        requested: false,
+        reason: "crashed".into(),
+    });
+    rig.at(60.0);
+    let actions = rig.fire(Timer::IngestRetry(SourceKind::Rtmp));
     assert!(actions.contains(&Action::StartIngest {
         source: SourceKind::Rtmp,
         session: 2,

@@ -14,6 +14,7 @@ mod relay_rig;
 mod config_errors;
 mod faults_inputs;
 mod faults_output;
+mod feeds;
 mod fuzz_regressions;
 mod harness_selftest;
 mod lifecycle;

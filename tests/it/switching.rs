@@ -26,17 +26,17 @@ const OUT_KEY: &str = "relaytest";
 ///
 /// Fields drop in order: relay (SIGKILL, if a test failed before
 /// [`Rig::stop`]), the sink, the counter, nginx, the temp dir.
-struct Rig {
-    relay: RelayProc,
-    sink: Sink,
+pub(crate) struct Rig {
+    pub(crate) relay: RelayProc,
+    pub(crate) sink: Sink,
     out_sessions: SessionCounter,
     /// When relay was started.
-    started: Instant,
+    pub(crate) started: Instant,
     /// Where publishers publish (`live/<stream>`).
     live_url: String,
     /// The output stream (`out/relaytest`).
-    out_url: String,
-    nginx: PrivateNginx,
+    pub(crate) out_url: String,
+    pub(crate) nginx: PrivateNginx,
     _dir: tempfile::TempDir,
 }
 
@@ -44,12 +44,15 @@ impl Rig {
     /// Starts nginx and relay on the live stream `stream`; returns once
     /// relay's output streams (its first frame went out), with a sink
     /// playing the output.
-    async fn start(stream: &str) -> anyhow::Result<Rig> {
+    pub(crate) async fn start(stream: &str) -> anyhow::Result<Rig> {
         Rig::start_with(stream, &[]).await
     }
 
     /// [`Rig::start`] with some configuration keys overridden.
-    async fn start_with(stream: &str, overrides: &[(&str, &str)]) -> anyhow::Result<Rig> {
+    pub(crate) async fn start_with(
+        stream: &str,
+        overrides: &[(&str, &str)],
+    ) -> anyhow::Result<Rig> {
         let (dir, offline) = dir_with_offline("switching").await?;
         let nginx = start_nginx().await?;
         let mut env = RelayEnv::new(&nginx, OUT_KEY, stream, &offline)?;
@@ -85,7 +88,7 @@ impl Rig {
     }
 
     /// Starts a publisher on the live stream.
-    async fn publish(&self, opts: PublisherOpts) -> anyhow::Result<Publisher> {
+    pub(crate) async fn publish(&self, opts: PublisherOpts) -> anyhow::Result<Publisher> {
         Publisher::start(&self.live_url, opts).await
     }
 
@@ -97,7 +100,7 @@ impl Rig {
     ///
     /// Going live from the offline video, no black (filler) frame may show
     /// on the way: see `going_live_shows_no_black_flash`.
-    async fn expect_switch(
+    pub(crate) async fn expect_switch(
         &self,
         from: Colour,
         want: Colour,
@@ -140,7 +143,7 @@ impl Rig {
     }
 
     /// The output publishing sessions seen, with details for a failure.
-    fn assert_one_output_session(&self) -> anyhow::Result<()> {
+    pub(crate) fn assert_one_output_session(&self) -> anyhow::Result<()> {
         let seen = self.out_sessions.seen();
         ensure!(
             seen.len() == 1,
@@ -152,7 +155,7 @@ impl Rig {
     }
 
     /// Relay's recent log, for failure messages.
-    fn context(&self) -> String {
+    pub(crate) fn context(&self) -> String {
         let logs = self.relay.logs();
         let recent = &logs[logs.len().saturating_sub(25)..];
         format!("relay's last lines:\n{}", recent.join("\n"))
@@ -169,7 +172,7 @@ impl Rig {
     }
 
     /// SIGTERM: relay must stop its children and exit 0.
-    async fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         let children = child_pids_of(self.relay.pid());
         ensure!(
             !children.is_empty(),
@@ -204,11 +207,11 @@ impl Rig {
 }
 
 /// How long a publisher may take from its start to being on air at the sink.
-const GO_LIVE: Duration = Duration::from_secs(25);
+pub(crate) const GO_LIVE: Duration = Duration::from_secs(25);
 /// How long a dead or stalled publisher may stay on air at the sink.
-const FAIL_OVER: Duration = Duration::from_secs(10);
+pub(crate) const FAIL_OVER: Duration = Duration::from_secs(10);
 /// How long a colour must then hold.
-const STEADY: Duration = Duration::from_secs(2);
+pub(crate) const STEADY: Duration = Duration::from_secs(2);
 
 #[tokio::test]
 async fn offline_video_streams_when_nobody_is_live() -> anyhow::Result<()> {

@@ -1,0 +1,114 @@
+//! Whether the publisher's data is still reaching the ingest: the bytes
+//! waiting unread in the receive queues of the ingest FFmpeg's TCP
+//! sockets (its connection to nginx).
+//!
+//! The pump asks only when live frames are late. Frames can be late for
+//! two reasons that look the same from the pipes: the publisher stopped
+//! sending (nothing arrives, the queue is empty), or relay's own ingest is
+//! starved (a busy machine: the ingest FFmpeg, or relay's thread that reads
+//! its frames, does not get the CPU; the publisher's data piles up unread).
+//! Only the first is a reason to fail over (ARCHITECTURE.md, "A late frame
+//! is not always a stopped publisher").
+
+use std::collections::HashSet;
+use std::fs;
+
+/// The ingest FFmpeg's side of its connection to nginx.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestLink {
+    pid: u32,
+}
+
+impl IngestLink {
+    pub fn new(pid: u32) -> IngestLink {
+        IngestLink { pid }
+    }
+
+    /// Bytes received from the network but not yet read by the ingest,
+    /// over all its TCP sockets; `None` if that cannot be known (the
+    /// process is gone, or /proc is not readable).
+    pub fn unread_bytes(&self) -> Option<u64> {
+        let inodes = socket_inodes(self.pid)?;
+        if inodes.is_empty() {
+            return Some(0);
+        }
+        let mut total = 0;
+        let mut readable = false;
+        for table in ["tcp", "tcp6"] {
+            if let Ok(text) = fs::read_to_string(format!("/proc/{}/net/{table}", self.pid)) {
+                readable = true;
+                total += unread_in_table(&text, &inodes);
+            }
+        }
+        readable.then_some(total)
+    }
+}
+
+/// The inodes of the process's sockets, from its /proc/PID/fd links.
+fn socket_inodes(pid: u32) -> Option<HashSet<u64>> {
+    let dir = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(
+        dir.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .filter_map(|target| {
+                let t = target.to_str()?;
+                t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+            })
+            .collect(),
+    )
+}
+
+/// The receive queues (`rx_queue`, hexadecimal) of the sockets in a
+/// /proc/net/tcp table whose inode is in `inodes`, summed.
+fn unread_in_table(text: &str, inodes: &HashSet<u64>) -> u64 {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let inode: u64 = fields.get(9)?.parse().ok()?;
+            if !inodes.contains(&inode) {
+                return None;
+            }
+            let (_, rx) = fields.get(4)?.split_once(':')?;
+            u64::from_str_radix(rx, 16).ok()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:0790 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1111 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:D2F4 0100007F:0790 01 00000000:0001A2B0 00:00000000 00000000     0        0 2222 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:D2F6 0100007F:0790 01 00000010:00000100 00:00000000 00000000     0        0 3333 1 0000000000000000 20 4 30 10 -1
+";
+
+    #[test]
+    fn only_the_processs_sockets_count() {
+        let ours: HashSet<u64> = [2222, 9999].into();
+        assert_eq!(unread_in_table(TABLE, &ours), 0x1A2B0);
+        let both: HashSet<u64> = [2222, 3333].into();
+        assert_eq!(unread_in_table(TABLE, &both), 0x1A2B0 + 0x100);
+        assert_eq!(unread_in_table("garbage\nmore garbage", &both), 0);
+    }
+
+    #[test]
+    fn a_connected_socket_with_unread_data_is_seen() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_receiver, _) = listener.accept().unwrap();
+        sender.write_all(&[7u8; 5000]).unwrap();
+        let link = IngestLink::new(std::process::id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while link.unread_bytes().unwrap_or(0) < 5000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "unread data never seen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(IngestLink::new(u32::MAX).unread_bytes(), None);
+    }
+}
