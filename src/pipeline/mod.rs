@@ -6,6 +6,7 @@
 pub mod frames;
 pub mod ingest;
 pub mod offline_copy;
+pub mod offline_frames;
 pub mod offline_source;
 pub mod offline_supervisor;
 pub mod output;
