@@ -1,6 +1,6 @@
 //! The offline source's picture, as the pump takes it: whole frames read
 //! ahead into relay's pipe stores, and the last one kept to repeat
-//! (ARCHITECTURE.md, "Never a black frame").
+//! (ARCHITECTURE.md, "Going live without a black flash, and never a black frame").
 //!
 //! A thread of its own moves each of the source's frames out of its pipe
 //! with splice(2) into a store of relay's pipes (`pipe_frames`), as the

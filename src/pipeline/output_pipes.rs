@@ -11,7 +11,7 @@
 //! and offline frames, `pipe_frames`) go out with tee(2), frames in our
 //! memory (when no pipes can be had) with vmsplice(2). Each writer sends
 //! exactly the frame the pump chose: it has no filler of its own
-//! (ARCHITECTURE.md, "Never a black frame").
+//! (ARCHITECTURE.md, "Going live without a black flash, and never a black frame").
 
 use std::collections::VecDeque;
 use std::io;

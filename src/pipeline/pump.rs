@@ -13,7 +13,7 @@
 //!   failover finds offline frames already queued.
 //!
 //! Every frame it sends is a live frame, a repeat of the last one, or an
-//! offline frame, never black (ARCHITECTURE.md, "Never a black frame"):
+//! offline frame, never black (ARCHITECTURE.md, "Going live without a black flash, and never a black frame"):
 //! black goes out only before any frame exists at all, and the first tick
 //! waits up to [`FIRST_FRAME_WAIT`] for the offline source's first frame.
 //!

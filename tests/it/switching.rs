@@ -170,7 +170,7 @@ impl Rig {
 
     /// SIGTERM: relay must stop its children and exit 0. Every switching
     /// test ends here, so here the sink must have seen no black frame
-    /// after the picture started (ARCHITECTURE.md, "Never a black frame").
+    /// after the picture started (ARCHITECTURE.md, "Going live without a black flash, and never a black frame").
     async fn stop(mut self) -> anyhow::Result<()> {
         self.sink
             .expect_no_black()
