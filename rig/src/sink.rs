@@ -395,6 +395,46 @@ impl Sink {
         Some(offsets[offsets.len() / 2] * 1000.0)
     }
 
+    /// Black frames seen after the first frame that was not black. relay
+    /// sends a live frame, a repeat of the last one or an offline frame,
+    /// never black: black shows only before its output had any picture.
+    pub fn black_frames_after_start(&self) -> usize {
+        let state = self.state.lock().unwrap();
+        state
+            .frames
+            .iter()
+            .skip_while(|f| f.colour == Colour::Black)
+            .filter(|f| f.colour == Colour::Black)
+            .count()
+    }
+
+    /// Fails, with the count and where they were, if any frame after the
+    /// first that was not black was black ([`Sink::black_frames_after_start`]).
+    pub fn expect_no_black(&self) -> anyhow::Result<()> {
+        let black = self.black_frames_after_start();
+        if black > 0 {
+            let frames = self.history_frames();
+            let is_black = |f: &&Frame| f.colour == Colour::Black;
+            let start = frames.iter().find(|f| !is_black(f)).map(|f| f.at);
+            let first = frames
+                .iter()
+                .skip_while(is_black)
+                .find(is_black)
+                .map(|f| f.at);
+            let since = match (start, first) {
+                (Some(start), Some(first)) => start.max(first - Duration::from_secs(1)),
+                _ => Instant::now(),
+            };
+            bail!(
+                "sink {}: {black} black frame(s) after the picture started; from 1 s before \
+                 the first: {}",
+                self.url,
+                self.summary_since(since)
+            );
+        }
+        Ok(())
+    }
+
     /// Colour of the latest frame.
     pub fn last_colour(&self) -> Option<Colour> {
         self.state.lock().unwrap().frames.last().map(|f| f.colour)

@@ -36,7 +36,7 @@ use crate::observe::notify;
 use crate::pipeline::frames::{self, FramePool};
 use crate::pipeline::ingest::{self, Expect};
 use crate::pipeline::output::{self, OutputEvent};
-use crate::pipeline::pipe_frames::PipePool;
+use crate::pipeline::pipe_frames::{PipePool, Stores};
 use crate::pipeline::pump::{self, Event as PumpEvent};
 use crate::pipeline::raw_format::RawFormat;
 use crate::policy::{self, Action, Event, Policy, StatSummary, Switched, Timer};
@@ -142,22 +142,10 @@ pub async fn run(
     let (pump_tx, pump_rx) = mpsc::channel(8);
     let (pump_ev_tx, pump_ev_rx) = mpsc::channel(32);
     let frames = FramePool::new(format.frame_bytes(), frames::KEEP, frames::CAP);
-    let pipes = match PipePool::new(format.frame_bytes()) {
-        Ok(pool) => Some(pool),
-        Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {
-            info!(%err, "live frames go through memory at this size");
-            None
-        }
-        Err(err) => {
-            warn!(
-                %err,
-                "live frames go through memory, which costs more CPU: no pipes of 1 MB \
-                 to hold them (the user's pipe memory may be at the kernel's limit, \
-                 fs.pipe-user-pages-soft)"
-            );
-            None
-        }
-    };
+    // Live and offline frames each have their stores of pipes; the output's
+    // video writers their cursors (none of them when pipes cannot be had).
+    let stores = Stores::new(format.frame_bytes());
+    let pipes = stores.live.clone();
     // The pump feeds the output until it is gone, so it stops last;
     // operator endpoints stop first. Children stop in between.
     let endpoints = Stage::new();
@@ -197,6 +185,8 @@ pub async fn run(
             ffmpeg: options.ffmpeg.clone(),
             copy_dir: options.offline_copy_dir.clone(),
             pump: pump_tx.clone(),
+            pipes: stores.offline.clone(),
+            frames: FramePool::new(format.frame_bytes(), frames::KEEP, frames::CAP),
             updates: updates.clone(),
             new_offline,
         },
@@ -208,6 +198,7 @@ pub async fn run(
         pump_tx.clone(),
         out_ev_tx,
         selection_rx,
+        stores.cursors.clone(),
     );
 
     let poll_now = Arc::new(Notify::new());

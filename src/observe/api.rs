@@ -145,7 +145,7 @@ pub struct Status {
     pub last_switch: Option<LastSwitch>,
     /// Live frames sent to the output since start.
     pub live_frames: u64,
-    /// Filler frames (last live frame or black) sent since start.
+    /// Filler frames (the last live frame, or the offline frame) sent since start.
     pub filler_frames: u64,
     /// Clock ticks dropped because the output did not keep up.
     pub dropped_ticks: u64,

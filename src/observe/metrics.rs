@@ -195,7 +195,7 @@ pub fn render(s: &Snapshot, pump: &pump::Stats) -> String {
     family(
         "relay_filler_frames_total",
         "counter",
-        "Filler frames (the last live frame, or black) written to the output.",
+        "Filler frames (the last live frame, or the offline frame) written to the output.",
         &counter(&pump.filler_frames),
     );
     family(

@@ -355,7 +355,7 @@ fn read_video(
 
 /// Moves one whole frame from the ingest's pipe into pipes of ours; `None`
 /// if the ingest ended first.
-fn splice_frame(pipe: BorrowedFd<'_>, mut frame: PipedFrame) -> Option<PipedFrame> {
+pub(crate) fn splice_frame(pipe: BorrowedFd<'_>, mut frame: PipedFrame) -> Option<PipedFrame> {
     while frame.missing() > 0 {
         match frame.splice_from(pipe) {
             Ok(0) => return None,
@@ -377,7 +377,7 @@ fn splice_frame(pipe: BorrowedFd<'_>, mut frame: PipedFrame) -> Option<PipedFram
 }
 
 /// Reads one whole frame into memory; `None` if the ingest ended first.
-fn read_frame(pipe: BorrowedFd<'_>, mut frame: FrameBuf) -> Option<FrameBuf> {
+pub(crate) fn read_frame(pipe: BorrowedFd<'_>, mut frame: FrameBuf) -> Option<FrameBuf> {
     while !frame.spare().is_empty() {
         match pipe_io::read(pipe, frame.spare()) {
             Ok(0) => return None,

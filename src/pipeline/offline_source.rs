@@ -6,28 +6,29 @@
 //! the time, also while live is on air and nobody sees it (about 6 % of a
 //! core at 1080p30, as much as the live decode). The source instead decodes
 //! only as fast as its frames are taken: while live is on air the pump
-//! takes none, its pipes fill, and it rests blocked in a write, using no
-//! CPU. Its frames are moved into the output's pipe with splice(2), never
-//! through our memory. And the output no longer depends on the file: if the
-//! source dies, the output goes on with black and relay restarts the source
-//! with backoff.
+//! takes none, the few frames read ahead (`offline_frames`) and its pipes
+//! fill, and it rests blocked in a write, using no CPU. Its frames move
+//! into relay's pipe stores with splice(2), never through our memory, and
+//! the pump repeats the last one whenever the source is late. And the
+//! output no longer depends on the file: if the source dies, the output
+//! goes on with its last frame and relay restarts the source with backoff.
 
-use std::io::ErrorKind;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use nix::poll::PollFlags;
 use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::ffmpeg;
 use crate::ffmpeg::child::{self, Spec};
 use crate::ffmpeg::preflight::OfflineInfo;
+use crate::pipeline::frames::{Frame, FramePool};
 use crate::pipeline::ingest::AudioQueue;
-use crate::pipeline::pipe_io::{self, wait_for};
+use crate::pipeline::offline_frames;
+use crate::pipeline::pipe_frames::PipePool;
 use crate::pipeline::raw_format::{RawFormat, AUDIO_BYTES_PER_SAMPLE};
 
 const VIDEO_FD: RawFd = 3;
@@ -38,14 +39,11 @@ const AUDIO_FD: RawFd = 4;
 /// sound while its next picture waits.
 const AUDIO_AHEAD_FRAMES: usize = 8;
 
-/// A frame the source began but did not finish within this is completed
-/// with zeros, so the output's raw stream stays aligned.
-const MID_FRAME_STALL: Duration = Duration::from_secs(1);
-
-/// Frames owed (a fallback went out while the source was late) are made
-/// up by skipping; beyond a second's worth the debt is forgiven, for the
-/// sound as for the picture, so the two stay level either way.
-const MAX_OWED_FRAMES: u64 = 30;
+/// Frames owed (the last frame repeated while the source was late) are
+/// made up by skipping; beyond a second's worth the debt is forgiven, for
+/// the sound as for the picture (`offline_frames`), so the two stay level
+/// either way.
+pub(crate) const MAX_OWED_FRAMES: u64 = 30;
 
 pub fn args(config: &Config, info: &OfflineInfo, path: &Path) -> Vec<String> {
     let f = RawFormat::of(config);
@@ -79,155 +77,10 @@ pub fn args(config: &Config, info: &OfflineInfo, path: &Path) -> Vec<String> {
 }
 
 /// What the pump reads from one running source.
-#[derive(Clone)]
 pub struct OfflineSource {
-    pub video: Arc<SourceVideo>,
+    /// Its frames, whole, a few read ahead (`offline_frames`).
+    pub video: mpsc::Receiver<Frame>,
     pub audio: Arc<SourceAudio>,
-}
-
-/// The source's video pipe. Frames are taken whole, one at a time, by
-/// whichever output writer asks (a restarted output gets a new writer).
-pub struct SourceVideo {
-    pipe: OwnedFd,
-    frame_bytes: usize,
-    state: Mutex<VideoState>,
-}
-
-#[derive(Default)]
-struct VideoState {
-    /// Bytes taken from the pipe: a frame boundary is a multiple of the
-    /// frame size.
-    taken: u64,
-    /// Frames written as fallback instead of the source's; skipped later
-    /// so that the picture keeps pace with the sound.
-    owed: u64,
-    /// The source closed its pipe (it exited).
-    ended: bool,
-}
-
-impl SourceVideo {
-    /// Moves the source's next frame into the pipe `out`. Waits at most
-    /// `wait` for it to begin; false if it did not (the frame is then owed).
-    /// An error only if `out` is closed.
-    pub fn splice_frame(&self, out: BorrowedFd<'_>, wait: Duration) -> std::io::Result<bool> {
-        let mut st = self.state.lock().unwrap();
-        if st.ended {
-            return Ok(false);
-        }
-        let fb = self.frame_bytes as u64;
-        // A writer that went away mid-frame left the rest of it: skip it.
-        let rest = (fb - st.taken % fb) % fb;
-        if rest > 0 && !self.discard(&mut st, rest as usize, MID_FRAME_STALL) {
-            st.owed += 1;
-            return Ok(false);
-        }
-        // A frame owed: skip one per frame taken, so the source catches up
-        // at twice the pace rather than in one long wait.
-        if st.owed > MAX_OWED_FRAMES {
-            st.owed = 0;
-        }
-        if st.owed > 0 && self.available() > 0 {
-            st.owed -= 1;
-            if !self.discard(&mut st, self.frame_bytes, MID_FRAME_STALL) {
-                st.owed += 1;
-                return Ok(false);
-            }
-        }
-        if self.available() == 0 {
-            match wait_for(self.pipe.as_fd(), PollFlags::POLLIN, Some(wait)) {
-                Ok(true) => {}
-                Ok(false) => {
-                    st.owed += 1;
-                    return Ok(false);
-                }
-                // Nothing left and the source gone.
-                Err(_) => {
-                    st.ended = true;
-                    return Ok(false);
-                }
-            }
-        }
-        let mut left = self.frame_bytes;
-        while left > 0 {
-            match pipe_io::splice(self.pipe.as_fd(), out, left) {
-                Ok(0) => {
-                    st.ended = true;
-                    break;
-                }
-                Ok(n) => {
-                    left -= n;
-                    st.taken += n as u64;
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    if self.available() > 0 {
-                        // Room is what is missing, in the output's pipe.
-                        wait_for(out, PollFlags::POLLOUT, None)?;
-                    } else if !wait_for(self.pipe.as_fd(), PollFlags::POLLIN, Some(MID_FRAME_STALL))
-                        .unwrap_or(false)
-                    {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::BrokenPipe => return Err(e),
-                Err(_) => {
-                    st.ended = true;
-                    break;
-                }
-            }
-        }
-        if left > 0 {
-            // The source stalled or died mid-frame: complete the frame.
-            pad_zeros(out, left)?;
-        }
-        Ok(true)
-    }
-
-    /// Bytes waiting in the source's pipe.
-    fn available(&self) -> usize {
-        pipe_io::unread_bytes(self.pipe.as_fd()).unwrap_or(0)
-    }
-
-    /// Drops `n` bytes from the pipe; false if they did not come in time.
-    fn discard(&self, st: &mut VideoState, mut n: usize, wait: Duration) -> bool {
-        let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") else {
-            return false;
-        };
-        let deadline = Instant::now() + wait;
-        while n > 0 {
-            match pipe_io::splice(self.pipe.as_fd(), null.as_fd(), n) {
-                Ok(0) => {
-                    st.ended = true;
-                    return false;
-                }
-                Ok(k) => {
-                    n -= k;
-                    st.taken += k as u64;
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero()
-                        || !wait_for(self.pipe.as_fd(), PollFlags::POLLIN, Some(left))
-                            .unwrap_or(false)
-                    {
-                        return false;
-                    }
-                }
-                Err(_) => return false,
-            }
-        }
-        true
-    }
-}
-
-/// Writes `n` zero bytes into the non-blocking pipe `out`.
-fn pad_zeros(out: BorrowedFd<'_>, mut n: usize) -> std::io::Result<()> {
-    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-    while n > 0 {
-        let k = n.min(ZEROS.len());
-        pipe_io::write_all(out, &ZEROS[..k])?;
-        n -= k;
-    }
-    Ok(())
 }
 
 /// The source's sound, read ahead a little.
@@ -260,12 +113,15 @@ impl SourceAudio {
     }
 }
 
-/// Spawns the source FFmpeg and the reader of its sound.
+/// Spawns the source FFmpeg and the readers of its picture (into `pipes`'
+/// stores, or `frames`' buffers when none can be had) and its sound.
 pub(crate) fn spawn(
     config: &Config,
     info: &OfflineInfo,
     path: &Path,
     ffmpeg_bin: &Path,
+    pipes: Option<&PipePool>,
+    frames: &FramePool,
 ) -> std::io::Result<(child::Running, OfflineSource)> {
     let format = RawFormat::of(config);
     let video = child::read_pipe()?;
@@ -284,11 +140,11 @@ pub(crate) fn spawn(
     });
     tokio::spawn(read_audio(audio.ours, sound.clone()));
     let source = OfflineSource {
-        video: Arc::new(SourceVideo {
-            pipe: video.ours.into_nonblocking_fd()?,
-            frame_bytes: format.frame_bytes(),
-            state: Mutex::new(VideoState::default()),
-        }),
+        video: offline_frames::read(
+            video.ours.into_nonblocking_fd()?,
+            pipes.cloned(),
+            frames.clone(),
+        )?,
         audio: sound,
     };
     Ok((running, source))
@@ -315,70 +171,6 @@ async fn read_audio(mut pipe: tokio::net::unix::pipe::Receiver, sound: Arc<Sourc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
-    use std::os::fd::OwnedFd;
-
-    /// A source whose pipe we write, an output pipe we read; 8-byte frames.
-    fn rig() -> (SourceVideo, std::fs::File, OwnedFd, std::fs::File) {
-        let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
-        let (src_read, src_write) = nix::unistd::pipe2(flags).unwrap();
-        let (out_read, out_write) = nix::unistd::pipe2(flags).unwrap();
-        let video = SourceVideo {
-            pipe: src_read,
-            frame_bytes: 8,
-            state: Mutex::new(VideoState::default()),
-        };
-        (video, src_write.into(), out_write, out_read.into())
-    }
-
-    fn read_out(out: &mut std::fs::File) -> Vec<u8> {
-        let mut buf = vec![0u8; 64];
-        let n = out.read(&mut buf).unwrap_or(0);
-        buf.truncate(n);
-        buf
-    }
-
-    const NO_WAIT: Duration = Duration::from_millis(1);
-
-    #[test]
-    fn frames_move_whole_and_a_half_taken_one_is_skipped() {
-        let (video, mut src, out, mut sink) = rig();
-        src.write_all(&[1; 8]).unwrap();
-        src.write_all(&[2; 8]).unwrap();
-        assert!(video.splice_frame(out.as_fd(), NO_WAIT).unwrap());
-        assert_eq!(read_out(&mut sink), vec![1; 8]);
-        // A writer went away after 3 bytes of the next frame.
-        let mut st = video.state.lock().unwrap();
-        assert!(video.discard(&mut st, 3, NO_WAIT));
-        drop(st);
-        src.write_all(&[3; 8]).unwrap();
-        assert!(video.splice_frame(out.as_fd(), NO_WAIT).unwrap());
-        assert_eq!(read_out(&mut sink), vec![3; 8]);
-    }
-
-    #[test]
-    fn a_late_frame_is_owed_and_skipped_later() {
-        let (video, mut src, out, mut sink) = rig();
-        assert!(!video.splice_frame(out.as_fd(), NO_WAIT).unwrap());
-        assert_eq!(video.state.lock().unwrap().owed, 1);
-        src.write_all(&[1; 8]).unwrap();
-        src.write_all(&[2; 8]).unwrap();
-        // The owed frame is skipped: picture and sound stay level.
-        assert!(video.splice_frame(out.as_fd(), NO_WAIT).unwrap());
-        assert_eq!(read_out(&mut sink), vec![2; 8]);
-        assert_eq!(video.state.lock().unwrap().owed, 0);
-    }
-
-    #[test]
-    fn a_source_that_dies_mid_frame_leaves_a_whole_frame() {
-        let (video, mut src, out, mut sink) = rig();
-        src.write_all(&[5; 3]).unwrap();
-        drop(src);
-        assert!(video.splice_frame(out.as_fd(), NO_WAIT).unwrap());
-        assert_eq!(read_out(&mut sink), vec![5, 5, 5, 0, 0, 0, 0, 0]);
-        // Ended: nothing more, without waiting.
-        assert!(!video.splice_frame(out.as_fd(), NO_WAIT).unwrap());
-    }
 
     #[test]
     fn sound_given_as_silence_is_skipped_when_it_comes() {

@@ -11,8 +11,10 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::ffmpeg::preflight::OfflineInfo;
 use crate::ffmpeg::supervisor::{Children, Event, Job, Started};
+use crate::pipeline::frames::FramePool;
 use crate::pipeline::offline_copy::OfflineCopy;
 use crate::pipeline::offline_source::spawn;
+use crate::pipeline::pipe_frames::PipePool;
 use crate::pipeline::pump;
 
 /// What the offline source's supervisor works with.
@@ -25,6 +27,10 @@ pub struct Supervision {
     /// in place.
     pub copy_dir: Option<PathBuf>,
     pub pump: mpsc::Sender<pump::Command>,
+    /// Where the source's frames are held: stores of pipes of their own
+    /// (not the live feed's), and buffers when no store can be had.
+    pub pipes: Option<PipePool>,
+    pub frames: FramePool,
     /// Reloaded settings: OFFLINE_VIDEO_PATH, when `new_offline` changes.
     pub updates: watch::Receiver<Arc<Config>>,
     /// A new offline video: its probe; the path is in `updates`.
@@ -86,7 +92,14 @@ impl Job for SourceJob {
             .copy
             .as_ref()
             .map_or(self.source_path.clone(), |c| c.path().to_owned());
-        let (child, source) = spawn(&self.s.config, &self.s.info, &path, &self.s.ffmpeg)?;
+        let (child, source) = spawn(
+            &self.s.config,
+            &self.s.info,
+            &path,
+            &self.s.ffmpeg,
+            self.s.pipes.as_ref(),
+            &self.s.frames,
+        )?;
         let _ = self.s.pump.send(pump::Command::Offline(Some(source))).await;
         Ok(Started {
             child,
@@ -118,7 +131,7 @@ impl Job for SourceJob {
                 reason = %reason,
                 uptime_s = uptime.as_secs_f64(),
                 retry_in_s = retry_in.as_secs_f64(),
-                "offline video source stopped; the output shows black meanwhile"
+                "offline video source stopped; the output repeats its last frame meanwhile"
             );
         }
     }

@@ -24,7 +24,8 @@ use crate::ffmpeg;
 use crate::ffmpeg::child::{self, Running, Spec};
 use crate::ffmpeg::supervisor::{self, Children, Event, Job, Restart};
 use crate::ffmpeg::zmq::Input;
-use crate::pipeline::output_pipes::{OutputPipes, PipeEnds};
+use crate::pipeline::output_pipes::{OutputPipes, PipeEnds, WriterCursors};
+use crate::pipeline::pipe_frames::Cursors;
 use crate::pipeline::pump;
 use crate::pipeline::raw_format::RawFormat;
 
@@ -156,8 +157,18 @@ pub struct Started {
     pub progress: mpsc::Receiver<Progress>,
 }
 
-/// Spawns the output FFmpeg.
-pub fn spawn(config: &Config, select: Input, ffmpeg_bin: &Path) -> std::io::Result<Started> {
+/// How long a starting output waits for its video writers' cursors while
+/// the writers of the output before it still hold theirs.
+const CURSOR_WAIT: Duration = Duration::from_secs(2);
+
+/// Spawns the output FFmpeg; its video writers move frames held in pipes
+/// with `cursors`.
+pub fn spawn(
+    config: &Config,
+    select: Input,
+    ffmpeg_bin: &Path,
+    cursors: WriterCursors,
+) -> std::io::Result<Started> {
     let format = RawFormat::of(config);
     // About one frame in each video pipe: a deeper backlog would still be
     // filler when a switch to live takes effect (a black flash).
@@ -194,7 +205,7 @@ pub fn spawn(config: &Config, select: Input, ffmpeg_bin: &Path) -> std::io::Resu
     };
     Ok(Started {
         child: running,
-        pipes: OutputPipes::spawn(ends, format)?,
+        pipes: OutputPipes::spawn(ends, cursors),
         progress: rx,
     })
 }
@@ -213,6 +224,7 @@ pub(crate) fn supervise(
     pump: mpsc::Sender<pump::Command>,
     events: mpsc::Sender<OutputEvent>,
     selection: watch::Receiver<Input>,
+    cursors: Option<Cursors>,
 ) -> Restart {
     let job = OutputJob {
         config,
@@ -220,6 +232,7 @@ pub(crate) fn supervise(
         pump,
         events,
         selection,
+        cursors,
     };
     children.restarting(job, Some(STALL), tracing::info_span!("output"))
 }
@@ -234,6 +247,39 @@ struct OutputJob {
     pump: mpsc::Sender<pump::Command>,
     events: mpsc::Sender<OutputEvent>,
     selection: watch::Receiver<Input>,
+    /// The video writers' cursors, while relay holds frames in pipes.
+    cursors: Option<Cursors>,
+}
+
+/// Two cursors from `cursors`, for the live and the offline video writer.
+/// The reserve has them unless the writers of the last output have not
+/// ended yet (they end as soon as its pipes close) and no pipe can be made
+/// meanwhile: then this waits for them, up to [`CURSOR_WAIT`]. An error
+/// after that: the output is started again with the crash backoff rather
+/// than with a writer that could not send the frames it is given.
+async fn lend_cursors(cursors: Option<&Cursors>) -> std::io::Result<WriterCursors> {
+    let Some(cursors) = cursors else {
+        return Ok(None);
+    };
+    let deadline = tokio::time::Instant::now() + CURSOR_WAIT;
+    let mut live = None;
+    loop {
+        if live.is_none() {
+            live = cursors.lend();
+        }
+        if live.is_some() {
+            if let Some(offline) = cursors.lend() {
+                return Ok(live.map(|l| (l, offline)));
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(std::io::Error::other(
+                "no pipe of 1 MB for the output's video writers (the user's pipe memory \
+                 may be at the kernel's limit, fs.pipe-user-pages-soft)",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 impl Job for OutputJob {
@@ -245,11 +291,12 @@ impl Job for OutputJob {
 
     async fn start(&mut self) -> std::io::Result<supervisor::Started<Progress>> {
         let select = *self.selection.borrow();
+        let cursors = lend_cursors(self.cursors.as_ref()).await?;
         let Started {
             child,
             pipes,
             progress,
-        } = spawn(&self.config, select, &self.ffmpeg)?;
+        } = spawn(&self.config, select, &self.ffmpeg, cursors)?;
         let _ = self.pump.send(pump::Command::Attach(pipes)).await;
         info!(pid = child.pid, on_air = select.name(), "output started");
         Ok(supervisor::Started {

@@ -7,57 +7,34 @@
 //! full the whole tick is dropped, on all four pipes, so the raw timelines
 //! stay in step.
 //!
-//! Video never goes through a copy of ours: live frames held in pipes
-//! (`pipeframes`) go out with tee(2), frames in our memory (black filler,
-//! and live frames when no pipes can be had) with vmsplice(2), and the
-//! offline source's frames go from its pipe into the output's with
-//! splice(2).
+//! Video never goes through a copy of ours: frames held in pipes (live
+//! and offline frames, `pipe_frames`) go out with tee(2), frames in our
+//! memory (when no pipes can be had) with vmsplice(2). Each writer sends
+//! exactly the frame the pump chose: it has no filler of its own
+//! (ARCHITECTURE.md, "Going live without a black flash, and never a black frame").
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
-use std::time::Duration;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::error;
 
-use crate::pipeline::frames::{Black, Frame, FramePool};
-use crate::pipeline::offline_source::SourceVideo;
-use crate::pipeline::pipe_frames::Cursor;
+use crate::pipeline::frames::Frame;
+use crate::pipeline::pipe_frames::{Cursor, LentCursor};
 use crate::pipeline::pipe_io;
-use crate::pipeline::raw_format::RawFormat;
 
 /// Ticks queued per pipe before ticks are dropped.
 const PIPE_QUEUE: usize = 3;
-
-/// How long the offline writer waits for the source's next frame to begin
-/// before it writes the fallback instead. The source decodes ahead and waits
-/// blocked in its write, so a frame is normally there at once; the pump's
-/// queue covers this wait.
-const SOURCE_WAIT: Duration = Duration::from_millis(40);
-
-/// What goes into the output's offline video input on one tick.
-pub enum OfflineFrame {
-    /// A frame we hold: the live frame while live is on air (the offline
-    /// source then rests), or filler while there is no offline source.
-    Held(Frame),
-    /// The offline source's next frame, moved pipe to pipe. If it has none
-    /// in time: `fallback`, or black if that is `None`.
-    Source {
-        source: Arc<SourceVideo>,
-        fallback: Option<Frame>,
-    },
-}
 
 /// One tick for all four pipes.
 pub struct Tick {
     pub video: Frame,
     pub audio: Bytes,
-    pub offline_video: OfflineFrame,
+    pub offline_video: Frame,
     pub offline_audio: Bytes,
 }
 
@@ -65,9 +42,13 @@ pub struct Tick {
 pub struct OutputPipes {
     video: mpsc::Sender<Frame>,
     audio: mpsc::Sender<Bytes>,
-    offline_video: mpsc::Sender<OfflineFrame>,
+    offline_video: mpsc::Sender<Frame>,
     offline_audio: mpsc::Sender<Bytes>,
 }
+
+/// The cursors of the two video writers, lent when the output's pipes are
+/// made (`Cursors`); `None` when relay holds no frame in pipes.
+pub type WriterCursors = Option<(LentCursor, LentCursor)>;
 
 /// Our ends of the output's four pipes.
 pub struct PipeEnds {
@@ -78,26 +59,23 @@ pub struct PipeEnds {
 }
 
 impl OutputPipes {
-    /// Starts one writer per pipe. The offline video's writer is a thread:
-    /// it moves data between two pipes and waits on both.
-    pub fn spawn(ends: PipeEnds, format: RawFormat) -> io::Result<OutputPipes> {
+    /// Starts one writer per pipe.
+    pub fn spawn(ends: PipeEnds, cursors: WriterCursors) -> OutputPipes {
         let (vtx, vrx) = mpsc::channel(PIPE_QUEUE);
         let (atx, arx) = mpsc::channel(PIPE_QUEUE);
         let (ovtx, ovrx) = mpsc::channel(PIPE_QUEUE);
         let (oatx, oarx) = mpsc::channel(PIPE_QUEUE);
-        let offline_fd = ends.offline_video.into_nonblocking_fd()?;
-        std::thread::Builder::new()
-            .name("offline-video".into())
-            .spawn(move || write_offline_video(offline_fd, ovrx, format))?;
-        tokio::spawn(write_live_video(ends.video, vrx, format));
+        let (live_cursor, offline_cursor) = cursors.unzip();
+        tokio::spawn(write_video(ends.video, vrx, live_cursor));
         tokio::spawn(write_pipe(ends.audio, arx));
+        tokio::spawn(write_video(ends.offline_video, ovrx, offline_cursor));
         tokio::spawn(write_pipe(ends.offline_audio, oarx));
-        Ok(OutputPipes {
+        OutputPipes {
             video: vtx,
             audio: atx,
             offline_video: ovtx,
             offline_audio: oatx,
-        })
+        }
     }
 
     /// Queues one tick; false if it had to be dropped.
@@ -172,23 +150,30 @@ impl InFlight {
     }
 }
 
-/// Moves live video frames into the pipe without copying them (the kernel's
+/// Moves video frames into the pipe without copying them (the kernel's
 /// copy was once the daemon's largest cost): a frame held in pipes with
-/// tee(2), a frame in our memory with vmsplice(2), which makes the pipe
-/// reference our pages. A task: it waits for room through the runtime.
-async fn write_live_video(pipe: pipe::Sender, mut rx: mpsc::Receiver<Frame>, format: RawFormat) {
+/// tee(2) through `cursor`, a frame in our memory with vmsplice(2), which
+/// makes the pipe reference our pages. A task: it waits for room through
+/// the runtime. Ends when the pump drops its sender or the output stops
+/// reading.
+async fn write_video(
+    pipe: pipe::Sender,
+    mut rx: mpsc::Receiver<Frame>,
+    mut cursor: Option<LentCursor>,
+) {
     let capacity = pipe_io::capacity(pipe.as_fd());
     let mut in_flight = InFlight::default();
-    let mut video = VideoWriter::new(format);
     while let Some(frame) = rx.recv().await {
         in_flight.update(pipe.as_fd(), capacity);
-        let frame = video.sendable(frame);
         let mut sending = Sending::default();
         let sent = pipe_io::drive_async(&pipe, |out| {
-            sending.step(out, &frame, video.cursor.as_mut())
+            sending.step(out, &frame, cursor.as_deref_mut())
         })
         .await;
-        if sent.is_err() {
+        if let Err(err) = sent {
+            if err.kind() != io::ErrorKind::BrokenPipe {
+                error!(%err, "cannot write the output's video pipe");
+            }
             // The output exited; the supervisor attaches a new one.
             return;
         }
@@ -199,8 +184,7 @@ async fn write_live_video(pipe: pipe::Sender, mut rx: mpsc::Receiver<Frame>, for
 
 /// How far a frame has gone into a pipe: what one non-blocking step at a
 /// time has moved, until [`Sending::step`] says it is all in. The one way
-/// a video writer sends a frame, whether it waits for room in a task
-/// ([`pipe_io::drive_async`]) or in a thread ([`pipe_io::drive`]).
+/// a video writer sends a frame ([`pipe_io::drive_async`]).
 #[derive(Default)]
 struct Sending {
     /// A frame in memory: bytes moved so far.
@@ -211,8 +195,9 @@ struct Sending {
 
 impl Sending {
     /// Moves what `out` has room for; `Ok` once the whole frame is in,
-    /// `WouldBlock` when `out` is full. A frame in pipes needs `cursor`
-    /// ([`VideoWriter::sendable`] sees to that).
+    /// `WouldBlock` when `out` is full. A frame in pipes needs `cursor`:
+    /// frames are held in pipes only where the writers have cursors
+    /// (`Cursors`), so without one this is an error, never a substitute.
     fn step(
         &mut self,
         out: BorrowedFd<'_>,
@@ -245,47 +230,6 @@ impl Sending {
     }
 }
 
-/// What a video writer needs besides its pipe: tee's [`Cursor`], made at
-/// the first frame held in pipes, and the black frame. Without a cursor
-/// (no pipe of 1 MB to be had), such frames go out black: the output's
-/// stream stays whole, and the error is logged once.
-struct VideoWriter {
-    cursor: Option<Cursor>,
-    failed: bool,
-    black: Black,
-}
-
-impl VideoWriter {
-    fn new(format: RawFormat) -> VideoWriter {
-        VideoWriter {
-            cursor: None,
-            failed: false,
-            black: Black::new(format, FramePool::new(format.frame_bytes(), 0, 1)),
-        }
-    }
-
-    /// `frame`, or black if it is held in pipes and there is no cursor to
-    /// move it with.
-    fn sendable(&mut self, frame: Frame) -> Frame {
-        if !matches!(frame, Frame::Piped(_)) || self.cursor.is_some() {
-            return frame;
-        }
-        if !self.failed {
-            match Cursor::new() {
-                Ok(c) => {
-                    self.cursor = Some(c);
-                    return frame;
-                }
-                Err(err) => {
-                    self.failed = true;
-                    warn!(%err, "no pipe to move live frames with: they go out black");
-                }
-            }
-        }
-        Frame::Mem(self.black.frame())
-    }
-}
-
 async fn write_pipe(mut pipe: pipe::Sender, mut rx: mpsc::Receiver<Bytes>) {
     while let Some(buf) = rx.recv().await {
         if pipe.write_all(&buf).await.is_err() {
@@ -295,52 +239,13 @@ async fn write_pipe(mut pipe: pipe::Sender, mut rx: mpsc::Receiver<Bytes>) {
     }
 }
 
-/// The offline video's writer (a thread: it moves data between two pipes
-/// and waits on both). Frames we hold go as above; source frames are
-/// spliced from the source's pipe. Ends when the pump drops its sender or
-/// the output stops reading.
-fn write_offline_video(out: OwnedFd, mut rx: mpsc::Receiver<OfflineFrame>, format: RawFormat) {
-    let capacity = pipe_io::capacity(out.as_fd());
-    let mut in_flight = InFlight::default();
-    let mut video = VideoWriter::new(format);
-    while let Some(item) = rx.blocking_recv() {
-        in_flight.update(out.as_fd(), capacity);
-        let held = match item {
-            OfflineFrame::Held(frame) => frame,
-            OfflineFrame::Source { source, fallback } => {
-                match source.splice_frame(out.as_fd(), SOURCE_WAIT) {
-                    Ok(true) => {
-                        in_flight.push(None, format.frame_bytes());
-                        video.black.end_round();
-                        continue;
-                    }
-                    // The source is late and there is no fallback.
-                    Ok(false) => fallback.unwrap_or_else(|| Frame::Mem(video.black.frame())),
-                    Err(err) => {
-                        debug!(%err, "offline video pipe closed");
-                        return;
-                    }
-                }
-            }
-        };
-        let held = video.sendable(held);
-        let mut sending = Sending::default();
-        let sent = pipe_io::drive(out.as_fd(), |out| {
-            sending.step(out, &held, video.cursor.as_mut())
-        });
-        if let Err(err) = sent {
-            debug!(%err, "offline video pipe closed");
-            return;
-        }
-        in_flight.push(held.memory(), held.len());
-        in_flight.update(out.as_fd(), capacity);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::os::fd::OwnedFd;
+    use std::sync::Arc;
+    use std::time::Duration;
 
     fn data(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i % 251) as u8).collect()
@@ -365,12 +270,15 @@ mod tests {
         (write, reader)
     }
 
-    #[test]
-    fn a_frame_in_memory_goes_out_whole_from_a_thread() {
+    #[tokio::test]
+    async fn a_frame_in_memory_goes_out_whole() {
         let frame = Frame::Mem(Bytes::from(data(100_000)));
         let (out, reader) = small_pipe(frame.len());
+        let out = pipe::Sender::from_owned_fd(out).unwrap();
         let mut sending = Sending::default();
-        pipe_io::drive(out.as_fd(), |out| sending.step(out, &frame, None)).unwrap();
+        pipe_io::drive_async(&out, |fd| sending.step(fd, &frame, None))
+            .await
+            .unwrap();
         assert!(reader.join().unwrap() == data(100_000));
     }
 
@@ -398,16 +306,9 @@ mod tests {
         let frame = Frame::Piped(Arc::new(piped));
         let (out, reader) = small_pipe(len);
         let out = pipe::Sender::from_owned_fd(out).unwrap();
-        let mut video = VideoWriter::new(RawFormat {
-            width: 4,
-            height: 2,
-            fps: 30,
-            sample_rate: 48000,
-        });
-        let frame = video.sendable(frame);
-        assert!(matches!(frame, Frame::Piped(_)), "a cursor was made");
+        let mut cursor = Cursor::new().unwrap();
         let mut sending = Sending::default();
-        pipe_io::drive_async(&out, |fd| sending.step(fd, &frame, video.cursor.as_mut()))
+        pipe_io::drive_async(&out, |fd| sending.step(fd, &frame, Some(&mut cursor)))
             .await
             .unwrap();
         assert!(reader.join().unwrap() == data(len));

@@ -45,7 +45,8 @@ const MIN_STORES: usize = 3;
 /// Pipes a pool may make: the kernel lets a user have 64 MB of pipe
 /// capacity by default, for every relay instance and its FFmpeg children
 /// together. Four 1080p frames take 12; frames above 1440p (6 pipes each)
-/// go through memory.
+/// go through memory. An instance has two pools (live and offline frames,
+/// [`Stores`]): 24 pipes at 1080p, 16 at 720p, and two cursors.
 const MAX_PIPES: usize = 18;
 
 /// A pipe of ours, both ends.
@@ -317,6 +318,148 @@ impl Cursor {
     }
 }
 
+/// Everything relay holds frames in pipes with: the live feed's stores,
+/// the offline source's (apart, so that neither can take all of them: the
+/// offline frames read ahead stay in theirs for as long as live is on
+/// air), and the output's video writers' cursors. Made at start, all at
+/// once, so relay's share of the user's pipe capacity is fixed from the
+/// start. No pool without the cursors: a frame held in pipes can always
+/// be sent. What cannot be had is said once; those frames go through
+/// memory, which costs more CPU.
+pub struct Stores {
+    pub live: Option<PipePool>,
+    pub offline: Option<PipePool>,
+    pub cursors: Option<Cursors>,
+}
+
+impl Stores {
+    pub fn new(frame_bytes: usize) -> Stores {
+        let none = Stores {
+            live: None,
+            offline: None,
+            cursors: None,
+        };
+        let cursors = match Cursors::new() {
+            Ok(c) => c,
+            Err(err) => {
+                warn_no_pipes(&err, "all frames");
+                return none;
+            }
+        };
+        let pool = |what: &str| match PipePool::new(frame_bytes) {
+            Ok(pool) => Some(pool),
+            Err(err) if err.kind() == io::ErrorKind::Unsupported => {
+                tracing::info!(%err, "{what} go through memory at this size");
+                None
+            }
+            Err(err) => {
+                warn_no_pipes(&err, what);
+                None
+            }
+        };
+        let live = pool("live frames");
+        let offline = live.as_ref().and_then(|_| pool("offline frames"));
+        if live.is_none() {
+            return none;
+        }
+        Stores {
+            live,
+            offline,
+            cursors: Some(cursors),
+        }
+    }
+}
+
+fn warn_no_pipes(err: &io::Error, what: &str) {
+    warn!(
+        %err,
+        "{what} go through memory, which costs more CPU: no pipes of 1 MB \
+         to hold them (the user's pipe memory may be at the kernel's limit, \
+         fs.pipe-user-pages-soft)"
+    );
+}
+
+/// Cursors kept for the output's two video writers (live and offline).
+const WRITER_CURSORS: usize = 2;
+
+/// The cursors the output's video writers move frames in pipes with, made
+/// at start together with the pools, so that a frame held in pipes never
+/// finds its writer without one (it would have to go out as something
+/// else). A writer borrows one for the life of its output and gives it
+/// back when it ends. Cloning gives another handle to the same reserve.
+#[derive(Clone)]
+pub struct Cursors {
+    free: Arc<Mutex<Vec<Cursor>>>,
+}
+
+impl Cursors {
+    /// The reserve, its cursors made now; an error if the pipes cannot be
+    /// had (then no frame may be held in pipes: make no pool).
+    pub fn new() -> io::Result<Cursors> {
+        let made = (0..WRITER_CURSORS)
+            .map(|_| Cursor::new())
+            .collect::<io::Result<Vec<Cursor>>>()?;
+        Ok(Cursors {
+            free: Arc::new(Mutex::new(made)),
+        })
+    }
+
+    /// A cursor for one writer: a reserved one, or, while every reserved
+    /// one is still lent (the writers of an output that just ended), a new
+    /// one; `None` if none can be made.
+    pub fn lend(&self) -> Option<LentCursor> {
+        let reserved = self.free.lock().unwrap().pop();
+        let cursor = match reserved {
+            Some(c) => c,
+            None => Cursor::new().ok()?,
+        };
+        Some(LentCursor {
+            cursor: Some(cursor),
+            home: self.free.clone(),
+        })
+    }
+
+    /// Cursors in the reserve now.
+    #[cfg(test)]
+    fn free(&self) -> usize {
+        self.free.lock().unwrap().len()
+    }
+}
+
+/// A cursor borrowed from [`Cursors`], back in the reserve when dropped
+/// (unless it still holds part of a piece, or the reserve is full).
+pub struct LentCursor {
+    /// Always `Some` until dropped.
+    cursor: Option<Cursor>,
+    home: Arc<Mutex<Vec<Cursor>>>,
+}
+
+impl std::ops::Deref for LentCursor {
+    type Target = Cursor;
+    fn deref(&self) -> &Cursor {
+        self.cursor.as_ref().expect("lent until dropped")
+    }
+}
+
+impl std::ops::DerefMut for LentCursor {
+    fn deref_mut(&mut self) -> &mut Cursor {
+        self.cursor.as_mut().expect("lent until dropped")
+    }
+}
+
+impl Drop for LentCursor {
+    fn drop(&mut self) {
+        // A writer that ended mid-piece: that pipe goes with the rest.
+        let Some(cursor) = self.cursor.take().filter(|c| c.left == 0) else {
+            return;
+        };
+        let mut free = self.home.lock().unwrap();
+        if free.len() < WRITER_CURSORS {
+            free.push(cursor);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,5 +603,20 @@ mod tests {
         assert_eq!(frame.splice_from(input.as_fd()).unwrap(), 1000);
         assert_eq!(frame.splice_from(input.as_fd()).unwrap(), 0);
         assert_eq!(frame.missing(), FRAME - 1000);
+    }
+
+    #[test]
+    fn lent_cursors_come_back_and_more_are_made_while_all_are_lent() {
+        let Some(cursors) = pipe_io::big_pipes_or_skip(Cursors::new()) else {
+            return;
+        };
+        assert_eq!(cursors.free(), WRITER_CURSORS);
+        let a = cursors.lend().unwrap();
+        let b = cursors.lend().unwrap();
+        assert_eq!(cursors.free(), 0);
+        // The writers of the output that just ended still hold theirs.
+        let c = cursors.lend().expect("a cursor beyond the reserve");
+        drop((a, b, c));
+        assert_eq!(cursors.free(), WRITER_CURSORS, "kept no more than reserved");
     }
 }

@@ -5,10 +5,9 @@
 //! call moves what the pipe has room (or data) for, and says
 //! [`io::ErrorKind::WouldBlock`] when it has none. EINTR is retried here,
 //! so no caller sees it. Waiting is poll(2) in [`wait_for`] for threads,
-//! and tokio's readiness for tasks ([`drive_async`]); [`drive`] and
-//! [`drive_async`] run the same non-blocking step to completion, so an
-//! operation such as "move this frame into the output's pipe" is written
-//! once, whether a thread or a task does it.
+//! and tokio's readiness for tasks ([`drive_async`], which runs one
+//! non-blocking step, such as "move this frame into the output's pipe",
+//! to completion).
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -54,11 +53,6 @@ pub fn vmsplice(to: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
     retry(|| nix::fcntl::vmsplice(to, &iov, SpliceFFlags::SPLICE_F_NONBLOCK))
 }
 
-/// Copies as much of `data` into `to` as it has room for.
-pub fn write(to: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
-    retry(|| nix::unistd::write(to, data))
-}
-
 /// Reads what `from` holds, up to `buf`'s length; `Ok(0)` at its end.
 pub fn read(from: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     retry(|| nix::unistd::read(from, &mut *buf))
@@ -90,22 +84,7 @@ pub fn wait_for(fd: BorrowedFd<'_>, events: PollFlags, wait: Option<Duration>) -
 }
 
 /// Runs `step` until it is done with the non-blocking pipe `out`, waiting
-/// in poll(2) for room whenever it says `WouldBlock`. For threads.
-pub fn drive(
-    out: BorrowedFd<'_>,
-    mut step: impl FnMut(BorrowedFd<'_>) -> io::Result<()>,
-) -> io::Result<()> {
-    loop {
-        match step(out) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait_for(out, PollFlags::POLLOUT, None)?;
-            }
-            done => return done,
-        }
-    }
-}
-
-/// [`drive`] for tasks: waits for room through the runtime instead.
+/// for room through the runtime whenever it says `WouldBlock`. For tasks.
 pub async fn drive_async(
     out: &pipe::Sender,
     mut step: impl FnMut(BorrowedFd<'_>) -> io::Result<()>,
@@ -117,17 +96,6 @@ pub async fn drive_async(
             done => return done,
         }
     }
-}
-
-/// Writes all of `data` into the non-blocking pipe `out`, waiting for room.
-pub fn write_all(out: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
-    let mut offset = 0;
-    drive(out, |out| {
-        while offset < data.len() {
-            offset += write(out, &data[offset..])?;
-        }
-        Ok(())
-    })
 }
 
 /// Bytes written to the pipe and not yet read.
@@ -165,7 +133,6 @@ pub(crate) fn big_pipes_or_skip<T>(made: io::Result<T>) -> Option<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
     use std::os::fd::OwnedFd;
 
     fn nonblocking_pipe() -> (OwnedFd, OwnedFd) {
@@ -181,31 +148,7 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         assert!(!wait_for(read_end.as_fd(), PollFlags::POLLIN, Some(Duration::ZERO)).unwrap());
         drop(read_end);
-        let err = write(write_end.as_fd(), b"x").unwrap_err();
+        let err = retry(|| nix::unistd::write(write_end.as_fd(), b"x")).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
-    }
-
-    #[test]
-    fn write_all_waits_for_room_until_everything_is_in() {
-        let (read_end, write_end) = nonblocking_pipe();
-        nix::fcntl::fcntl(&write_end, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
-        let data: Vec<u8> = (0..100_000).map(|i| (i % 251) as u8).collect();
-        let reader = std::thread::spawn(move || {
-            nix::fcntl::fcntl(
-                &read_end,
-                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
-            )
-            .unwrap();
-            let mut got = Vec::new();
-            std::fs::File::from(read_end).read_to_end(&mut got).unwrap();
-            got
-        });
-        write_all(write_end.as_fd(), &data).unwrap();
-        assert_eq!(
-            unread_bytes(write_end.as_fd()).map(|n| n <= 4096),
-            Some(true)
-        );
-        drop(write_end);
-        assert!(reader.join().unwrap() == data);
     }
 }

@@ -3,12 +3,19 @@
 //! none of them ever stalls (ARCHITECTURE.md, "Raw pipes and the pump"):
 //!
 //! - live (inputs 0, 1): live if the ingest delivered a fresh frame, else
-//!   filler (the last live frame, or black, and silence);
+//!   filler (the last live frame, or, before this feed's first frame, the
+//!   offline frame, and silence);
 //! - offline (inputs 2, 3): the offline source's next frame and its sound,
-//!   except while live is on air and live frames come: then the live frame
-//!   again and silence, nobody sees that input, and the offline source
-//!   rests. At the first tick without a live frame the offline source is
-//!   read again, so that a failover finds offline frames already queued.
+//!   or its last frame again when it is late; except while live is on air
+//!   and live frames come: then the live frame again and silence, nobody
+//!   sees that input, and the offline source rests. At the first tick
+//!   without a live frame the offline source is read again, so that a
+//!   failover finds offline frames already queued.
+//!
+//! Every frame it sends is a live frame, a repeat of the last one, or an
+//! offline frame, never black (ARCHITECTURE.md, "Going live without a black flash, and never a black frame"):
+//! black goes out only before any frame exists at all, and the first tick
+//! waits up to [`FIRST_FRAME_WAIT`] for the offline source's first frame.
 //!
 //! It also watches the live feed, because it is the first to know: it
 //! reports when live frames have flowed long enough to go on air, and the
@@ -26,8 +33,9 @@ use tracing::debug;
 use crate::ffmpeg::zmq::Input;
 use crate::pipeline::frames::{Black, Frame, FramePool};
 use crate::pipeline::ingest::{AudioQueue, LiveFeed};
-use crate::pipeline::offline_source::OfflineSource;
-use crate::pipeline::output_pipes::{OfflineFrame, OutputPipes, Tick};
+use crate::pipeline::offline_frames::OfflinePicture;
+use crate::pipeline::offline_source::{OfflineSource, SourceAudio};
+use crate::pipeline::output_pipes::{OutputPipes, Tick};
 use crate::pipeline::raw_format::{RawFormat, SampleClock, AUDIO_BYTES_PER_SAMPLE};
 
 /// Frames that can wait between the pump and the output's filters: our
@@ -50,6 +58,11 @@ const RHYTHM_FRAMES: usize = 8;
 /// own ingest starved, not a stopped publisher). After that relay fails
 /// over anyway: a stuck ingest must not freeze the picture for long.
 pub const STARVED_HOLD: Duration = Duration::from_secs(3);
+
+/// How long the first tick waits for the offline source's first frame, so
+/// that the output does not start on black. The source's first frame takes
+/// about 0.2 s; a source that cannot start is not waited for longer.
+const FIRST_FRAME_WAIT: Duration = Duration::from_secs(3);
 
 /// Instructions to the pump.
 pub enum Command {
@@ -155,8 +168,7 @@ pub async fn run(
     // Catch up after a late wake-up: the raw inputs' timestamps are frame
     // counts, so the count must follow the wall clock.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    // Kept only while needed (no live frame to repeat, or no offline
-    // source): 3 MB at 1080p.
+    // Kept only while needed (before any frame exists): 3 MB at 1080p.
     let mut black = Black::new(format, frames);
     let mut samples = SampleClock::new(&format);
     let silence = Bytes::from(vec![
@@ -167,7 +179,10 @@ pub async fn run(
     let mut output: Option<OutputPipes> = None;
     let mut live: Option<LiveState> = None;
     let mut last_frame: Option<Frame> = None;
-    let mut offline: Option<OfflineSource> = None;
+    let mut picture = OfflinePicture::default();
+    let mut offline_sound: Option<Arc<SourceAudio>> = None;
+    // Ticks wait for the offline source's first frame until then.
+    let mut holding = Some(Instant::now() + FIRST_FRAME_WAIT);
 
     loop {
         tokio::select! {
@@ -175,7 +190,11 @@ pub async fn run(
                 None => return,
                 Some(Command::Attach(pipes)) => output = Some(pipes),
                 Some(Command::SetGap(gap)) => timing.gap = gap,
-                Some(Command::Offline(source)) => offline = source,
+                Some(Command::Offline(source)) => {
+                    let (video, sound) = source.map(|s: OfflineSource| (s.video, s.audio)).unzip();
+                    picture.set_source(video);
+                    offline_sound = sound;
+                }
                 Some(Command::Feed(feed)) => {
                     live = feed.map(|feed| LiveState::new(feed, &format));
                     if live.is_none() {
@@ -185,6 +204,13 @@ pub async fn run(
             },
             _ = ticker.tick() => {
                 let now = Instant::now();
+                if let Some(until) = holding {
+                    if !picture.has_frame() && now < until {
+                        continue;
+                    }
+                    holding = None;
+                    debug!(offline_frame = picture.has_frame(), "the first tick");
+                }
                 let audio_len = samples.next_samples() * AUDIO_BYTES_PER_SAMPLE;
                 let on_air = *selection.borrow();
                 let mut video = None;
@@ -224,40 +250,40 @@ pub async fn run(
                     check_flow(l, now, &timing, period, &events, &stats);
                 }
                 let live_audio = pad_audio(audio, audio_len, &silence);
-                let (offline_video, offline_audio) = match (&video, &offline) {
+                // A live frame goes to the offline input only while live is
+                // on air: a publisher not on air never shows.
+                let held_live = || last_frame.clone().filter(|_| on_air == Input::Live);
+                let (offline_video, offline_audio) = match (&video, &offline_sound) {
                     // Live on air with a fresh frame: the offline source rests.
                     (Some(frame), _) if on_air == Input::Live => {
-                        (OfflineFrame::Held(frame.clone()), silence.slice(..audio_len))
+                        (Some(frame.clone()), silence.slice(..audio_len))
                     }
-                    (_, Some(source)) => {
-                        // If the source is late: while live is on air (a gap
-                        // in its frames), the held live frame; else black. A
-                        // frame of a publisher who is not on air never is.
-                        let fallback = (on_air == Input::Live).then(|| {
-                            last_frame.clone().unwrap_or_else(|| {
-                                Frame::Mem(black.frame())
-                            })
-                        });
-                        let video = OfflineFrame::Source {
-                            source: source.video.clone(),
-                            fallback,
-                        };
-                        (video, source.audio.take(audio_len))
-                    }
-                    (_, None) => {
-                        let frame = match &last_frame {
-                            Some(f) if on_air == Input::Live => f.clone(),
-                            _ => Frame::Mem(black.frame()),
-                        };
-                        (OfflineFrame::Held(frame), silence.slice(..audio_len))
+                    // The source's next frame, or its last again if it is late.
+                    (_, Some(sound)) => (
+                        picture.next().or_else(held_live),
+                        sound.take(audio_len),
+                    ),
+                    // No source (restarting): the last offline frame.
+                    (_, None) => (
+                        picture.last().or_else(held_live),
+                        silence.slice(..audio_len),
+                    ),
+                };
+                // Black only while no frame exists at all.
+                let mut or_black = |frame: Option<Frame>| {
+                    frame.unwrap_or_else(|| Frame::Mem(black.frame()))
+                };
+                let live_video = match video {
+                    Some(frame) => frame,
+                    None => {
+                        stats.filler_frames.fetch_add(1, Ordering::Relaxed);
+                        // The last live frame; before this feed's first, the
+                        // offline picture, so that a switch made early
+                        // shows that rather than black.
+                        or_black(last_frame.clone().or_else(|| offline_video.clone()))
                     }
                 };
-                let live_video = video.unwrap_or_else(|| {
-                    stats.filler_frames.fetch_add(1, Ordering::Relaxed);
-                    last_frame.clone().unwrap_or_else(|| {
-                        Frame::Mem(black.frame())
-                    })
-                });
+                let offline_video = or_black(offline_video);
                 black.end_round();
                 let tick = Tick {
                     video: live_video,

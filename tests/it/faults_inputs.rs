@@ -90,6 +90,7 @@ async fn broken_stat_page_keeps_live_on_air() -> anyhow::Result<()> {
     expect_on_air(&f, &sink, Colour::Green, killed, FAIL_OVER).await?;
     stats.set(StatMode::Pass);
 
+    sink.expect_no_black()?;
     f.finish_on(connection).await
 }
 
@@ -120,6 +121,7 @@ async fn host_nginx_restart_fails_over_and_comes_back() -> anyhow::Result<()> {
     let t = Instant::now();
     let _red = f.publish("red").await?;
     expect_on_air(&f, &sink, Colour::Red, t, GO_LIVE).await?;
+    sink.expect_no_black()?;
     f.finish_on(connection).await
 }
 
@@ -177,6 +179,7 @@ async fn hung_ingest_is_replaced() -> anyhow::Result<()> {
         "[test] ingest hung -> live again after {:?}",
         hung.elapsed()
     );
+    sink.expect_no_black()?;
     f.finish_on(connection).await
 }
 
@@ -274,6 +277,7 @@ async fn garbage_publishers_leave_the_output_alone() -> anyhow::Result<()> {
     let t = Instant::now();
     let _blue = f.publish("blue").await?;
     expect_on_air(&f, &sink, Colour::Blue, t, GO_LIVE).await?;
+    sink.expect_no_black()?;
     f.finish_on(connection).await
 }
 
@@ -474,5 +478,6 @@ async fn crafted_flv_publisher_leaves_the_output_alone() -> anyhow::Result<()> {
     let t = Instant::now();
     let _blue = f.publish("blue").await?;
     expect_on_air(&f, &sink, Colour::Blue, t, GO_LIVE).await?;
+    sink.expect_no_black()?;
     f.finish_on(connection).await
 }

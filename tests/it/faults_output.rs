@@ -53,6 +53,7 @@ async fn destination_accepts_the_live_feed(mut f: Faults) -> anyhow::Result<()> 
         "[test] destination accepts -> blue after {:?}",
         up.elapsed()
     );
+    sink.expect_no_black()?;
     f.finish_on(connection).await
 }
 
@@ -170,6 +171,7 @@ async fn dropped_output_reconnects_on_the_live_feed() -> anyhow::Result<()> {
     );
     f.ensure_output_connection(second, "the output reconnected again")
         .await?;
+    sink.expect_no_black()?;
     f.finish().await
 }
 
@@ -209,6 +211,7 @@ async fn forced_disconnect_is_a_reconnect() -> anyhow::Result<()> {
         "[test] dropped -> green again after {:?}",
         dropped.elapsed()
     );
+    sink.expect_no_black()?;
     f.finish().await
 }
 
@@ -263,6 +266,7 @@ async fn unanswered_zmq_restarts_the_output_on_the_selection() -> anyhow::Result
     );
     f.wait_new_output_connection(first, "a restart").await?;
     expect_on_air(&f, &sink, Colour::Green, Instant::now(), secs(40)).await?;
+    sink.expect_no_black()?;
     f.finish().await
 }
 
@@ -330,6 +334,7 @@ async fn corrupted_offline_video_does_not_break_output_restarts() -> anyhow::Res
     };
     ensure!(copies() == 1, "no private copy of the offline video");
     let dir = f.dir.path().to_owned();
+    sink.expect_no_black()?;
     f.stop_relay().await?;
     let left: Vec<_> = std::fs::read_dir(&dir)?
         .filter_map(Result::ok)
@@ -446,6 +451,7 @@ async fn stalled_destination_is_detected_and_recovered() -> anyhow::Result<()> {
     );
     f.ensure_output_connection(second, "the output reconnected again")
         .await?;
+    sink.expect_no_black()?;
     f.finish().await
 }
 
@@ -484,5 +490,6 @@ async fn replaced_offline_video_goes_on_air_at_reload() -> anyhow::Result<()> {
         after.output_pid == before.output_pid && after.output_restarts == before.output_restarts,
         "the output was restarted for a new offline video: {after:?}"
     );
+    sink.expect_no_black()?;
     f.finish().await
 }

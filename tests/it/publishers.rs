@@ -155,6 +155,7 @@ async fn disallowed_publisher_never_goes_on_air() -> anyhow::Result<()> {
         sink.summary_since(sink.history()[0].0)
     );
     assert_eq!(sink.runs_watched(), 1, "the sink had to reconnect");
+    sink.expect_no_black()?;
 
     let status = relay.sigterm_and_wait(secs(KILL_GRACE_S + 5)).await?;
     assert_eq!(status.code(), Some(0));
@@ -227,6 +228,7 @@ async fn allowed_external_publisher_goes_on_air() -> anyhow::Result<()> {
         "{status:?}"
     );
     assert_eq!(sink.runs_watched(), 1, "the sink had to reconnect");
+    sink.expect_no_black()?;
 
     let status = relay.sigterm_and_wait(secs(KILL_GRACE_S + 5)).await?;
     assert_eq!(status.code(), Some(0));
@@ -324,6 +326,7 @@ async fn cidr_list_selects_publishers() -> anyhow::Result<()> {
         sink.summary_since(sink.history()[0].0)
     );
     assert_eq!(sink.runs_watched(), 1, "the sink had to reconnect");
+    sink.expect_no_black()?;
     let status = relay.sigterm_and_wait(secs(KILL_GRACE_S + 5)).await?;
     assert_eq!(status.code(), Some(0));
     Ok(())

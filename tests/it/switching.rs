@@ -171,8 +171,13 @@ impl Rig {
             .collect()
     }
 
-    /// SIGTERM: relay must stop its children and exit 0.
+    /// SIGTERM: relay must stop its children and exit 0. Every switching
+    /// test ends here, so here the sink must have seen no black frame
+    /// after the picture started (ARCHITECTURE.md, "Going live without a black flash, and never a black frame").
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
+        self.sink
+            .expect_no_black()
+            .with_context(|| self.context())?;
         let children = child_pids_of(self.relay.pid());
         ensure!(
             !children.is_empty(),
@@ -600,9 +605,9 @@ async fn killing_the_output_ffmpeg_restores_the_selection() -> anyhow::Result<()
     rig.stop().await
 }
 
-/// The output FFmpeg among relay's children: the one with the switch graph.
 /// The offline source dies: the output goes on, on the same connection,
-/// and relay restarts the source, whose frames come back on air.
+/// with the last offline frame (never black), and relay restarts the
+/// source, whose frames come back on air.
 #[tokio::test]
 async fn killing_the_offline_source_keeps_the_output_up() -> anyhow::Result<()> {
     let rig = Rig::start("sw-offkill").await?;
@@ -612,7 +617,6 @@ async fn killing_the_offline_source_keeps_the_output_up() -> anyhow::Result<()> 
     let output = output_ffmpeg_of(rig.relay.pid())?;
     let source = offline_source_of(rig.relay.pid())?;
     let mark = rig.relay.log_mark();
-    let killed = Instant::now();
     kill(Pid::from_raw(source as i32), Signal::SIGKILL)?;
     rig.relay
         .wait_for_log_since(mark, "offline video source stopped", secs(10))
@@ -620,30 +624,73 @@ async fn killing_the_offline_source_keeps_the_output_up() -> anyhow::Result<()> 
     rig.relay
         .wait_for_log_since(mark, "restarting the offline video source", secs(20))
         .await?;
-    // Until the new source's frames come, the output shows black (at least
-    // the crash backoff). The sink sees what was sent about a second ago, so
-    // green right after the restart may still be from before the kill: the
-    // new source's green is the green after the black.
-    let black = rig
-        .sink
-        .wait_for_since(Colour::Black, killed, secs(20))
-        .await
-        .with_context(|| rig.context())?;
-    rig.sink
-        .wait_for_since(Colour::Green, black, secs(20))
-        .await
-        .with_context(|| rig.context())?;
+    // The new source's frames are taken: it writes (offline is on air).
+    let deadline = Instant::now() + secs(20);
+    let new_source = loop {
+        match offline_source_of(rig.relay.pid()) {
+            Ok(pid) if pid != source => break pid,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            found => bail!("no new offline source: {found:?}\n{}", rig.context()),
+        }
+    };
+    let written = bytes_written_over(new_source, secs(1)).await?;
+    ensure!(
+        written > 0,
+        "the new offline source {new_source} is not read\n{}",
+        rig.context()
+    );
     rig.sink.expect_steady(Colour::Green, secs(3)).await?;
     ensure!(
         output_ffmpeg_of(rig.relay.pid())? == output,
         "the output ffmpeg was restarted"
     );
-    ensure!(
-        offline_source_of(rig.relay.pid())? != source,
-        "the offline source {source} is still there"
-    );
     rig.assert_one_output_session()?;
     ensure!(rig.sink.runs_watched() == 1, "the sink had to reconnect");
+    // No black while there was no source: the last offline frame held.
+    rig.stop().await
+}
+
+/// An offline source that is late (here frozen for a second, as on a
+/// loaded machine) while offline is on air: the output repeats its last
+/// offline frame, never black, and the source's frames come back.
+#[tokio::test]
+async fn a_late_offline_source_repeats_its_last_frame() -> anyhow::Result<()> {
+    let rig = Rig::start("sw-offlate").await?;
+    rig.sink
+        .wait_for_since(Colour::Green, rig.started, secs(20))
+        .await?;
+    rig.sink.expect_steady(Colour::Green, secs(2)).await?;
+    let source = offline_source_of(rig.relay.pid())?;
+    let output = output_ffmpeg_of(rig.relay.pid())?;
+    let t = Instant::now();
+    kill(Pid::from_raw(source as i32), Signal::SIGSTOP)?;
+    tokio::time::sleep(secs(1)).await;
+    kill(Pid::from_raw(source as i32), Signal::SIGCONT)?;
+    // The sink shows what was sent about a second ago: watch past it.
+    rig.sink.expect_steady(Colour::Green, secs(4)).await?;
+    let frames: Vec<Frame> = rig
+        .sink
+        .history_frames()
+        .into_iter()
+        .filter(|f| f.at >= t)
+        .collect();
+    let other = frames.iter().filter(|f| f.colour != Colour::Green).count();
+    eprintln!("[test] source frozen 1 s: {}", rig.sink.summary_since(t));
+    ensure!(
+        other == 0,
+        "{other} frame(s) not green around a frozen offline source: {}",
+        rig.sink.summary_since(t)
+    );
+    ensure!(
+        bytes_written_over(source, secs(1)).await? > 0,
+        "the offline source is not read after it resumed"
+    );
+    ensure!(
+        offline_source_of(rig.relay.pid())? == source
+            && output_ffmpeg_of(rig.relay.pid())? == output,
+        "a child was restarted"
+    );
+    rig.assert_one_output_session()?;
     rig.stop().await
 }
 
@@ -968,5 +1015,6 @@ async fn going_live_shows_no_black_flash() -> anyhow::Result<()> {
         sink.expect_steady(Colour::Green, secs(1)).await?;
     }
     ensure!(flashes.is_empty(), "black on going live: {flashes:?}");
+    sink.expect_no_black()?;
     rig.stop().await
 }
