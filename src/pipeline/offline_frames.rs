@@ -25,9 +25,14 @@ use tokio::sync::mpsc;
 
 use crate::pipeline::frames::{Frame, FramePool};
 use crate::pipeline::ingest::{read_frame, splice_frame};
-use crate::pipeline::offline_source::MAX_OWED_FRAMES;
 use crate::pipeline::pipe_frames::PipePool;
 use crate::pipeline::pipe_io::wait_for;
+
+/// Frames owed (the last frame repeated while the source was late) are
+/// made up by skipping; beyond a second's worth the debt is forgiven, for
+/// the sound as for the picture (`offline_frames`), so the two stay level
+/// either way.
+pub(crate) const MAX_OWED_FRAMES: u64 = 30;
 
 /// Offline frames read ahead of the pump: enough to ride out a source that
 /// is scheduled late, few because each holds a store (three pipes at

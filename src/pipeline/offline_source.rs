@@ -27,7 +27,7 @@ use crate::ffmpeg::child::{self, Spec};
 use crate::ffmpeg::preflight::OfflineInfo;
 use crate::pipeline::frames::{Frame, FramePool};
 use crate::pipeline::ingest::AudioQueue;
-use crate::pipeline::offline_frames;
+use crate::pipeline::offline_frames::{self, MAX_OWED_FRAMES};
 use crate::pipeline::pipe_frames::PipePool;
 use crate::pipeline::raw_format::{RawFormat, AUDIO_BYTES_PER_SAMPLE};
 
@@ -38,12 +38,6 @@ const AUDIO_FD: RawFd = 4;
 /// writes sound and picture interleaved; this lets it finish a frame's
 /// sound while its next picture waits.
 const AUDIO_AHEAD_FRAMES: usize = 8;
-
-/// Frames owed (the last frame repeated while the source was late) are
-/// made up by skipping; beyond a second's worth the debt is forgiven, for
-/// the sound as for the picture (`offline_frames`), so the two stay level
-/// either way.
-pub(crate) const MAX_OWED_FRAMES: u64 = 30;
 
 pub fn args(config: &Config, info: &OfflineInfo, path: &Path) -> Vec<String> {
     let f = RawFormat::of(config);
