@@ -418,7 +418,9 @@ http {{
                 .opts
                 .on_publish
                 .as_ref()
-                .map(|url| format!("            on_publish {url};\n"))
+                .map(|url| format!(
+                    "            on_publish {url};\n            on_publish_done {url};\n"
+                ))
                 .unwrap_or_default(),
             deny_publish_out = if self.opts.deny_publish_out {
                 "            deny publish all;\n"

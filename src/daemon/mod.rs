@@ -130,7 +130,10 @@ pub async fn run(
         }
     };
     // Answers nginx's on_publish while this pipeline runs.
-    let publish_auth = crate::nginx::publish_auth::start(&config, updates.clone()).await?;
+    let mut publish_auth = crate::nginx::publish_auth::start(&config, updates.clone()).await?;
+    let publish_done = publish_auth
+        .as_mut()
+        .and_then(crate::nginx::publish_auth::Endpoint::publish_done);
     // With a key, only publishers the endpoint accepted go on air.
     let approvals = publish_auth
         .as_ref()
@@ -287,6 +290,7 @@ pub async fn run(
             stat_rx,
             ingest_ev_rx,
             api_rx,
+            publish_done,
             updates,
         )
         .await;

@@ -37,6 +37,17 @@ pub(super) struct Daemon {
     pub(super) last_status: String,
 }
 
+/// The next `on_publish_done` client id, or never without the endpoint.
+async fn next_publish_done(rx: &mut Option<mpsc::UnboundedReceiver<u64>>) -> Option<u64> {
+    if let Some(open) = rx {
+        if let Some(id) = open.recv().await {
+            return Some(id);
+        }
+        *rx = None;
+    }
+    std::future::pending().await
+}
+
 impl Daemon {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn event_loop(
@@ -47,6 +58,7 @@ impl Daemon {
         mut stat_pages: mpsc::Receiver<Result<StatPage, String>>,
         mut ingest_events: mpsc::Receiver<IngestExit>,
         mut api_calls: mpsc::Receiver<Call>,
+        mut publish_done: Option<mpsc::UnboundedReceiver<u64>>,
         mut updates: watch::Receiver<Arc<Config>>,
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
@@ -68,6 +80,9 @@ impl Daemon {
                 Some(ev) = output_events.recv() => self.on_output(ev).await,
                 Some(page) = stat_pages.recv() => self.on_stats(page).await,
                 Some(ev) = ingest_events.recv() => self.on_ingest_exit(ev).await,
+                Some(id) = next_publish_done(&mut publish_done) => {
+                    self.dispatch(Event::PublisherDone { id }).await;
+                }
                 Some((request, reply)) = api_calls.recv() => {
                     let answer = self.on_request(request).await;
                     let _ = reply.send(answer);

@@ -40,6 +40,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -188,6 +189,15 @@ fn parse_form(body: &[u8]) -> Form {
     form
 }
 
+/// The client id of this stream's publisher, if the form is nginx's
+/// `on_publish_done` for it. nginx ignores the answer to that call.
+fn publish_done_of(policy: &Policy, form: &Form) -> Option<u64> {
+    let ours = form.call.as_deref() == Some("publish_done")
+        && form.app.as_deref() == Some(policy.app.as_str())
+        && form.name.as_deref() == Some(policy.name.as_str());
+    ours.then_some(form.clientid).flatten()
+}
+
 /// The decision for one form.
 fn decide(policy: &Policy, form: &Form) -> Verdict {
     if policy.key.is_empty() {
@@ -221,6 +231,7 @@ fn decide(policy: &Policy, form: &Form) -> Verdict {
 #[derive(Debug)]
 pub struct Endpoint {
     approvals: Approvals,
+    done: Option<mpsc::UnboundedReceiver<u64>>,
     task: JoinHandle<()>,
 }
 
@@ -228,6 +239,12 @@ impl Endpoint {
     /// The publishers it accepted.
     pub fn approvals(&self) -> Approvals {
         self.approvals.clone()
+    }
+
+    /// nginx's client ids of this stream's publishers that ended their
+    /// stream, as nginx's `on_publish_done` reports them (taken once).
+    pub fn publish_done(&mut self) -> Option<mpsc::UnboundedReceiver<u64>> {
+        self.done.take()
     }
 }
 
@@ -289,12 +306,18 @@ pub async fn start(
     );
     let approvals = Approvals::new();
     let recorder = approvals.clone();
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(http::serve_with(listener, LIMITS, move |req| {
         let policy = Policy::of(&updates.borrow());
         let recorder = recorder.clone();
-        async move { handle(req, &policy, &recorder).await }
+        let done = done_tx.clone();
+        async move { handle(req, &policy, &recorder, &done).await }
     }));
-    Ok(Some(Endpoint { approvals, task }))
+    Ok(Some(Endpoint {
+        approvals,
+        done: Some(done_rx),
+        task,
+    }))
 }
 
 /// Binds `addr`, retrying for a moment while it is in use: after a reload
@@ -318,6 +341,7 @@ async fn handle(
     req: Request<Incoming>,
     policy: &Policy,
     approvals: &Approvals,
+    done: &mpsc::UnboundedSender<u64>,
 ) -> Response<Full<Bytes>> {
     if req.uri().path() != PATH {
         return answer(StatusCode::NOT_FOUND);
@@ -333,6 +357,14 @@ async fn handle(
         }
     };
     let form = parse_form(&body);
+    if let Some(id) = publish_done_of(policy, &form) {
+        info!(
+            client = id,
+            "publisher ended its stream (nginx on_publish_done)"
+        );
+        let _ = done.send(id);
+        return answer(StatusCode::OK);
+    }
     let verdict = decide(policy, &form);
     let addr = shown(form.addr.as_deref());
     let stream = format!(
@@ -416,6 +448,31 @@ mod tests {
             parse_form(NGINX_FORM.as_bytes()).clientid,
             Some(1),
             "nginx's form carries the client id"
+        );
+    }
+
+    #[test]
+    fn publish_done_is_told_apart_and_needs_our_stream() {
+        let p = policy("k");
+        let done = |extra: &str| publish_done_of(&p, &parse_form(extra.as_bytes()));
+        assert_eq!(
+            done("call=publish_done&app=live&name=cam&clientid=7"),
+            Some(7)
+        );
+        assert_eq!(
+            done("call=publish_done&app=live&name=other&clientid=7"),
+            None
+        );
+        assert_eq!(done("call=publish&app=live&name=cam&clientid=7"), None);
+        assert_eq!(done("call=publish_done&app=live&name=cam"), None);
+        // Without a key too.
+        let open = policy("");
+        assert_eq!(
+            publish_done_of(
+                &open,
+                &parse_form(b"call=publish_done&app=live&name=cam&clientid=3")
+            ),
+            Some(3)
         );
     }
 

@@ -245,7 +245,7 @@ pub struct LastSwitch {
     pub reason: String,
     /// Why, as a stable word for scripts and tests: `publisher_live`,
     /// `publisher_stable`, `bitrate_recovered`, `frames_stopped`,
-    /// `low_bitrate`, `publisher_refused` or `manual`.
+    /// `publisher_stopped`, `low_bitrate`, `publisher_refused` or `manual`.
     #[serde(default)]
     pub kind: String,
 }

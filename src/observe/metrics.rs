@@ -20,12 +20,13 @@ use crate::pipeline::pump;
 /// Why what is on air changed, as the `reason` label of
 /// `relay_switches_total`: (to, reason). Listed so every series exists
 /// from the start, at 0.
-pub const SWITCH_REASONS: [(&str, &str); 8] = [
+pub const SWITCH_REASONS: [(&str, &str); 9] = [
     ("live", "publisher_live"),
     ("live", "publisher_stable"),
     ("live", "bitrate_recovered"),
     ("live", "manual"),
     ("offline", "frames_stopped"),
+    ("offline", "publisher_stopped"),
     ("offline", "low_bitrate"),
     ("offline", "publisher_refused"),
     ("offline", "manual"),

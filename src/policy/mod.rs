@@ -98,6 +98,8 @@ pub enum Why {
     PublisherStable,
     BitrateRecovered,
     FramesStopped,
+    /// nginx's `on_publish_done`: the publisher ended its stream.
+    PublisherStopped,
     LowBitrate,
     PublisherRefused,
     Manual,
@@ -110,6 +112,7 @@ impl Why {
             Why::PublisherStable => "publisher_stable",
             Why::BitrateRecovered => "bitrate_recovered",
             Why::FramesStopped => "frames_stopped",
+            Why::PublisherStopped => "publisher_stopped",
             Why::LowBitrate => "low_bitrate",
             Why::PublisherRefused => "publisher_refused",
             Why::Manual => "manual",
@@ -203,6 +206,9 @@ pub enum Event {
     Ready { session: u64 },
     /// No live frame for the failover gap.
     Stopped { session: u64, silent_for: Duration },
+    /// nginx's `on_publish_done` for the publisher with this client id:
+    /// it ended its stream (a clean stop), no need to wait for the gap.
+    PublisherDone { id: u64 },
     /// The ingest of [`Action::StartIngest`] could not be started.
     IngestFailed { session: u64, error: String },
     /// The ingest exited; `requested` if [`Action::StopIngest`] stopped it.
@@ -376,6 +382,7 @@ impl Policy {
                 session,
                 silent_for,
             } => self.on_stopped(now, session, silent_for),
+            Event::PublisherDone { id } => self.on_publisher_done(now, id),
             Event::IngestFailed { session, error } => self.on_ingest_failed(now, session, &error),
             Event::IngestExited {
                 session,
@@ -550,6 +557,35 @@ impl Policy {
             return;
         }
         let kind = source.kind;
+        self.stop_ingest(kind);
+        self.set_retry(kind, Some(now));
+    }
+
+    fn on_publisher_done(&mut self, now: Instant, id: u64) {
+        let kind = SourceKind::Rtmp;
+        let source = self.source_mut(kind);
+        let served = source.ingest.as_ref().and_then(|i| i.served);
+        let listed = source.publisher.as_ref().map(|p| p.publisher.id);
+        if served != Some(id) && listed != Some(id) {
+            return;
+        }
+        let session = source.session();
+        source.flowing = None;
+        source.ready = None;
+        source.flowing_since = None;
+        if self.manual == Some(Input::Live) {
+            self.manual = None;
+        }
+        if matches!(self.on_air, OnAir::Live { session: s, .. } if Some(s) == session) {
+            self.last_drop = Some(now);
+            self.go_offline(
+                now,
+                "the publisher ended its stream (nginx on_publish_done)",
+                Why::PublisherStopped,
+            );
+        }
+        // nginx would hand this ingest the next publisher with restarted
+        // timestamps: a fresh one waits for it.
         self.stop_ingest(kind);
         self.set_retry(kind, Some(now));
     }

@@ -789,3 +789,24 @@ fn a_stale_timer_does_nothing() {
     assert_eq!(rig.fire(Timer::IngestRetry(SourceKind::Rtmp)), []);
     assert_eq!(rig.fire(Timer::Hold), []);
 }
+
+#[test]
+fn nginx_saying_the_publisher_ended_fails_over_at_once() {
+    let mut rig = Rig::new();
+    let session = rig.live_at(1.0, 4);
+    rig.at(5.0);
+    // Another publisher's end changes nothing.
+    assert!(rig.handle(Event::PublisherDone { id: 9 }).is_empty());
+    let actions = rig.handle(Event::PublisherDone { id: 4 });
+    assert!(selects(&actions, Input::Offline));
+    assert!(actions.contains(&Action::StopIngest { session }));
+    assert_eq!(rig.why(), Some(Why::PublisherStopped));
+    // The pump's later word on the replaced ingest is stale.
+    assert!(!selects(
+        &rig.handle(Event::Stopped {
+            session,
+            silent_for: Duration::from_millis(300),
+        }),
+        Input::Offline
+    ));
+}

@@ -393,3 +393,53 @@ async fn an_accepted_publisher_stays_accepted_across_a_relay_restart() -> anyhow
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_clean_stop_fails_over_at_nginxs_word() -> anyhow::Result<()> {
+    // A long failover gap: only nginx's on_publish_done can be this quick.
+    let (nginx, auth_port) = start_nginx_with_publish_auth().await?;
+    let (dir, video) = dir_with_offline("pubdone").await?;
+    let stream = format!("pubdone-{}", std::process::id());
+    let env_file = RelayEnv::new(&nginx, OUT_KEY, &stream, &video)?
+        .set("PUBLISH_AUTH_PORT", auth_port.to_string())
+        .set("OFFLINE_AFTER_MS", "5000")
+        .write(dir.path())?;
+    let mut relay = RelayProc::run(&env_file, &[])?;
+    relay
+        .wait_for_status("the output streaming", output_streaming, secs(60))
+        .await?;
+    let mut publisher = Publisher::start(
+        &nginx.rtmp_url("live", &stream),
+        PublisherOpts::colour("blue"),
+    )
+    .await?;
+    relay
+        .wait_for_status("the publisher on air", live_on_air, secs(40))
+        .await?;
+    let stopped = Instant::now();
+    publisher.stop_clean().await?;
+    let status = relay
+        .wait_for_status(
+            "offline because the publisher ended its stream",
+            |s| last_switch_is(s, "offline", "publisher_stopped"),
+            secs(4),
+        )
+        .await?;
+    eprintln!(
+        "[test] clean stop -> offline after {:?} (OFFLINE_AFTER_MS 5000)",
+        stopped.elapsed()
+    );
+    ensure!(offline_on_air(&status), "{status:?}");
+    // The next publisher goes on air as usual (after LIVE_STABLE_SECS: it
+    // is back within a minute of a failover).
+    let _next = Publisher::start(
+        &nginx.rtmp_url("live", &stream),
+        PublisherOpts::colour("blue"),
+    )
+    .await?;
+    relay
+        .wait_for_status("the next publisher on air", live_on_air, secs(40))
+        .await?;
+    relay.sigterm_and_wait(secs(20)).await?;
+    Ok(())
+}
