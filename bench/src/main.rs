@@ -20,6 +20,7 @@
 mod cpu;
 mod cycles;
 mod feeds;
+mod loaded;
 mod naive;
 mod report;
 mod rig;
@@ -31,7 +32,7 @@ use clap::Parser;
 use relay_rig::nginx::{NginxOptions, PrivateNginx};
 
 /// Any single step taking longer than this fails the benchmark.
-const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Measure relay on loopback and print a markdown table: start-up,
 /// go-live and failover at a sink, smoothness, the daemon's CPU and
@@ -61,6 +62,11 @@ struct Cli {
     soak: bool,
     #[arg(long, default_value_t = 10)]
     minutes: u64,
+    /// Run the loaded live run instead: one publisher live for --minutes
+    /// beside a competing x264 encode; counts false failovers and black
+    /// frames at the sink.
+    #[arg(long, conflicts_with = "soak")]
+    loaded: bool,
     /// Seed of the soak's random endings.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -82,6 +88,7 @@ fn main() {
         hold: Duration::from_secs(cli.hold),
         window: Duration::from_secs(cli.window),
         soak: cli.soak.then(|| Duration::from_secs(cli.minutes * 60)),
+        loaded: cli.loaded.then(|| Duration::from_secs(cli.minutes * 60)),
         seed: cli.seed,
         strict: cli.strict,
     };
@@ -113,6 +120,8 @@ pub struct Options {
     pub window: Duration,
     /// Run the soak instead, over this long.
     pub soak: Option<Duration>,
+    /// Run the loaded live run instead, over this long.
+    pub loaded: Option<Duration>,
     pub seed: u64,
     /// Exit with status 2 if a target was missed.
     pub strict: bool,
@@ -122,7 +131,12 @@ pub async fn run(opts: Options) -> anyhow::Result<i32> {
     anyhow::ensure!(!opts.res.is_empty(), "no resolution to measure");
     anyhow::ensure!(opts.cycles > 0, "at least one cycle is needed");
     let nginx = PrivateNginx::start(NginxOptions::default()).await?;
-    let result = if let Some(length) = opts.soak {
+    let result = if let Some(length) = opts.loaded {
+        loaded::run(&nginx, &opts, length).await.map(|r| {
+            report::print_loaded(&opts, &r);
+            r.offline_frames == 0 && r.black_frames == 0 && r.false_failovers == 0
+        })
+    } else if let Some(length) = opts.soak {
         soak::run(&nginx, &opts, length).await.map(|r| {
             report::print_soak(&opts, length, &r);
             r.passed()

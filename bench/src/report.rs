@@ -376,3 +376,33 @@ pub fn print_soak(opts: &Options, length: Duration, r: &Soak) {
         verdict(r.av_end_ms.is_some_and(|a| a.abs() <= frame_ms))
     );
 }
+
+/// The loaded live run's table.
+pub fn print_loaded(opts: &Options, r: &crate::loaded::Loaded) {
+    let fps = opts.fps;
+    println!();
+    println!(
+        "relay bench --loaded — one publisher live at {}p{fps} for {} s beside a competing x264 1080p30 encode",
+        opts.res[0],
+        r.length.as_secs()
+    );
+    println!(
+        "machine: {}; load average at the end {}",
+        machine(),
+        r.load_average
+    );
+    println!();
+    println!("| figure | result | target |");
+    println!("|---|---|---|");
+    println!("| frames at the sink | {} | |", r.frames);
+    println!(
+        "| false failovers (relay's switches to offline) | {} | 0 |",
+        r.false_failovers
+    );
+    println!("| offline frames at the sink | {} | 0 |", r.offline_frames);
+    println!("| black frames at the sink | {} | 0 |", r.black_frames);
+    println!(
+        "| starved-ingest holds (the last picture held) | {} | |",
+        r.starved_holds
+    );
+}

@@ -28,7 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::ffmpeg::zmq::Input;
 use crate::pipeline::frames::{Black, Frame, FramePool};
@@ -563,9 +563,10 @@ fn starved(l: &mut LiveState, now: Instant, stats: &Stats) -> bool {
     if waiting {
         l.starved_since = Some(now);
         stats.starved_holds.fetch_add(1, Ordering::Relaxed);
-        debug!(
+        // Worth an operator's notice: the machine is starving relay.
+        info!(
             session = l.feed.session,
-            "live frame late while the publisher's data waits unread: holding the last picture"
+            "live frame late while the publisher's data waits unread (relay's ingest starved): holding the last picture"
         );
     }
     waiting
