@@ -288,12 +288,12 @@ pub fn spawn(
         stdout: false,
         secrets: Vec::new(),
     })?;
-    let link = IngestLink::new(running.pid);
     let (tx, rx) = mpsc::channel(VIDEO_QUEUE);
     let queue = Arc::new(AudioQueue::new(&format));
     let (frames, pipes, feed_audio) = (frames.clone(), pipes.cloned(), queue.clone());
     let runtime = tokio::runtime::Handle::current();
     let pipe = video.ours.into_nonblocking_fd()?;
+    let link = IngestLink::new(running.pid, pipe.try_clone().ok());
     std::thread::Builder::new()
         .name("ingest-video".into())
         .spawn(move || read_video(pipe, frames, pipes, tx, feed_audio, runtime))?;

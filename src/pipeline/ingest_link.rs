@@ -1,6 +1,8 @@
-//! Whether the publisher's data is still reaching the ingest: the bytes
-//! waiting unread in the receive queues of the ingest FFmpeg's TCP
-//! sockets (its connection to nginx).
+//! Whether the publisher's data is still reaching the ingest, and whether
+//! the ingest is at work: the bytes waiting unread in the receive queues of
+//! the ingest FFmpeg's TCP sockets (its connection to nginx), the bytes of
+//! frames waiting in its pipe for relay's reader, and the CPU time its
+//! threads used or waited for since a mark.
 //!
 //! The pump asks only when live frames are late. Frames can be late for
 //! two reasons that look the same from the pipes: the publisher stopped
@@ -12,16 +14,50 @@
 
 use std::collections::HashSet;
 use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd};
 
-/// The ingest FFmpeg's side of its connection to nginx.
-#[derive(Debug, Clone, Copy)]
+/// The ingest FFmpeg's side of its connection to nginx, and our end of its
+/// video pipe.
+#[derive(Debug)]
 pub struct IngestLink {
     pid: u32,
+    pipe: Option<OwnedFd>,
 }
 
 impl IngestLink {
-    pub fn new(pid: u32) -> IngestLink {
-        IngestLink { pid }
+    /// `pipe`: a duplicate of our read end of the ingest's video pipe.
+    pub fn new(pid: u32, pipe: Option<OwnedFd>) -> IngestLink {
+        IngestLink { pid, pipe }
+    }
+
+    /// Bytes the ingest wrote into its video pipe that relay's reader has
+    /// not taken yet (relay's own reader starved).
+    pub fn pipe_unread(&self) -> Option<usize> {
+        let fd = self.pipe.as_ref()?.as_raw_fd();
+        let mut n: nix::libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int through the pointer, which
+        // points at `n`; `fd` is open for as long as `self.pipe` is.
+        let r = unsafe { nix::libc::ioctl(fd, nix::libc::FIONREAD, &mut n) };
+        (r == 0).then_some(n.max(0) as usize)
+    }
+
+    /// Nanoseconds the ingest's threads have run or waited to run (on a
+    /// run queue), in all: `/proc/PID/task/*/schedstat`. An ingest that
+    /// waits for data uses almost none; one that decodes, or is starved of
+    /// the CPU it wants, adds up quickly.
+    pub fn cpu_ns(&self) -> Option<u64> {
+        let tasks = fs::read_dir(format!("/proc/{}/task", self.pid)).ok()?;
+        let mut total = 0u64;
+        for task in tasks.flatten() {
+            let Ok(text) = fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            let mut fields = text
+                .split_whitespace()
+                .map(|f| f.parse::<u64>().unwrap_or(0));
+            total += fields.next().unwrap_or(0) + fields.next().unwrap_or(0);
+        }
+        Some(total)
     }
 
     /// Bytes received from the network but not yet read by the ingest,
@@ -100,7 +136,7 @@ mod tests {
         let mut sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_receiver, _) = listener.accept().unwrap();
         sender.write_all(&[7u8; 5000]).unwrap();
-        let link = IngestLink::new(std::process::id());
+        let link = IngestLink::new(std::process::id(), None);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while link.unread_bytes().unwrap_or(0) < 5000 {
             assert!(
@@ -109,6 +145,28 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert_eq!(IngestLink::new(u32::MAX).unread_bytes(), None);
+        assert_eq!(IngestLink::new(u32::MAX, None).unread_bytes(), None);
+        assert_eq!(IngestLink::new(u32::MAX, None).cpu_ns(), None);
+    }
+
+    #[test]
+    fn a_busy_process_and_a_full_pipe_are_seen() {
+        use std::io::Write;
+        let link = IngestLink::new(std::process::id(), None);
+        let before = link.cpu_ns().expect("our own schedstat");
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < std::time::Duration::from_millis(50) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        let after = link.cpu_ns().unwrap();
+        assert!(after >= before + 20_000_000, "{before} -> {after}");
+
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let link = IngestLink::new(std::process::id(), Some(read));
+        assert_eq!(link.pipe_unread(), Some(0));
+        std::fs::File::from(write).write_all(&[1u8; 300]).unwrap();
+        assert_eq!(link.pipe_unread(), Some(300));
     }
 }

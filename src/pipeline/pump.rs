@@ -33,6 +33,7 @@ use tracing::{debug, info};
 use crate::ffmpeg::zmq::Input;
 use crate::pipeline::frames::{Black, Frame, FramePool};
 use crate::pipeline::ingest::{AudioQueue, LiveFeed};
+use crate::pipeline::ingest_link::IngestLink;
 use crate::pipeline::offline_frames::OfflinePicture;
 use crate::pipeline::offline_source::{OfflineSource, SourceAudio};
 use crate::pipeline::output_pipes::{OutputPipes, Tick};
@@ -63,6 +64,12 @@ pub const STARVED_HOLD: Duration = Duration::from_secs(3);
 /// that the output does not start on black. The source's first frame takes
 /// about 0.2 s; a source that cannot start is not waited for longer.
 const FIRST_FRAME_WAIT: Duration = Duration::from_secs(3);
+
+/// CPU time (run or run-queue wait) an ingest must have used since its
+/// frame became late to count as busy rather than waiting for data: an
+/// ingest waiting on its socket uses well under a millisecond in that
+/// time; one decoding, or starved, far more.
+const BUSY_WHILE_LATE: Duration = Duration::from_millis(20);
 
 /// Instructions to the pump.
 pub enum Command {
@@ -131,6 +138,9 @@ struct LiveState {
     rhythm: Rhythm,
     /// Since when a late frame holds the picture for a starved ingest.
     starved_since: Option<Instant>,
+    /// The ingest's CPU time (run + run-queue wait) when the frame became
+    /// late, to tell a busy or starved ingest from one waiting for data.
+    late_cpu: Option<u64>,
 }
 
 impl LiveState {
@@ -145,6 +155,7 @@ impl LiveState {
             stopped_sent: false,
             rhythm: Rhythm::default(),
             starved_since: None,
+            late_cpu: None,
         }
     }
 }
@@ -241,6 +252,7 @@ pub async fn run(
                             l.rhythm.push(now - last);
                         }
                         l.starved_since = None;
+                        l.late_cpu = None;
                         l.last_frame_at = Some(now);
                         last_frame = Some(frame.clone());
                         video = Some(frame);
@@ -526,6 +538,10 @@ fn check_flow(
         return;
     };
     let silent_for = now - last;
+    let due = l.rhythm.interval().unwrap_or(period).max(period);
+    if l.late_cpu.is_none() && silent_for >= due * 2 {
+        l.late_cpu = l.feed.link.as_ref().and_then(IngestLink::cpu_ns);
+    }
     if silent_for >= stop_after(l, timing.gap, period) {
         if l.stopped_sent {
             return;
@@ -554,22 +570,36 @@ fn starved(l: &mut LiveState, now: Instant, stats: &Stats) -> bool {
     if let Some(since) = l.starved_since {
         return now.saturating_duration_since(since) < STARVED_HOLD;
     }
-    let waiting = l
-        .feed
-        .link
-        .as_ref()
-        .and_then(|link| link.unread_bytes())
-        .is_some_and(|n| n > 0);
-    if waiting {
-        l.starved_since = Some(now);
-        stats.starved_holds.fetch_add(1, Ordering::Relaxed);
-        // Worth an operator's notice: the machine is starving relay.
-        info!(
-            session = l.feed.session,
-            "live frame late while the publisher's data waits unread (relay's ingest starved): holding the last picture"
-        );
-    }
-    waiting
+    let Some(link) = l.feed.link.as_ref() else {
+        return false;
+    };
+    // The publisher's data waits unread at the ingest; the ingest's frames
+    // wait for relay's reader; or the ingest ran, or waited to run, for a
+    // good part of the silence (decoding what it has, on a CPU it does not
+    // get): each says relay, not the publisher, is late.
+    let why =
+        if link.unread_bytes().is_some_and(|n| n > 0) {
+            Some("the publisher's data waits unread at the ingest")
+        } else if link.pipe_unread().is_some_and(|n| n > 0) {
+            Some("the ingest's frames wait for relay's reader")
+        } else if l.late_cpu.zip(link.cpu_ns()).is_some_and(|(then, now)| {
+            now.saturating_sub(then) >= BUSY_WHILE_LATE.as_nanos() as u64
+        }) {
+            Some("the ingest is busy or waiting for the CPU")
+        } else {
+            None
+        };
+    let Some(why) = why else {
+        return false;
+    };
+    l.starved_since = Some(now);
+    stats.starved_holds.fetch_add(1, Ordering::Relaxed);
+    // Worth an operator's notice: the machine is starving relay.
+    info!(
+        session = l.feed.session,
+        why, "live frame late, relay's ingest starved: holding the last picture"
+    );
+    true
 }
 
 /// Live audio for one tick, completed with silence if short.
