@@ -5,6 +5,7 @@
 
 pub mod frames;
 pub mod ingest;
+pub mod offline_cache;
 pub mod offline_copy;
 pub mod offline_source;
 pub mod offline_supervisor;

@@ -47,6 +47,9 @@ const MID_FRAME_STALL: Duration = Duration::from_secs(1);
 /// sound as for the picture, so the two stay level either way.
 const MAX_OWED_FRAMES: u64 = 30;
 
+/// The source that normalises on every loop: relay's plain copy of the
+/// offline video, whatever its format, scaled, padded, converted and
+/// resampled to the raw format.
 pub fn args(config: &Config, info: &OfflineInfo, path: &Path) -> Vec<String> {
     let f = RawFormat::of(config);
     let vars = [
@@ -73,6 +76,25 @@ pub fn args(config: &Config, info: &OfflineInfo, path: &Path) -> Vec<String> {
     push(&["-avioflags", "direct", &child::fd_url(VIDEO_FD)]);
     push(&["-map", audio_input, "-af"]);
     push(&[&ffmpeg::render(ffmpeg::OFFLINE_AUDIO_FILTER, &vars)]);
+    push(&["-f", "s16le", "-ar", &f.sample_rate.to_string(), "-ac", "2"]);
+    push(&[&child::fd_url(AUDIO_FD)]);
+    a
+}
+
+/// The source that only decodes: the normalised copy
+/// (`offline_cache.rs`) is already in the raw format, so it needs no
+/// filter but the one that keeps the sound level with the picture where a
+/// loop's sound ends early. One thread: nothing to share out.
+pub fn cached_args(config: &Config, path: &Path) -> Vec<String> {
+    let f = RawFormat::of(config);
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(ffmpeg::COMMON_ARGS);
+    push(&["-threads", "1", "-stream_loop", "-1", "-i"]);
+    push(&[&format!("file:{}", path.display())]);
+    push(&["-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "yuv420p"]);
+    push(&["-avioflags", "direct", &child::fd_url(VIDEO_FD)]);
+    push(&["-map", "0:a:0", "-af", "aresample=async=1"]);
     push(&["-f", "s16le", "-ar", &f.sample_rate.to_string(), "-ac", "2"]);
     push(&[&child::fd_url(AUDIO_FD)]);
     a
@@ -260,11 +282,11 @@ impl SourceAudio {
     }
 }
 
-/// Spawns the source FFmpeg and the reader of its sound.
+/// Spawns the source FFmpeg with `args` ([`args`] or [`cached_args`]) and
+/// the reader of its sound.
 pub(crate) fn spawn(
     config: &Config,
-    info: &OfflineInfo,
-    path: &Path,
+    args: Vec<String>,
     ffmpeg_bin: &Path,
 ) -> std::io::Result<(child::Running, OfflineSource)> {
     let format = RawFormat::of(config);
@@ -273,7 +295,7 @@ pub(crate) fn spawn(
     let running = child::spawn(Spec {
         role: "offline",
         program: ffmpeg_bin.to_path_buf(),
-        args: args(config, info, path),
+        args,
         fds: vec![(video.theirs, VIDEO_FD), (audio.theirs, AUDIO_FD)],
         stdout: false,
         secrets: Vec::new(),

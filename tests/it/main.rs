@@ -19,6 +19,7 @@ mod harness_selftest;
 mod lifecycle;
 mod metrics;
 mod notify;
+mod offline_cache;
 mod operating;
 mod policy;
 mod publish_auth;
