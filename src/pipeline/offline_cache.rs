@@ -222,10 +222,12 @@ impl OfflineCache {
     }
 
     /// The cached copy of `key`, if it is ready.
-    pub fn ready(&self, key: &CacheKey) -> Option<Arc<NamedTempFile>> {
+    pub fn ready(&self, key: &CacheKey) -> Option<(Codec, Arc<NamedTempFile>)> {
         let inner = self.inner.lock().unwrap();
         match &inner.state {
-            State::Ready(_, file) if inner.key.as_ref() == Some(key) => Some(file.clone()),
+            State::Ready(codec, file) if inner.key.as_ref() == Some(key) => {
+                Some((*codec, file.clone()))
+            }
             _ => None,
         }
     }
@@ -403,5 +405,67 @@ fn remove_stale(dir: &Path, instance: &str) {
             let _ = std::fs::remove_file(entry.path());
             debug!(path = %entry.path().display(), "removed a stale normalised copy");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn format(height: u32) -> RawFormat {
+        RawFormat {
+            width: crate::config::width_16_9(height),
+            height,
+            fps: 30,
+            sample_rate: 48000,
+        }
+    }
+
+    #[test]
+    fn short_videos_are_stored_raw_and_long_ones_as_h264() {
+        let secs = Duration::from_secs;
+        assert_eq!(Codec::for_video(&format(1080), secs(11)), Codec::Raw);
+        assert_eq!(Codec::for_video(&format(1080), secs(12)), Codec::H264);
+        assert_eq!(Codec::for_video(&format(720), secs(25)), Codec::Raw);
+        assert_eq!(Codec::for_video(&format(720), secs(26)), Codec::H264);
+    }
+
+    #[test]
+    fn the_run_normalises_once_into_nut_with_sound_as_long_as_the_picture() {
+        let a = build_args(
+            &format(720),
+            Path::new("/c/in.mp4"),
+            false,
+            Codec::Raw,
+            Path::new("/c/out.nut"),
+        )
+        .join(" ");
+        assert!(a.contains("-i file:/c/in.mp4"), "{a}");
+        assert!(a.contains("scale=1280:720"), "{a}");
+        assert!(a.contains("fps=30"), "{a}");
+        assert!(a.contains("anullsrc=r=48000"), "{a}");
+        assert!(a.contains(",apad "), "{a}");
+        assert!(a.contains("-c:v rawvideo"), "{a}");
+        assert!(
+            a.contains("-c:a pcm_s16le -ar 48000 -ac 2 -shortest"),
+            "{a}"
+        );
+        assert!(a.ends_with("-f nut -y file:/c/out.nut"), "{a}");
+        assert!(!a.contains("-stream_loop"), "{a}");
+    }
+
+    #[test]
+    fn copies_an_earlier_process_left_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("main-normalised-old.nut"), b"x").unwrap();
+        std::fs::write(dir.path().join("other-normalised-x.nut"), b"x").unwrap();
+        std::fs::write(dir.path().join("main-offline-x.mp4"), b"x").unwrap();
+        let _cache = OfflineCache::new(dir.path(), "main", Path::new("ffmpeg"));
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["main-offline-x.mp4", "other-normalised-x.nut"]);
     }
 }

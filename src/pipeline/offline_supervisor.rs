@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::ffmpeg::preflight::OfflineInfo;
 use crate::ffmpeg::supervisor::{Children, Event, Job, Started};
-use crate::pipeline::offline_cache::{CacheKey, OfflineCache};
+use crate::pipeline::offline_cache::{CacheKey, Codec, OfflineCache};
 use crate::pipeline::offline_copy::OfflineCopy;
 use crate::pipeline::offline_source::{args, cached_args, spawn};
 use crate::pipeline::pump;
@@ -98,11 +98,11 @@ impl Job for SourceJob {
             _ => None,
         };
         let args = match &cached {
-            Some(file) => {
+            Some((codec, file)) => {
                 if self.on_cache.is_none() {
                     info!("the offline source now reads the normalised copy: it only decodes");
                 }
-                cached_args(&self.s.config, file.path())
+                cached_args(&self.s.config, file.path(), *codec == Codec::Raw)
             }
             None => {
                 let path = self
@@ -112,7 +112,7 @@ impl Job for SourceJob {
                 args(&self.s.config, &self.s.info, &path)
             }
         };
-        self.on_cache = cached;
+        self.on_cache = cached.map(|(_, file)| file);
         let (child, source) = spawn(&self.s.config, args, &self.s.ffmpeg)?;
         let _ = self.s.pump.send(pump::Command::Offline(Some(source))).await;
         Ok(Started {
