@@ -121,6 +121,11 @@ pub struct Relay {
 
 impl Relay {
     pub fn start(env: &Path) -> anyhow::Result<Relay> {
+        Relay::start_with(env, &[])
+    }
+
+    /// Like [`Relay::start`], with `vars` added to its environment.
+    pub fn start_with(env: &Path, vars: &[(&str, &str)]) -> anyhow::Result<Relay> {
         // This executable is relay when its first argument is `run`
         // (see main.rs).
         let exe = std::env::current_exe().context("locating the relay binary")?;
@@ -128,6 +133,7 @@ impl Relay {
             .args(["run", "--config"])
             .arg(env)
             .env("RELAY_LOG", "info")
+            .envs(vars.iter().copied())
             .env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
