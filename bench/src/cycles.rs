@@ -14,6 +14,11 @@ use relay::nginx::stat_page::StatsClient;
 use relay_rig::nginx::{free_tcp_port, PrivateNginx};
 use relay_rig::sink::{Colour, Sink, Smoothness};
 
+/// The longest wait for the offline video's normalised copy: relay stops
+/// its run after 2 minutes plus four times the video's length (6 s here),
+/// and says so in its log; this leaves a minute more.
+const CACHE_TIMEOUT: Duration = Duration::from_secs(120 + 4 * 6 + 60);
+
 /// Frames either side of a switch looked at for smoothness.
 pub const SWITCH_WINDOW: Duration = Duration::from_secs(1);
 
@@ -147,9 +152,16 @@ pub async fn phase(
     let gone = Instant::now();
     rig::finish(publisher).await;
     relay.wait_for("on air: offline", gone).await?;
-    // The offline source reads the normalised copy once it is ready.
+    // The offline source reads the normalised copy once it is ready. Its
+    // run goes at nice 19 and may take up to 2 minutes plus four times the
+    // video's length (ARCHITECTURE.md, "The offline video's cached copy"):
+    // on a loaded machine far longer than a step.
     relay
-        .wait_for("the offline source now reads the normalised copy", started)
+        .wait_for_within(
+            "the offline source now reads the normalised copy",
+            started,
+            CACHE_TIMEOUT,
+        )
         .await?;
     sleep(Duration::from_millis(1500)).await;
     eprintln!(

@@ -175,7 +175,18 @@ impl Relay {
 
     /// When a line containing `needle` arrived after `since`.
     pub async fn wait_for(&self, needle: &str, since: Instant) -> anyhow::Result<Instant> {
-        let deadline = Instant::now() + STEP_TIMEOUT;
+        self.wait_for_within(needle, since, STEP_TIMEOUT).await
+    }
+
+    /// Like [`Relay::wait_for`], for a step that may take longer than
+    /// [`STEP_TIMEOUT`].
+    pub async fn wait_for_within(
+        &self,
+        needle: &str,
+        since: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some((at, _)) = self
                 .lines
@@ -195,7 +206,7 @@ impl Relay {
                     .map(|(_, l)| l.as_str())
                     .collect();
                 bail!(
-                    "relay did not log {needle:?} within {STEP_TIMEOUT:?}; last lines:\n{}",
+                    "relay did not log {needle:?} within {timeout:?}; last lines:\n{}",
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }
