@@ -14,6 +14,11 @@ use relay::nginx::stat_page::StatsClient;
 use relay_rig::nginx::{free_tcp_port, PrivateNginx};
 use relay_rig::sink::{Colour, Sink, Smoothness};
 
+/// The longest wait for the offline video's normalised copy: relay stops
+/// its run after 2 minutes plus four times the video's length (6 s here),
+/// and says so in its log; this leaves a minute more.
+const CACHE_TIMEOUT: Duration = Duration::from_secs(120 + 4 * 6 + 60);
+
 /// Frames either side of a switch looked at for smoothness.
 pub const SWITCH_WINDOW: Duration = Duration::from_secs(1);
 
@@ -74,8 +79,12 @@ pub struct Phase {
     /// (FFmpeg's first progress report).
     pub start_to_streaming: Option<Duration>,
     pub relay: Usage,
-    /// relay's whole pipeline while the offline video is on air.
+    /// relay's whole pipeline while the offline video is on air (its
+    /// offline source reading the normalised copy).
     pub relay_offline: Usage,
+    /// The same with `RELAY_OFFLINE_CACHE=off`: the offline source
+    /// normalising the video on every loop, as before the cache.
+    pub offline_per_loop: Option<Usage>,
     pub naive: Option<Usage>,
     pub steady: Smoothness,
     pub naive_steady: Smoothness,
@@ -143,6 +152,17 @@ pub async fn phase(
     let gone = Instant::now();
     rig::finish(publisher).await;
     relay.wait_for("on air: offline", gone).await?;
+    // The offline source reads the normalised copy once it is ready. Its
+    // run goes at nice 19 and may take up to 2 minutes plus four times the
+    // video's length (ARCHITECTURE.md, "The offline video's cached copy"):
+    // on a loaded machine far longer than a step.
+    relay
+        .wait_for_within(
+            "the offline source now reads the normalised copy",
+            started,
+            CACHE_TIMEOUT,
+        )
+        .await?;
     sleep(Duration::from_millis(1500)).await;
     eprintln!(
         "bench: {res}p{fps}: relay offline, measuring CPU for {:?}",
@@ -154,6 +174,19 @@ pub async fn phase(
         first_output.is_some() && first_output == rig::output_client(&stat, &stream).await;
     relay.stop().await;
     drop(sink);
+
+    // The same, without the normalised copy: the offline source
+    // normalises on every loop.
+    eprintln!(
+        "bench: {res}p{fps}: relay offline without the normalised copy, measuring CPU for {:?}",
+        opts.window
+    );
+    let started = Instant::now();
+    let relay = Relay::start_with(&env, &[("RELAY_OFFLINE_CACHE", "off")])?;
+    relay.wait_for("output streaming", started).await?;
+    sleep(Duration::from_secs(2)).await;
+    out.offline_per_loop = Some(cpu::measure(relay.pid(), opts.window).await);
+    relay.stop().await;
 
     // The naive design at the same settings, while live.
     eprintln!(

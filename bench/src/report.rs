@@ -244,6 +244,28 @@ pub fn print_bench(
             "",
             None,
         );
+        if let Some(per_loop) = p.offline_per_loop {
+            let (cached, before) = (p.relay_offline.offline_percent, per_loop.offline_percent);
+            t.row(
+                &format!("offline source CPU ({at}): normalising every loop → normalised copy"),
+                format!("{before:.1} % → {cached:.1} %"),
+                String::new(),
+                "",
+                None,
+            );
+            let ratio = if before > 0.0 {
+                cached / before
+            } else {
+                f64::NAN
+            };
+            t.row(
+                &format!("offline source, normalised copy / every loop ({at})"),
+                format!("{ratio:.2}×"),
+                String::new(),
+                "≤ 0.5×",
+                Some(ratio <= 0.5),
+            );
+        }
         match p.naive {
             Some(n) if n.tree_percent > 0.0 => {
                 let ratio = p.relay.tree_percent / n.tree_percent;

@@ -121,6 +121,11 @@ pub struct Relay {
 
 impl Relay {
     pub fn start(env: &Path) -> anyhow::Result<Relay> {
+        Relay::start_with(env, &[])
+    }
+
+    /// Like [`Relay::start`], with `vars` added to its environment.
+    pub fn start_with(env: &Path, vars: &[(&str, &str)]) -> anyhow::Result<Relay> {
         // This executable is relay when its first argument is `run`
         // (see main.rs).
         let exe = std::env::current_exe().context("locating the relay binary")?;
@@ -128,6 +133,7 @@ impl Relay {
             .args(["run", "--config"])
             .arg(env)
             .env("RELAY_LOG", "info")
+            .envs(vars.iter().copied())
             .env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
@@ -169,7 +175,18 @@ impl Relay {
 
     /// When a line containing `needle` arrived after `since`.
     pub async fn wait_for(&self, needle: &str, since: Instant) -> anyhow::Result<Instant> {
-        let deadline = Instant::now() + STEP_TIMEOUT;
+        self.wait_for_within(needle, since, STEP_TIMEOUT).await
+    }
+
+    /// Like [`Relay::wait_for`], for a step that may take longer than
+    /// [`STEP_TIMEOUT`].
+    pub async fn wait_for_within(
+        &self,
+        needle: &str,
+        since: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some((at, _)) = self
                 .lines
@@ -189,7 +206,7 @@ impl Relay {
                     .map(|(_, l)| l.as_str())
                     .collect();
                 bail!(
-                    "relay did not log {needle:?} within {STEP_TIMEOUT:?}; last lines:\n{}",
+                    "relay did not log {needle:?} within {timeout:?}; last lines:\n{}",
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }

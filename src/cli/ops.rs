@@ -363,6 +363,7 @@ mod tests {
             last_output_exit: None,
             stat_page_ok: true,
             switch_failures: 0,
+            offline_cache: None,
             policy: crate::observe::api::Policy {
                 offline_after_ms: 300,
                 live_stable_s: 3.0,

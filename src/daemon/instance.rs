@@ -22,6 +22,7 @@ use crate::config::{self, Config, ReloadPlan, Source};
 use crate::daemon;
 use crate::ffmpeg::preflight::OfflineInfo;
 use crate::observe::api;
+use crate::pipeline::offline_cache::{self, OfflineCache};
 use crate::pipeline::offline_copy;
 
 /// Exit status for a failure that is not a configuration error.
@@ -49,6 +50,12 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
             *last = Some((tokio::time::Instant::now(), outcome, detail));
         })
     };
+    // The offline video normalised once, for the whole process: a pipeline
+    // restart that changes neither the video nor the output's format keeps
+    // it.
+    let ffmpeg = daemon::Options::default().ffmpeg;
+    let cache = offline_cache::enabled()
+        .then(|| OfflineCache::new(&offline_copy::copy_dir(), &config.instance, &ffmpeg));
     loop {
         let (tune_tx, tune_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
         let (offline_tx, offline_rx) = tokio::sync::watch::channel(offline.clone());
@@ -62,6 +69,7 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
             offline_copy_dir: Some(offline_copy::copy_dir()),
             new_offline: Some(offline_rx),
             reloads: Some(reloads_rx.clone()),
+            offline_cache: cache.clone(),
             ..daemon::Options::default()
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

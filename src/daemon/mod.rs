@@ -35,6 +35,7 @@ use crate::observe::metrics;
 use crate::observe::notify;
 use crate::pipeline::frames::{self, FramePool};
 use crate::pipeline::ingest::{self, Expect};
+use crate::pipeline::offline_cache::OfflineCache;
 use crate::pipeline::output::{self, OutputEvent};
 use crate::pipeline::pipe_frames::{PipePool, Stores};
 use crate::pipeline::pump::{self, Event as PumpEvent};
@@ -72,6 +73,10 @@ pub struct Options {
     pub new_offline: Option<watch::Receiver<OfflineInfo>>,
     /// The reloads this process handled, for `relay status`.
     pub reloads: Option<watch::Receiver<Reloads>>,
+    /// The offline video normalised once, kept across pipeline restarts
+    /// (`pipeline/offline_cache.rs`); `None`: the offline source normalises
+    /// it on every loop.
+    pub offline_cache: Option<Arc<OfflineCache>>,
 }
 
 /// How many reloads, and the last one: when, its outcome, why if rejected.
@@ -86,6 +91,7 @@ impl Default for Options {
             offline_copy_dir: None,
             new_offline: None,
             reloads: None,
+            offline_cache: None,
         }
     }
 }
@@ -187,6 +193,7 @@ pub async fn run(
             info: offline.clone(),
             ffmpeg: options.ffmpeg.clone(),
             copy_dir: options.offline_copy_dir.clone(),
+            cache: options.offline_cache.clone(),
             pump: pump_tx.clone(),
             pipes: stores.offline.clone(),
             frames: FramePool::new(format.frame_bytes(), frames::KEEP, frames::CAP),

@@ -56,6 +56,7 @@ impl Daemon {
             }),
             stat_page_ok: self.stats_ok,
             switch_failures: self.switch_failures,
+            offline_cache: self.options.offline_cache.as_ref().map(|c| c.status()),
             reloads: self.options.reloads.as_ref().map_or(0, |r| r.borrow().0),
             last_reload: self.options.reloads.as_ref().and_then(|r| {
                 r.borrow()

@@ -187,6 +187,28 @@ pub struct Status {
     /// once, then the output is restarted on the selection).
     #[serde(default)]
     pub switch_failures: u64,
+    /// The offline video's normalised copy; `null` when relay keeps none
+    /// (`RELAY_OFFLINE_CACHE=off`).
+    #[serde(default)]
+    pub offline_cache: Option<OfflineCache>,
+}
+
+/// The offline video's copy normalised once to the output's format
+/// (ARCHITECTURE.md, "The offline video's cached copy").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OfflineCache {
+    /// `building`, `ready` (the offline source reads it), `failed` (it
+    /// normalises on every loop) or `off` (not cached: see `detail`).
+    pub state: String,
+    /// Normalising runs this process started: a reload that needs no new
+    /// copy leaves it as it was.
+    pub generation: u64,
+    /// How the picture is stored: `rawvideo` or `h264`.
+    #[serde(default)]
+    pub codec: Option<String>,
+    /// Why it failed or is off; empty otherwise.
+    #[serde(default)]
+    pub detail: String,
 }
 
 fn yes() -> bool {

@@ -6,6 +6,7 @@
 pub mod frames;
 pub mod ingest;
 pub mod ingest_link;
+pub mod offline_cache;
 pub mod offline_copy;
 pub mod offline_frames;
 pub mod offline_source;

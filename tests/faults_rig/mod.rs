@@ -111,6 +111,7 @@ impl Faults {
             relay
                 .wait_for_status("the output streaming", output_streaming, secs(60))
                 .await?;
+            crate::relay_rig::settle_offline_source(&relay).await?;
         } else {
             relay
                 .wait_for_status("anything", |_| true, secs(30))

@@ -484,6 +484,21 @@ async fn replaced_offline_video_goes_on_air_at_reload() -> anyhow::Result<()> {
         last_reload_outcome(&reloaded) == Some("new_offline_video"),
         "{reloaded:?}"
     );
+    // The new video is normalised again, and the source handed over to
+    // that copy, before the steady picture is checked.
+    let generation = before.offline_cache.as_ref().map_or(0, |c| c.generation);
+    f.relay()
+        .wait_for_status(
+            "the new video's normalised copy made",
+            |s| {
+                s.offline_cache
+                    .as_ref()
+                    .is_some_and(|c| c.generation > generation && c.state != "building")
+            },
+            secs(90),
+        )
+        .await?;
+    crate::relay_rig::settle_offline_source(f.relay()).await?;
     expect_on_air(&f, &sink, Colour::Red, Instant::now(), secs(40)).await?;
     let after = f.relay().status().await?;
     ensure!(

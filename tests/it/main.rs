@@ -20,6 +20,7 @@ mod harness_selftest;
 mod lifecycle;
 mod metrics;
 mod notify;
+mod offline_cache;
 mod operating;
 mod policy;
 mod publish_auth;

@@ -100,14 +100,38 @@ impl Rig {
         self.nginx.rtmp_url("out", KEY)
     }
 
-    /// Starts relay and waits until its output streams.
+    /// Starts relay and waits until its output streams and its offline
+    /// source has settled on the normalised copy.
     pub async fn start_relay(&self) -> anyhow::Result<RelayProc> {
         let relay = RelayProc::run(&self.env_file, &[])?;
         relay
             .wait_for_status("the output streaming", output_streaming, secs(60))
             .await?;
+        settle_offline_source(&relay).await?;
         Ok(relay)
     }
+}
+
+/// Waits until the offline video's normalised copy is made (or will not
+/// be) and, if it is, until the offline source reads it: the source is
+/// started again on it once, a hand-over a test checking a steady picture
+/// must not straddle.
+pub async fn settle_offline_source(relay: &RelayProc) -> anyhow::Result<()> {
+    let s = relay
+        .wait_for_status(
+            "the normalised copy made or given up",
+            |s| {
+                s.offline_cache
+                    .as_ref()
+                    .is_none_or(|c| c.state != "building")
+            },
+            secs(90),
+        )
+        .await?;
+    if s.offline_cache.is_some_and(|c| c.state == "ready") {
+        wait_for_ffmpeg_child(relay.pid(), "-normalised-", secs(30)).await?;
+    }
+    Ok(())
 }
 
 /// The command line of a process, arguments joined by spaces.
