@@ -279,10 +279,12 @@ fn start_and_stream(ct: &Container) {
     );
     // Logged to the journal as relay, with its own fields.
     ct.ok("journalctl -u relay@demo SYSLOG_IDENTIFIER=relay -o cat | grep -q 'relay starting'");
-    // The offline source reads relay's own copy of the offline video, on disk.
+    // The offline source reads relay's own copy of the offline video, or
+    // the normalised copy made from it, both on disk under the cache
+    // directory.
     let main_pid = ct.prop("relay@demo", "MainPID");
     ct.ok(&format!(
-        "ls /var/cache/relay/demo/demo-offline-* && pgrep -P {main_pid} -f -- '-stream_loop' | xargs -I{{}} cat /proc/{{}}/cmdline | tr '\\0' ' ' | grep -q /var/cache/relay/demo/demo-offline-"
+        "ls /var/cache/relay/demo/demo-offline-* && for i in $(seq 20); do pgrep -P {main_pid} -f -- '-stream_loop' | xargs -I{{}} cat /proc/{{}}/cmdline | tr '\\0' ' ' | grep -Eq '/var/cache/relay/demo/demo-(offline|normalised)-' && exit 0; sleep 0.5; done; exit 1"
     ));
 }
 
