@@ -34,7 +34,9 @@ impl IngestLink {
         }
         let mut total = 0;
         let mut readable = false;
-        for table in ["tcp", "tcp6"] {
+        // UDP for the SRT ingest: its datagrams wait there when the whole
+        // process is starved (libsrt's own buffer is not visible).
+        for table in ["tcp", "tcp6", "udp", "udp6"] {
             if let Ok(text) = fs::read_to_string(format!("/proc/{}/net/{table}", self.pid)) {
                 readable = true;
                 total += unread_in_table(&text, &inodes);
@@ -58,7 +60,7 @@ fn socket_inodes(pid: u32) -> Option<HashSet<u64>> {
 }
 
 /// The receive queues (`rx_queue`, hexadecimal) of the sockets in a
-/// /proc/net/tcp table whose inode is in `inodes`, summed.
+/// /proc/net/tcp (or udp: the same columns) table whose inode is in `inodes`, summed.
 fn unread_in_table(text: &str, inodes: &HashSet<u64>) -> u64 {
     text.lines()
         .skip(1)
@@ -110,5 +112,24 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert_eq!(IngestLink::new(u32::MAX).unread_bytes(), None);
+    }
+
+    #[test]
+    fn unread_datagrams_are_seen() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let before = IngestLink::new(std::process::id()).unread_bytes().unwrap();
+        sender
+            .send_to(&[7u8; 1316], receiver.local_addr().unwrap())
+            .unwrap();
+        let link = IngestLink::new(std::process::id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while link.unread_bytes().unwrap_or(0) < before + 1316 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "unread datagram never seen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }
