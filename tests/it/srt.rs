@@ -362,3 +362,103 @@ async fn rtmp_alone_opens_no_udp_port() -> anyhow::Result<()> {
     }
     rig.stop().await
 }
+
+/// Runs `tc` (in namespace `ns` if given); fails with its output.
+async fn tc(ns: Option<&str>, args: &[&str]) -> anyhow::Result<()> {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = tokio::process::Command::new("ip");
+            c.args(["netns", "exec", ns, "tc"]);
+            c
+        }
+        None => tokio::process::Command::new("tc"),
+    };
+    let out = cmd.args(args).output().await?;
+    ensure!(
+        out.status.success(),
+        "tc {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_srt_feed_rides_out_five_percent_loss_and_50_ms_delay() -> anyhow::Result<()> {
+    if netns_skipped() {
+        return crate::relay_rig::missing_precondition(
+            "RELAY_TEST_NO_NETNS is set: no network namespace",
+        );
+    }
+    let ns = Netns::create().await?;
+    let port = free_udp_port()?;
+    let port_text = port.to_string();
+    let host = ns.host_addr().to_string();
+    // 5 % loss and 50 ms each way, on both ends of the link: the caller's
+    // data and relay's acknowledgements and loss reports alike.
+    let ns_if = format!("{}n", ns.host_if().trim_end_matches('h'));
+    let netem = ["root", "netem", "loss", "5%", "delay", "50ms"];
+    let mut host_args = vec!["qdisc", "add", "dev", ns.host_if()];
+    host_args.extend(netem);
+    if let Err(e) = tc(None, &host_args).await {
+        if e.to_string().contains("qdisc kind is unknown") {
+            return crate::relay_rig::missing_precondition(
+                "the kernel has no netem qdisc (sch_netem)",
+            );
+        }
+        return Err(e);
+    }
+    let mut ns_args = vec!["qdisc", "add", "dev", ns_if.as_str()];
+    ns_args.extend(netem);
+    tc(Some(ns.name()), &ns_args).await?;
+
+    let rig = Rig::start_with(
+        "srt-netem",
+        &[
+            ("LIVE_SOURCES", "srt"),
+            ("SRT_HOST", &host),
+            ("SRT_PORT", &port_text),
+            ("SRT_PASSPHRASE", PASSPHRASE),
+            ("SRT_LATENCY_MS", "1000"),
+        ],
+    )
+    .await?;
+    let t = Instant::now();
+    let _caller = Publisher::start(
+        &format!("srt://{host}:{port}?mode=caller&latency=1000000&passphrase={PASSPHRASE}"),
+        PublisherOpts {
+            netns: Some(ns.name().to_string()),
+            ..PublisherOpts::colour("blue")
+        },
+    )
+    .await?;
+    rig.relay
+        .wait_for_status("the SRT caller on air", on_air_from("srt"), GO_LIVE)
+        .await
+        .with_context(|| rig.context())?;
+    rig.sink
+        .wait_for_since(Colour::Blue, t, GO_LIVE)
+        .await
+        .with_context(|| rig.context())?;
+    let before = rig.relay.status().await?;
+    // 30 s on air, every frame at the sink blue: no failover.
+    rig.sink
+        .expect_steady(Colour::Blue, secs(30))
+        .await
+        .with_context(|| rig.context())?;
+    let after = rig.relay.status().await?;
+    ensure!(
+        on_air_from("srt")(&after)
+            && after.last_switch.as_ref().map(|s| &s.reason)
+                == before.last_switch.as_ref().map(|s| &s.reason)
+            && after.last_switch.as_ref().map(|s| s.seconds_ago)
+                >= before.last_switch.as_ref().map(|s| s.seconds_ago + 29),
+        "the SRT feed left the air under loss: {after:?}"
+    );
+    eprintln!(
+        "[test] 30 s of SRT under 5 % loss / 50 ms: {} live frames, {} filler, {} starved holds",
+        after.live_frames - before.live_frames,
+        after.filler_frames - before.filler_frames,
+        after.starved_holds
+    );
+    rig.stop().await
+}
