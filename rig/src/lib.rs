@@ -30,7 +30,7 @@ use std::time::Duration;
 pub use faulty_http::{FaultyStatPage, StatMode};
 pub use media::{make_offline_video, OfflineVideo};
 pub use netns::Netns;
-pub use nginx::{free_tcp_port, NginxOptions, PrivateNginx};
+pub use nginx::{free_tcp_port, free_udp_port, NginxOptions, PrivateNginx};
 pub use process::ChildGuard;
 pub use publisher::{Publisher, PublisherOpts};
 pub use sink::{Colour, Sink, SinkOpts};

@@ -471,6 +471,14 @@ pub fn free_tcp_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// A free UDP port on 127.0.0.1 (bound and released again), for an SRT
+/// listener.
+pub fn free_udp_port() -> std::io::Result<u16> {
+    Ok(std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
 /// Picks the ports not fixed in `opts`. The RTMP port must be free on every
 /// listen address; the two ports differ because both are held while chosen.
 fn choose_ports(opts: &NginxOptions) -> anyhow::Result<(u16, u16)> {

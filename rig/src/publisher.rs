@@ -31,6 +31,8 @@ pub struct PublisherOpts {
     /// 1 kHz beep starting at the same instant, silence otherwise (48 kHz
     /// stereo; `audio` is then not used).
     pub sync_marks: bool,
+    /// Encode HEVC (libx265) instead of H.264, as phones often do.
+    pub hevc: bool,
 }
 
 impl PublisherOpts {
@@ -54,6 +56,7 @@ impl Default for PublisherOpts {
             gop_frames: 60,
             netns: None,
             sync_marks: false,
+            hevc: false,
         }
     }
 }
@@ -89,6 +92,7 @@ impl Publisher {
             audio,
             gop_frames,
             sync_marks,
+            hevc,
             ..
         } = &opts;
         cmd.args([
@@ -126,19 +130,29 @@ impl Publisher {
                 "sine=frequency=440:sample_rate=44100",
             ]);
         }
+        let codec = if *hevc { "libx265" } else { "libx264" };
         cmd.args([
             "-c:v",
-            "libx264",
+            codec,
             "-preset",
             "ultrafast",
             "-tune",
             "zerolatency",
         ])
         .args(["-g", &gop_frames.to_string(), "-pix_fmt", "yuv420p"]);
+        if *hevc {
+            cmd.args(["-x265-params", "log-level=error"]);
+        }
         if *audio || *sync_marks {
             cmd.args(["-c:a", "aac"]);
         }
-        cmd.args(["-f", "flv", url]);
+        // SRT callers (phone apps, IRL encoders) send MPEG-TS.
+        let muxer = if url.starts_with("srt://") {
+            "mpegts"
+        } else {
+            "flv"
+        };
+        cmd.args(["-f", muxer, url]);
         let label = format!("pub {colour}");
         let (child, lines) = spawn_captured(cmd, &label)?;
         let publisher = Publisher {

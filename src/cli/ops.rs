@@ -268,6 +268,9 @@ fn unexpected(reply: Reply) -> i32 {
 /// The human summary of `relay status`.
 pub fn describe(name: &str, s: &Status) -> String {
     let mut out = format!("relay@{name}: {}\n", s.state.text());
+    if let Some(source) = &s.source {
+        out.push_str(&format!("  source:      {source}\n"));
+    }
     let publisher = match (&s.publisher, s.publisher_allowed) {
         (Some(addr), Some(false)) => format!("{addr} (refused by ALLOWED_PUBLISHERS)"),
         (Some(addr), _) => addr.clone(),
@@ -358,6 +361,7 @@ mod tests {
             held_kind: None,
             output_pid: Some(42),
             ingest_pid: None,
+            source: None,
             reloads: 0,
             last_reload: None,
             last_output_exit: None,

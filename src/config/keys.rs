@@ -122,7 +122,7 @@ fn seconds(d: Duration) -> String {
 
 /// Every key, in the order validation reads them (and so the order in which
 /// problems are found).
-pub static KEYS: [Key; 28] = [
+pub static KEYS: [Key; 33] = [
     Key {
         name: "KICK_URL",
         default: Fallback::Required,
@@ -350,6 +350,54 @@ pub static KEYS: [Key; 28] = [
             )
         },
         value: |c| c.endpoints.publish_auth_port.to_string(),
+    },
+    Key {
+        name: "LIVE_SOURCES",
+        default: Fallback::Text("rtmp"),
+        applies: Applies::Restart,
+        secrecy: Secrecy::Public,
+        doc: "Live sources in priority order, comma-separated: rtmp (nginx-rtmp's stream), srt (relay's SRT listener); the first whose frames flow is on air, the next is its backup.",
+        parse: |d, v| put(&mut d.config.live.sources, parse_live_sources(v)),
+        value: |c| {
+            let names: Vec<&str> = c.live.sources.iter().map(|s| s.name()).collect();
+            names.join(",")
+        },
+    },
+    Key {
+        name: "SRT_HOST",
+        default: Fallback::Text(""),
+        applies: Applies::Restart,
+        secrecy: Secrecy::Public,
+        doc: "IP address the SRT listener binds (UDP); empty: every address.",
+        parse: |d, v| put(&mut d.config.srt.host, parse_listen_addr(v)),
+        value: |c| c.srt.host.clone(),
+    },
+    Key {
+        name: "SRT_PORT",
+        default: Fallback::Text("9000"),
+        applies: Applies::Restart,
+        secrecy: Secrecy::Public,
+        doc: "UDP port of the SRT listener (with srt in LIVE_SOURCES); open it in the firewall.",
+        parse: |d, v| put(&mut d.config.srt.port, parse_port(v)),
+        value: |c| c.srt.port.to_string(),
+    },
+    Key {
+        name: "SRT_PASSPHRASE",
+        default: Fallback::Text(""),
+        applies: Applies::Restart,
+        secrecy: Secrecy::Secret,
+        doc: "SRT encryption passphrase, 10 to 79 characters; a caller without it never goes on air. Empty: no encryption, anyone who finds the port may go live (relay warns).",
+        parse: |d, v| put(&mut d.config.srt.passphrase, parse_srt_passphrase(v)),
+        value: |c| c.srt.passphrase.expose().to_owned(),
+    },
+    Key {
+        name: "SRT_LATENCY_MS",
+        default: Fallback::Text("1500"),
+        applies: Applies::Restart,
+        secrecy: Secrecy::Public,
+        doc: "SRT receiver latency in milliseconds, 20 to 8000: how long lost packets may take to be resent; cellular links want 1000 to 2000, a LAN 120.",
+        parse: |d, v| put(&mut d.config.srt.latency, parse_srt_latency(v)),
+        value: |c| c.srt.latency.as_millis().to_string(),
     },
     Key {
         name: "OFFLINE_AFTER_MS",

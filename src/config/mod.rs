@@ -46,7 +46,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use keys::{key, Applies, Fallback, Key, Secrecy, KEYS};
-pub use parse::{width_16_9, AllowedPublishers, Bitrate, LowBitrate};
+pub use parse::{width_16_9, AllowedPublishers, Bitrate, LiveSource, LowBitrate};
 pub use reload::{changed_keys, classify, ReloadPlan};
 pub use secret::{OutputTarget, Secret};
 pub use sources::config_dir;
@@ -78,6 +78,7 @@ pub struct Config {
     pub destination: Destination,
     pub encoding: Encoding,
     pub live: Live,
+    pub srt: Srt,
     pub policy: SwitchPolicy,
     pub supervision: Supervision,
     pub endpoints: Endpoints,
@@ -125,6 +126,21 @@ pub struct Live {
     /// What a publisher must send as `?key=` (see `nginx/publish_auth.rs`); empty:
     /// anyone who knows the stream name may publish.
     pub publish_key: Secret,
+    /// LIVE_SOURCES: the live sources in priority order, each once.
+    pub sources: Vec<LiveSource>,
+}
+
+/// The SRT listener (SRT_HOST, SRT_PORT, SRT_PASSPHRASE, SRT_LATENCY_MS,
+/// SRT_MAX_RTT_MS); it listens only with `srt` in LIVE_SOURCES.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Srt {
+    /// Empty: every address.
+    pub host: String,
+    pub port: u16,
+    /// Turns on SRT encryption; empty: none (relay warns at start).
+    pub passphrase: Secret,
+    /// The receiver's latency budget for retransmissions.
+    pub latency: Duration,
 }
 
 /// When the offline video goes on air and when the live feed returns.
@@ -295,6 +311,7 @@ impl Config {
             destination: Destination::default(),
             encoding: Encoding::default(),
             live: Live::default(),
+            srt: Srt::default(),
             policy: SwitchPolicy::default(),
             supervision: Supervision::default(),
             endpoints: Endpoints::default(),

@@ -337,3 +337,81 @@ pub(super) fn parse_port_or_zero(value: &str) -> Result<u16, String> {
     parse_port(value)
         .map_err(|_| format!("{value:?} is not a port number (1..=65535, or 0 for none)"))
 }
+
+/// A kind of live source LIVE_SOURCES can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LiveSource {
+    /// A publisher of nginx-rtmp's stream.
+    Rtmp,
+    /// A caller of relay's SRT listener.
+    Srt,
+}
+
+impl LiveSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            LiveSource::Rtmp => "rtmp",
+            LiveSource::Srt => "srt",
+        }
+    }
+}
+
+pub(super) fn parse_live_sources(value: &str) -> Result<Vec<LiveSource>, String> {
+    let mut list = Vec::new();
+    for word in value.split(',').map(str::trim) {
+        let source = match word.to_ascii_lowercase().as_str() {
+            "rtmp" => LiveSource::Rtmp,
+            "srt" => LiveSource::Srt,
+            "" => return Err(format!("{value:?}: an empty entry; list rtmp and/or srt, comma-separated")),
+            _ => return Err(format!("{word:?} is not a live source; use rtmp and/or srt, comma-separated, first has priority")),
+        };
+        if list.contains(&source) {
+            return Err(format!("{word:?} is listed twice"));
+        }
+        list.push(source);
+    }
+    Ok(list)
+}
+
+/// SRT's passphrase: 10 to 79 characters (SRT refuses others). It goes to
+/// FFmpeg in an options file, one line, so no control characters.
+pub(super) fn parse_srt_passphrase(value: &str) -> Result<Secret, String> {
+    if value.is_empty() {
+        return Ok(Secret::new(""));
+    }
+    let n = value.chars().count();
+    if !(10..=79).contains(&n) {
+        return Err(format!(
+            "must be 10 to 79 characters, as SRT requires; this one has {n} (value not shown)"
+        ));
+    }
+    if value.chars().any(|c| c.is_control() || !c.is_ascii()) {
+        return Err("use printable ASCII characters only (value not shown)".to_owned());
+    }
+    Ok(Secret::new(value))
+}
+
+/// SRT_HOST: an IP address to listen on (a name would need a lookup).
+pub(super) fn parse_listen_addr(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    let bare = value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .unwrap_or(value);
+    bare.parse::<std::net::IpAddr>()
+        .map(|a| a.to_string())
+        .map_err(|_| format!("{value:?} is not an IP address to listen on"))
+}
+
+/// SRT_LATENCY_MS: 20 ms (a LAN) to 8000 ms (SRT's own ceiling is higher,
+/// but past that the feed is seconds behind for nothing).
+pub(super) fn parse_srt_latency(value: &str) -> Result<Duration, String> {
+    match value.parse::<u64>() {
+        Ok(ms) if (20..=8000).contains(&ms) => Ok(Duration::from_millis(ms)),
+        _ => Err(format!(
+            "{value:?} is not a number of milliseconds from 20 to 8000"
+        )),
+    }
+}

@@ -185,6 +185,11 @@ fn every_key_is_read_into_its_field() {
         ("ALLOWED_PUBLISHERS", "any"),
         ("PUBLISH_KEY", "pk-1_a.b~"),
         ("PUBLISH_AUTH_PORT", "0"),
+        ("LIVE_SOURCES", "srt, RTMP"),
+        ("SRT_HOST", "[::1]"),
+        ("SRT_PORT", "7001"),
+        ("SRT_PASSPHRASE", "correct horse battery"),
+        ("SRT_LATENCY_MS", "120"),
         ("OFFLINE_AFTER_MS", "450"),
         ("LIVE_STABLE_SECS", "0"),
         ("LOW_BITRATE_KBPS", "500"),
@@ -205,7 +210,12 @@ fn every_key_is_read_into_its_field() {
         c.endpoints.metrics_addr,
         Some("[::1]:9108".parse().unwrap())
     );
-    assert_eq!(KEYS.len(), 28);
+    assert_eq!(KEYS.len(), 33);
+    assert_eq!(c.live.sources, vec![LiveSource::Srt, LiveSource::Rtmp]);
+    assert_eq!(c.srt.host, "::1");
+    assert_eq!(c.srt.port, 7001);
+    assert_eq!(c.srt.passphrase.expose(), "correct horse battery");
+    assert_eq!(c.srt.latency, Duration::from_millis(120));
     assert!(key("OUT_RES").is_some() && key("out_res").is_none());
     assert_eq!(c.live.publish_key.expose(), "pk-1_a.b~");
     assert_eq!(c.endpoints.publish_auth_port, 0);
@@ -362,7 +372,7 @@ fn reload_plans() {
 
 /// For every key, a value other than the one in [`BASE`]: changing it alone
 /// must show as that key alone, and yield the plan its class says.
-const OTHER_VALUE: [(&str, &str); 28] = [
+const OTHER_VALUE: [(&str, &str); 33] = [
     ("KICK_URL", "rtmp://other.example/app"),
     ("KICK_KEY", "sk_2"),
     ("RTMP_HOST", "::1"),
@@ -386,6 +396,11 @@ const OTHER_VALUE: [(&str, &str); 28] = [
     ("ALLOWED_PUBLISHERS", "any"),
     ("PUBLISH_KEY", "pk-2"),
     ("PUBLISH_AUTH_PORT", "0"),
+    ("LIVE_SOURCES", "rtmp,srt"),
+    ("SRT_HOST", "127.0.0.1"),
+    ("SRT_PORT", "9001"),
+    ("SRT_PASSPHRASE", "another-passphrase"),
+    ("SRT_LATENCY_MS", "2000"),
     ("OFFLINE_AFTER_MS", "450"),
     ("LIVE_STABLE_SECS", "0"),
     ("LOW_BITRATE_KBPS", "500"),
@@ -430,6 +445,11 @@ fn every_key_has_its_reload_class() {
         ("ALLOWED_PUBLISHERS", AtOnce),
         ("PUBLISH_KEY", AtOnceWhileSet),
         ("PUBLISH_AUTH_PORT", Restart),
+        ("LIVE_SOURCES", Restart),
+        ("SRT_HOST", Restart),
+        ("SRT_PORT", Restart),
+        ("SRT_PASSPHRASE", Restart),
+        ("SRT_LATENCY_MS", Restart),
         ("OFFLINE_AFTER_MS", AtOnce),
         ("LIVE_STABLE_SECS", AtOnce),
         ("LOW_BITRATE_KBPS", AtOnce),
@@ -618,6 +638,20 @@ fn each_bad_value_names_its_key() {
         ("PUBLISH_KEY", "a%20"),
         ("PUBLISH_AUTH_PORT", "65536"),
         ("PUBLISH_AUTH_PORT", "-1"),
+        ("LIVE_SOURCES", "rtmp,webrtc"),
+        ("LIVE_SOURCES", "srt,srt"),
+        ("LIVE_SOURCES", "srt,"),
+        ("SRT_HOST", "relay.example.com"),
+        ("SRT_PORT", "0"),
+        ("SRT_PASSPHRASE", "short"),
+        (
+            "SRT_PASSPHRASE",
+            "0123456789012345678901234567890123456789012345678901234567890123456789012345678X",
+        ),
+        ("SRT_PASSPHRASE", "tab\there-long-enough"),
+        ("SRT_LATENCY_MS", "10"),
+        ("SRT_LATENCY_MS", "8001"),
+        ("SRT_LATENCY_MS", "1.5"),
         ("OFFLINE_AFTER_MS", "99"),
         ("OFFLINE_AFTER_MS", "10001"),
         ("OFFLINE_AFTER_MS", "0.5"),

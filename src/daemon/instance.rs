@@ -43,6 +43,17 @@ pub async fn run(source: Source, mut config: Config, mut offline: OfflineInfo) -
     for notice in &config.notices {
         warn!("{notice}");
     }
+    if config
+        .live
+        .sources
+        .contains(&crate::config::LiveSource::Srt)
+        && config.srt.passphrase.is_empty()
+    {
+        warn!(
+            port = config.srt.port,
+            "SRT_PASSPHRASE is not set: the SRT feed is unencrypted and any caller who finds the UDP port can go on air"
+        );
+    }
     let (reloads_tx, reloads_rx) = tokio::sync::watch::channel::<daemon::Reloads>((0, None));
     let reloaded = |outcome: &'static str, detail: String| {
         reloads_tx.send_modify(|(count, last)| {

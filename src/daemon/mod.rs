@@ -100,6 +100,7 @@ impl Default for Options {
 type IngestExit = supervisor::Ended;
 
 struct IngestHandle {
+    source: policy::SourceKind,
     session: u64,
     child: supervisor::Once,
 }
@@ -124,6 +125,8 @@ pub async fn run(
         offline = %config.offline_video_path.display(),
         format = %format!("{}x{}@{}", format.width, format.height, format.fps),
         allowed_publishers = %config.live.allowed_publishers,
+        live_sources = %config.live.sources.iter().map(|s| s.name()).collect::<Vec<_>>().join(","),
+        srt = %srt_listen(&config),
         "relay starting"
     );
     // Reloaded settings that apply at once; without a reloader, a channel
@@ -244,6 +247,8 @@ pub async fn run(
         ingest_restarts: 0,
         publisher_connected: false,
         live_bitrate_bps: None,
+        live_source: None,
+        live_sources: Vec::new(),
         output_uptime_s: None,
         output_fps: None,
         output_speed: None,
@@ -261,7 +266,12 @@ pub async fn run(
 
     let (ingest_ev_tx, ingest_ev_rx) = mpsc::channel(8);
     let destinations = [DESTINATION];
-    let mut policy = Policy::new(settings(&config), std::time::Instant::now(), &destinations);
+    let mut policy = Policy::with_sources(
+        settings(&config),
+        std::time::Instant::now(),
+        &destinations,
+        &config.live.sources,
+    );
     let first = policy.start();
     let mut daemon = Daemon {
         config: config.clone(),
@@ -276,7 +286,9 @@ pub async fn run(
         frames,
         pipes,
         poll_now,
-        ingest: None,
+        ingests: Vec::new(),
+        srt_closing: None,
+        srt_waiting: None,
         children: children.clone(),
         ingest_events: ingest_ev_tx,
         metrics: metrics_tx,
@@ -308,7 +320,7 @@ pub async fn run(
     // KILL_GRACE; everything is reaped before we return.
     notify::stopping();
     info!("stopping");
-    daemon.stop_current_ingest();
+    daemon.stop_all_ingests();
     children.shutdown().await;
     drop(daemon);
     feeding.stop().await;
@@ -353,6 +365,32 @@ impl Stage {
 const DESTINATION: &str = "kick";
 
 /// The policy's settings, from the configuration.
+/// Where the SRT listener listens, for the start-up line; "off" without
+/// `srt` in LIVE_SOURCES.
+fn srt_listen(config: &Config) -> String {
+    if !config
+        .live
+        .sources
+        .contains(&crate::config::LiveSource::Srt)
+    {
+        return "off".to_string();
+    }
+    let host = match config.srt.host.as_str() {
+        "" => "*",
+        h => h,
+    };
+    format!(
+        "udp {host}:{} latency {} ms{}",
+        config.srt.port,
+        config.srt.latency.as_millis(),
+        if config.srt.passphrase.is_empty() {
+            ", unencrypted"
+        } else {
+            ", encrypted"
+        }
+    )
+}
+
 fn settings(config: &Config) -> policy::Settings {
     policy::Settings {
         offline_after: config.policy.offline_after,

@@ -22,7 +22,14 @@ pub(super) struct Daemon {
     /// `frames`).
     pub(super) pipes: Option<PipePool>,
     pub(super) poll_now: Arc<Notify>,
-    pub(super) ingest: Option<IngestHandle>,
+    /// The running ingest of each live source.
+    pub(super) ingests: Vec<IngestHandle>,
+    /// The SRT ingest told to stop and not gone yet: it holds the UDP
+    /// port, so the next one starts when it is gone (else it fails with
+    /// "Address already in use" and waits out the crash backoff).
+    pub(super) srt_closing: Option<u64>,
+    /// The SRT ingest waiting for that: its session and what it expects.
+    pub(super) srt_waiting: Option<(u64, policy::Expect)>,
     /// Every child's supervisor, and the one way to stop them all.
     pub(super) children: Children,
     pub(super) ingest_events: mpsc::Sender<IngestExit>,
@@ -126,11 +133,11 @@ impl Daemon {
                     queue.extend(more);
                 }
                 Action::StartIngest {
-                    source: _,
+                    source,
                     session,
                     expect,
                 } => {
-                    if let Err(error) = self.start_ingest(session, expect) {
+                    if let Err(error) = self.start_ingest(source, session, expect) {
                         let more = self.policy.handle(
                             std::time::Instant::now(),
                             Event::IngestFailed {
@@ -141,10 +148,9 @@ impl Daemon {
                         queue.extend(more);
                     }
                 }
-                Action::StopIngest { session } => {
-                    if self.ingest.as_ref().is_some_and(|i| i.session == session) {
-                        self.stop_current_ingest();
-                    }
+                Action::StopIngest { session } => self.stop_ingest(session),
+                Action::Feed { session } => {
+                    let _ = self.pump.try_send(pump::Command::Air(session));
                 }
                 Action::SetTimer { timer, at } => match at {
                     Some(at) => {
@@ -324,12 +330,18 @@ impl Daemon {
     }
 
     async fn on_ingest_exit(&mut self, ev: IngestExit) {
-        if self
-            .ingest
-            .as_ref()
-            .is_some_and(|i| i.session == ev.session)
-        {
-            self.ingest = None;
+        self.ingests.retain(|i| i.session != ev.session);
+        if self.srt_closing == Some(ev.session) {
+            self.srt_closing = None;
+            if let Some((session, expect)) = self.srt_waiting.take() {
+                if let Err(error) = self.start_ingest(policy::SourceKind::Srt, session, expect) {
+                    self.dispatch(Event::IngestFailed {
+                        session,
+                        error: error.to_string(),
+                    })
+                    .await;
+                }
+            }
         }
         self.dispatch(Event::IngestExited {
             session: ev.session,
@@ -369,7 +381,25 @@ impl Daemon {
 
     /// Starts the ingest FFmpeg of session `session`, which waits for (or
     /// joins) the publisher.
-    fn start_ingest(&mut self, session: u64, expect: policy::Expect) -> std::io::Result<()> {
+    fn start_ingest(
+        &mut self,
+        source: policy::SourceKind,
+        session: u64,
+        expect: policy::Expect,
+    ) -> std::io::Result<()> {
+        // One ingest per source: a new one replaces the source's last.
+        if let Some(old) = self.ingests.iter().find(|i| i.source == source) {
+            let old = old.session;
+            self.stop_ingest(old);
+        }
+        if source == policy::SourceKind::Srt && self.srt_closing.is_some() {
+            tracing::debug!(
+                session,
+                "SRT ingest waits for the last one to free the port"
+            );
+            self.srt_waiting = Some((session, expect));
+            return Ok(());
+        }
         let expect = match expect {
             policy::Expect::AudioVideo => Expect::AudioVideo,
             policy::Expect::VideoOnly => Expect::VideoOnly,
@@ -377,6 +407,7 @@ impl Daemon {
         };
         let started = ingest::spawn(
             &self.config,
+            source,
             expect,
             session,
             &self.options.ffmpeg,
@@ -384,28 +415,49 @@ impl Daemon {
             self.pipes.as_ref(),
         )?;
         let pid = started.child.pid;
-        info!(session, pid, expect = ?expect, "ingest waiting for live frames");
-        let _ = self.pump.try_send(pump::Command::Feed(Some(started.feed)));
+        info!(session, pid, source = source.name(), expect = ?expect, "ingest waiting for live frames");
+        let _ = self
+            .pump
+            .try_send(pump::Command::Feed(source, Some(started.feed)));
         let child = self.children.once(
             started.child,
             session,
             self.ingest_events.clone(),
             tracing::info_span!("ingest", session),
         );
-        self.ingest = Some(IngestHandle { session, child });
+        self.ingests.push(IngestHandle {
+            source,
+            session,
+            child,
+        });
         Ok(())
     }
 
-    /// Tells the current ingest to stop (SIGTERM, then SIGKILL after
+    /// Tells the ingest of `session` to stop (SIGTERM, then SIGKILL after
     /// KILL_GRACE) without waiting for it.
-    pub(super) fn stop_current_ingest(&mut self) {
-        let Some(handle) = self.ingest.take() else {
+    fn stop_ingest(&mut self, session: u64) {
+        if self.srt_waiting.is_some_and(|(s, _)| s == session) {
+            self.srt_waiting = None;
+        }
+        let Some(i) = self.ingests.iter().position(|i| i.session == session) else {
             return;
         };
-        let _ = self.pump.try_send(pump::Command::Feed(None));
+        let handle = self.ingests.remove(i);
+        if handle.source == policy::SourceKind::Srt {
+            self.srt_closing = Some(session);
+        }
+        let _ = self.pump.try_send(pump::Command::Feed(handle.source, None));
         // Its supervisor stops the child in the background; shutdown waits
         // for all of them.
         handle.child.stop();
+    }
+
+    /// Stops every ingest (at shutdown).
+    pub(super) fn stop_all_ingests(&mut self) {
+        let sessions: Vec<u64> = self.ingests.iter().map(|i| i.session).collect();
+        for session in sessions {
+            self.stop_ingest(session);
+        }
     }
 
     fn housekeeping(&mut self) {

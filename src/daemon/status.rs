@@ -11,6 +11,19 @@ impl Daemon {
             .filter(|_| self.output.last_progress.is_some())
     }
 
+    /// The ingest of the source on air, else of the first source.
+    fn ingest_pid(&self) -> Option<u32> {
+        let on_air = self.policy.on_air_source();
+        self.ingests
+            .iter()
+            .find(|i| Some(i.source) == on_air)
+            .or_else(|| {
+                let first = self.policy.source_kinds().first().copied();
+                self.ingests.iter().find(|i| Some(i.source) == first)
+            })
+            .map(|i| i.child.pid)
+    }
+
     /// What `relay status` shows.
     pub(super) fn status(&self) -> api::Status {
         let publisher = self.policy.publisher();
@@ -47,7 +60,8 @@ impl Daemon {
                     .map(|l| l.window.as_secs_f64()),
             },
             output_pid: self.output.pid,
-            ingest_pid: self.ingest.as_ref().map(|i| i.child.pid),
+            ingest_pid: self.ingest_pid(),
+            source: self.policy.on_air_source().map(|s| s.name().to_string()),
             last_output_exit: self.output.last_exit.as_ref().map(|e| api::OutputExit {
                 kind: e.kind.to_string(),
                 was_streaming: e.was_streaming,
@@ -84,6 +98,13 @@ impl Daemon {
             output_restarts: self.output.restarts,
             ingest_restarts: self.policy.ingest_restarts(),
             publisher_connected: self.policy.publisher().is_some(),
+            live_source: self.policy.on_air_source().map(|s| s.name()),
+            live_sources: self
+                .policy
+                .source_kinds()
+                .iter()
+                .map(|s| s.name())
+                .collect(),
             live_bitrate_bps: self.policy.live_bitrate(),
             output_uptime_s: self.streaming_since().map(|t| t.elapsed().as_secs_f64()),
             output_fps: self.output.rates.map(|(fps, _)| fps),
@@ -93,6 +114,9 @@ impl Daemon {
 
     pub(super) fn status_line(&self) -> String {
         let mut parts = vec![self.policy.state_name().text().to_string()];
+        if let Some(source) = self.policy.on_air_source() {
+            parts.push(format!("from {}", source.name()));
+        }
         match (self.policy.on_air_publisher(), self.policy.publisher()) {
             (Some(on_air), _) => parts.push(format!("publisher {}", show_addr(on_air))),
             (None, Some((p, false))) => {

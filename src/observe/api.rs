@@ -168,9 +168,13 @@ pub struct Status {
     /// The output FFmpeg's pid; `null` while it restarts.
     #[serde(default)]
     pub output_pid: Option<u32>,
-    /// The current ingest FFmpeg's pid; `null` when none runs.
+    /// The current ingest FFmpeg's pid (of the source on air, else of the
+    /// first in LIVE_SOURCES); `null` when none runs.
     #[serde(default)]
     pub ingest_pid: Option<u32>,
+    /// The live source on air: `"rtmp"`, `"srt"`; `null` while offline.
+    #[serde(default)]
+    pub source: Option<String>,
     /// How many `systemctl reload`s (SIGHUP) this process has handled.
     #[serde(default)]
     pub reloads: u64,

@@ -20,8 +20,9 @@ use crate::pipeline::pump;
 /// Why what is on air changed, as the `reason` label of
 /// `relay_switches_total`: (to, reason). Listed so every series exists
 /// from the start, at 0.
-pub const SWITCH_REASONS: [(&str, &str); 9] = [
+pub const SWITCH_REASONS: [(&str, &str); 10] = [
     ("live", "publisher_live"),
+    ("live", "backup"),
     ("live", "publisher_stable"),
     ("live", "bitrate_recovered"),
     ("live", "manual"),
@@ -51,6 +52,9 @@ pub struct Snapshot {
     pub ingest_restarts: u64,
     pub publisher_connected: bool,
     pub live_bitrate_bps: Option<u64>,
+    /// The live source on air (`rtmp`, `srt`), and every one configured.
+    pub live_source: Option<&'static str>,
+    pub live_sources: Vec<&'static str>,
     /// Seconds since the output started streaming; `None` while it is not.
     pub output_uptime_s: Option<f64>,
     /// From the output FFmpeg's last `-progress` report.
@@ -149,6 +153,22 @@ pub fn render(s: &Snapshot, pump: &pump::Stats) -> String {
         "counter",
         "Ingest FFmpeg processes that exited on their own and were restarted.",
         &one(s.ingest_restarts as f64),
+    );
+    let sources: Vec<(String, f64)> = s
+        .live_sources
+        .iter()
+        .map(|&name| {
+            (
+                format!("{{source=\"{name}\"}}"),
+                f64::from(u8::from(s.live_source == Some(name))),
+            )
+        })
+        .collect();
+    family(
+        "relay_live_source",
+        "gauge",
+        "1 for the live source on air (rtmp, srt; LIVE_SOURCES), else 0.",
+        &sources,
     );
     family(
         "relay_publisher_connected",
@@ -249,6 +269,8 @@ mod tests {
             output_restarts: 1,
             ingest_restarts: 0,
             publisher_connected: true,
+            live_source: Some("srt"),
+            live_sources: vec!["srt", "rtmp"],
             live_bitrate_bps: Some(2_500_000),
             output_uptime_s: Some(12.5),
             output_fps: Some(30.0),

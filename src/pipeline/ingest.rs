@@ -9,6 +9,7 @@
 //! starts a fresh one, which waits connected for the next publisher and
 //! gets its first keyframe at once.
 
+use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Notify};
 use tracing::warn;
 
-use crate::config::Config;
+use crate::config::{Config, LiveSource};
 use crate::ffmpeg;
 use crate::ffmpeg::child::{self, Running, Spec};
 use crate::pipeline::frames::{Frame, FrameBuf, FramePool};
@@ -31,6 +32,8 @@ use crate::pipeline::raw_format::{RawFormat, AUDIO_BYTES_PER_SAMPLE};
 
 const VIDEO_FD: RawFd = 3;
 const AUDIO_FD: RawFd = 4;
+/// The SRT ingest's input list (see [`srt_list`]).
+const LIST_FD: RawFd = 5;
 
 /// Live frames waiting for the pump: enough to ride out frames that arrive
 /// unevenly, few because each one is latency on air. When it is full the
@@ -81,7 +84,56 @@ pub enum Expect {
 /// without (5.4 s with FFmpeg's default analyze duration).
 const EITHER_ANALYZE_US: &str = "300000";
 
-pub fn args(config: &Config, expect: Expect) -> Vec<String> {
+/// The SRT ingest's input: FFmpeg's libsrt listener on SRT_HOST:SRT_PORT,
+/// named in an `ffconcat` list that FFmpeg reads from a pipe at start.
+/// FFmpeg takes protocol options only from the URL or the command line,
+/// and every local user can read a command line (`/proc/PID/cmdline`):
+/// the list's `option` directive hands the passphrase to the one file it
+/// opens, and the list never touches the disk. Only the passphrase goes
+/// there; the rest stays in the URL, visible to `ps` like any other
+/// setting (ARCHITECTURE.md, "The SRT listener").
+///
+/// The listener accepts one caller and stops listening: when the caller
+/// goes, its read fails and FFmpeg exits, and relay starts a fresh one
+/// (the policy re-arms it at once). A caller with a wrong or no
+/// passphrase is refused in the handshake and the listener waits on.
+pub fn srt_list(config: &Config) -> String {
+    let srt = &config.srt;
+    let host = if srt.host.contains(':') {
+        format!("[{}]", srt.host)
+    } else {
+        srt.host.clone()
+    };
+    // latency is in microseconds in FFmpeg's options.
+    let url = format!(
+        "srt://{host}:{}?mode=listener&transtype=live&latency={}",
+        srt.port,
+        srt.latency.as_micros()
+    );
+    let mut list = format!("ffconcat version 1.0\nfile {}\n", ffconcat_token(&url));
+    if !srt.passphrase.is_empty() {
+        list.push_str(&format!(
+            "option passphrase {}\n",
+            ffconcat_token(srt.passphrase.expose())
+        ));
+    }
+    list
+}
+
+/// A token of an ffconcat line: every character but letters and digits
+/// escaped with a backslash (FFmpeg's `av_get_token`).
+fn ffconcat_token(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        if !c.is_ascii_alphanumeric() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn args(config: &Config, expect: Expect, source: LiveSource) -> Vec<String> {
     let f = RawFormat::of(config);
     let vars = [
         ("WIDTH", f.width.to_string()),
@@ -101,7 +153,20 @@ pub fn args(config: &Config, expect: Expect) -> Vec<String> {
     // Frame threads would hold decoded frames back (one per thread) while
     // audio goes straight through: slice threads only.
     push(&["-thread_type", "slice"]);
-    push(&["-i", &config.live_url()]);
+    match source {
+        LiveSource::Rtmp => push(&["-i", &config.live_url()]),
+        LiveSource::Srt => {
+            push(&[
+                "-f",
+                "concat",
+                "-safe",
+                "0",
+                "-protocol_whitelist",
+                "pipe,srt",
+            ]);
+            push(&["-i", &child::fd_url(LIST_FD)]);
+        }
+    }
     push(&["-map", "0:v:0", "-vf"]);
     push(&[&ffmpeg::render(ffmpeg::INGEST_VIDEO_FILTER, &vars)]);
     // At most OUT_FPS frames a second, by dropping, never by waiting for
@@ -264,6 +329,7 @@ pub struct Started {
 
 pub fn spawn(
     config: &Config,
+    source: LiveSource,
     expect: Expect,
     session: u64,
     ffmpeg_bin: &Path,
@@ -273,6 +339,12 @@ pub fn spawn(
     let format = RawFormat::of(config);
     let video = child::read_pipe()?;
     let mut fds = vec![(video.theirs, VIDEO_FD)];
+    if source == LiveSource::Srt {
+        // Far below a pipe's capacity, so this never blocks.
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        std::fs::File::from(write).write_all(srt_list(config).as_bytes())?;
+        fds.push((read, LIST_FD));
+    }
     let audio = if expect != Expect::VideoOnly {
         let p = child::read_pipe()?;
         fds.push((p.theirs, AUDIO_FD));
@@ -283,10 +355,10 @@ pub fn spawn(
     let running = child::spawn(Spec {
         role: "ingest",
         program: ffmpeg_bin.to_path_buf(),
-        args: args(config, expect),
+        args: args(config, expect, source),
         fds,
         stdout: false,
-        secrets: Vec::new(),
+        secrets: vec![config.srt.passphrase.expose().to_owned()],
     })?;
     let (tx, rx) = mpsc::channel(VIDEO_QUEUE);
     let queue = Arc::new(AudioQueue::new(&format));

@@ -70,7 +70,9 @@ impl IngestLink {
         }
         let mut total = 0;
         let mut readable = false;
-        for table in ["tcp", "tcp6"] {
+        // UDP for the SRT ingest: its datagrams wait there when the whole
+        // process is starved (libsrt's own buffer is not visible).
+        for table in ["tcp", "tcp6", "udp", "udp6"] {
             if let Ok(text) = fs::read_to_string(format!("/proc/{}/net/{table}", self.pid)) {
                 readable = true;
                 total += unread_in_table(&text, &inodes);
@@ -94,7 +96,7 @@ fn socket_inodes(pid: u32) -> Option<HashSet<u64>> {
 }
 
 /// The receive queues (`rx_queue`, hexadecimal) of the sockets in a
-/// /proc/net/tcp table whose inode is in `inodes`, summed.
+/// /proc/net/tcp (or udp: the same columns) table whose inode is in `inodes`, summed.
 fn unread_in_table(text: &str, inodes: &HashSet<u64>) -> u64 {
     text.lines()
         .skip(1)
@@ -168,5 +170,24 @@ mod tests {
         assert_eq!(link.pipe_unread(), Some(0));
         std::fs::File::from(write).write_all(&[1u8; 300]).unwrap();
         assert_eq!(link.pipe_unread(), Some(300));
+    }
+
+    #[test]
+    fn unread_datagrams_are_seen() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let before = IngestLink::new(std::process::id(), None).unread_bytes().unwrap();
+        sender
+            .send_to(&[7u8; 1316], receiver.local_addr().unwrap())
+            .unwrap();
+        let link = IngestLink::new(std::process::id(), None);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while link.unread_bytes().unwrap_or(0) < before + 1316 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "unread datagram never seen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info};
 
+use crate::config::LiveSource;
 use crate::ffmpeg::zmq::Input;
 use crate::pipeline::frames::{Black, Frame, FramePool};
 use crate::pipeline::ingest::{AudioQueue, LiveFeed};
@@ -75,8 +76,12 @@ const BUSY_WHILE_LATE: Duration = Duration::from_millis(20);
 pub enum Command {
     /// A (re)started output: write to these pipes from now on.
     Attach(OutputPipes),
-    /// A new ingest's frames, or `None` to stop reading live frames.
-    Feed(Option<LiveFeed>),
+    /// A new ingest's frames for this live source (replacing the
+    /// source's last), or `None` to stop reading that source's frames.
+    Feed(LiveSource, Option<LiveFeed>),
+    /// Carry this ingest session's frames on the live input. Until told,
+    /// and while that feed has none, the live input carries filler.
+    Air(u64),
     /// A new failover gap (OFFLINE_AFTER_MS, changed by a reload).
     SetGap(Duration),
     /// A (re)started offline source, or `None` while there is none.
@@ -188,7 +193,13 @@ pub async fn run(
             * AUDIO_BYTES_PER_SAMPLE
     ]);
     let mut output: Option<OutputPipes> = None;
-    let mut live: Option<LiveState> = None;
+    // One feed per live source; the one of session `air` is on the live
+    // input, the others are read and watched, and their frames dropped.
+    let mut feeds: Vec<(LiveSource, LiveState)> = Vec::new();
+    let mut air: Option<u64> = None;
+    // The feed on the live input at the last tick: its last frame is the
+    // filler.
+    let mut carrying: Option<u64> = None;
     let mut last_frame: Option<Frame> = None;
     let mut picture = OfflinePicture::default();
     let mut offline_sound: Option<Arc<SourceAudio>> = None;
@@ -206,12 +217,19 @@ pub async fn run(
                     picture.set_source(video);
                     offline_sound = sound;
                 }
-                Some(Command::Feed(feed)) => {
-                    live = feed.map(|feed| LiveState::new(feed, &format));
-                    if live.is_none() {
+                Some(Command::Feed(source, feed)) => {
+                    let gone = feeds
+                        .iter()
+                        .position(|(s, _)| *s == source)
+                        .map(|i| feeds.remove(i).1.feed.session);
+                    if gone.is_some() && gone == carrying {
                         last_frame = None;
                     }
+                    if let Some(feed) = feed {
+                        feeds.push((source, LiveState::new(feed, &format)));
+                    }
                 }
+                Some(Command::Air(session)) => air = Some(session),
             },
             _ = ticker.tick() => {
                 let now = Instant::now();
@@ -226,7 +244,15 @@ pub async fn run(
                 let on_air = *selection.borrow();
                 let mut video = None;
                 let mut audio = None;
-                if let Some(l) = live.as_mut() {
+                // The feed the policy chose; while it has none (not told
+                // yet, or that ingest was replaced), the first there is:
+                // with one source, always that source's.
+                let on_input = air
+                    .filter(|a| feeds.iter().any(|(_, l)| l.feed.session == *a))
+                    .or_else(|| feeds.first().map(|(_, l)| l.feed.session));
+                carrying = on_input;
+                for (_, l) in feeds.iter_mut() {
+                    let carried = Some(l.feed.session) == on_input;
                     // One frame per tick, oldest first, so frames that
                     // arrive unevenly still go out one per tick.
                     let queued = l.feed.video.len();
@@ -254,11 +280,16 @@ pub async fn run(
                         l.starved_since = None;
                         l.late_cpu = None;
                         l.last_frame_at = Some(now);
-                        last_frame = Some(frame.clone());
-                        video = Some(frame);
-                        stats.live_frames.fetch_add(1, Ordering::Relaxed);
+                        if carried {
+                            last_frame = Some(frame.clone());
+                            video = Some(frame);
+                            stats.live_frames.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
-                    audio = l.sync.take(&l.feed.audio, left, audio_len);
+                    let sound = l.sync.take(&l.feed.audio, left, audio_len);
+                    if carried {
+                        audio = sound;
+                    }
                     check_flow(l, now, &timing, period, &events, &stats);
                 }
                 let live_audio = pad_audio(audio, audio_len, &silence);

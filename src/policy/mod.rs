@@ -103,6 +103,9 @@ pub enum Why {
     LowBitrate,
     PublisherRefused,
     Manual,
+    /// The source on air stopped and the next one in LIVE_SOURCES,
+    /// flowing, took over without the offline video in between.
+    Backup,
 }
 
 impl Why {
@@ -116,6 +119,7 @@ impl Why {
             Why::LowBitrate => "low_bitrate",
             Why::PublisherRefused => "publisher_refused",
             Why::Manual => "manual",
+            Why::Backup => "backup",
         }
     }
 }
@@ -246,6 +250,11 @@ pub enum Action {
         session: u64,
         expect: Expect,
     },
+    /// Put this ingest session's frames on the output's live input (the
+    /// pump carries one source's frames there); sent before the switch
+    /// that puts them on air, and alone when one source takes over from
+    /// another while live stays on air.
+    Feed { session: u64 },
     /// Stop this ingest session (SIGTERM, then SIGKILL after KILL_GRACE)
     /// without waiting for it, and stop reading its frames.
     StopIngest { session: u64 },
@@ -334,8 +343,20 @@ pub struct Policy {
 impl Policy {
     /// A policy with the offline video on air, ready to start an ingest
     /// that waits for the first publisher.
+    #[cfg(test)]
     pub fn new(settings: Settings, now: Instant, destinations: &[&'static str]) -> Policy {
-        let sources = SourceKind::ALL
+        Policy::with_sources(settings, now, destinations, &[SourceKind::Rtmp])
+    }
+
+    /// A policy for these live sources, first in priority order
+    /// (LIVE_SOURCES).
+    pub fn with_sources(
+        settings: Settings,
+        now: Instant,
+        destinations: &[&'static str],
+        kinds: &[SourceKind],
+    ) -> Policy {
+        let sources = kinds
             .iter()
             .map(|&kind| Source::new(kind, settings.crash_backoff))
             .collect();
@@ -356,7 +377,7 @@ impl Policy {
             switches: BTreeMap::new(),
             out: Vec::new(),
         };
-        for source in SourceKind::ALL {
+        for &source in kinds {
             policy.set_retry(source, Some(now));
         }
         policy
@@ -451,7 +472,7 @@ impl Policy {
     /// The RTMP source's publisher on the last good stat page, and whether
     /// it is allowed on air.
     pub fn publisher(&self) -> Option<(&Publisher, bool)> {
-        self.sources[0]
+        self.source(SourceKind::Rtmp)?
             .publisher
             .as_ref()
             .map(|s| (&s.publisher, s.allowed))
@@ -459,8 +480,25 @@ impl Policy {
 
     /// The publisher's bitrate into nginx, bits/s, while there is one.
     pub fn live_bitrate(&self) -> Option<u64> {
-        let source = &self.sources[0];
+        let source = self.source(SourceKind::Rtmp)?;
         source.live_bps.filter(|_| source.publisher.is_some())
+    }
+
+    /// The source whose frames are on air, if live.
+    pub fn on_air_source(&self) -> Option<SourceKind> {
+        match &self.on_air {
+            OnAir::Live { session, .. } => self
+                .sources
+                .iter()
+                .find(|s| s.session() == Some(*session))
+                .map(|s| s.kind),
+            OnAir::Offline => None,
+        }
+    }
+
+    /// The live sources, first in priority order.
+    pub fn source_kinds(&self) -> Vec<SourceKind> {
+        self.sources.iter().map(|s| s.kind).collect()
     }
 
     pub fn last_switch(&self) -> Option<&LastSwitch> {
@@ -505,6 +543,21 @@ impl Policy {
         let source = &mut self.sources[i];
         source.flowing = Some(session);
         source.flowing_since = Some(now);
+        if source.kind == SourceKind::Srt {
+            // No stat page: the caller is there when its frames are. The
+            // passphrase let it in; its address is not known
+            // (ALLOWED_PUBLISHERS does not apply to SRT callers).
+            source.publisher_since.get_or_insert(now);
+            source.publisher = Some(source::Seen {
+                publisher: Publisher {
+                    id: session,
+                    address: None,
+                    unchecked: false,
+                    has_audio: None,
+                },
+                allowed: true,
+            });
+        }
         source.note_served();
         info!(session, source = source.kind.name(), "live frames arriving");
         // Confirm the publisher now rather than at the next poll.
@@ -537,7 +590,19 @@ impl Policy {
         // be ready) hold nobody off.
         if matches!(self.on_air, OnAir::Live { session: s, .. } if s == session) {
             self.last_drop = Some(now);
-            self.go_offline(now, &reason, Why::FramesStopped);
+            self.live_stopped(now, &reason);
+        }
+        // An SRT listener takes no second caller while it holds the first,
+        // and a killed caller looks connected until SRT's peer idle
+        // timeout: re-arm a fresh listener now, so that the caller (or
+        // another) is taken again at once.
+        if self.sources[i].kind == SourceKind::Srt {
+            let source = &mut self.sources[i];
+            source.publisher = None;
+            source.publisher_since = None;
+            info!(session, "SRT frames stopped; listening for a caller again");
+            self.restart_ingest(SourceKind::Srt, now);
+            return;
         }
         // A publisher that stalled is still connected: its ingest stays
         // and carries on when the stream resumes. A fresh one would join
@@ -618,8 +683,24 @@ impl Policy {
         if requested {
             return;
         }
-        source.restarts += 1;
-        let delay = source.backoff.next(ran_for);
+        if source.kind == SourceKind::Srt {
+            source.publisher = None;
+            source.publisher_since = None;
+        }
+        // An SRT listener ends with its caller: that is no crash, listen
+        // again at once. (One that ends within a second never listened:
+        // the port is taken, say; that waits out the crash backoff.)
+        let caller_left = source.kind == SourceKind::Srt
+            && (source.flowing_since.is_some() || ran_for >= Duration::from_secs(1));
+        if !caller_left {
+            source.restarts += 1;
+        }
+        let delay = if caller_left {
+            source.backoff.reset();
+            Duration::ZERO
+        } else {
+            source.backoff.next(ran_for)
+        };
         warn!(
             session,
             source = source.kind.name(),
@@ -638,12 +719,37 @@ impl Policy {
         let kind = source.kind;
         self.set_retry(kind, Some(now + delay));
         if matches!(self.on_air, OnAir::Live { session: s, .. } if s == session) {
-            self.go_offline(
-                now,
-                "the ingest of the live feed exited",
-                Why::FramesStopped,
-            );
+            self.last_drop = Some(now);
+            self.live_stopped(now, "the ingest of the live feed exited");
         }
+    }
+
+    /// The frames on air stopped: the next source in LIVE_SOURCES whose
+    /// frames flow takes over at once, without the offline video in
+    /// between; with none, the offline video goes on air.
+    fn live_stopped(&mut self, now: Instant, reason: &str) {
+        let from = self.on_air_source();
+        let backup = self
+            .live_candidate()
+            .filter(|(s, _)| !matches!(self.on_air, OnAir::Live { session, .. } if session == *s))
+            .filter(|(s, _)| {
+                self.kind_of(*s) != Some(SourceKind::Rtmp) || self.low_bitrate.is_none()
+            });
+        match backup {
+            Some((session, address)) if self.manual != Some(Input::Offline) => {
+                let reason = format!(
+                    "{} stopped ({reason}); its backup in LIVE_SOURCES is flowing",
+                    from.map_or("live", SourceKind::name)
+                );
+                self.take_over(now, session, address, reason, Why::Backup);
+            }
+            _ => self.go_offline(now, reason, Why::FramesStopped),
+        }
+    }
+
+    /// The source of ingest session `session`.
+    pub(super) fn kind_of(&self, session: u64) -> Option<SourceKind> {
+        self.source_of(session).map(|i| self.sources[i].kind)
     }
 
     fn on_timer(&mut self, now: Instant, timer: Timer) {

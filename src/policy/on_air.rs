@@ -33,7 +33,13 @@ impl Policy {
     }
 
     pub(super) fn maybe_go_live(&mut self, now: Instant) {
-        if matches!(self.on_air, OnAir::Live { .. })
+        let on_air = match self.on_air {
+            OnAir::Live { session, .. } => Some(session),
+            OnAir::Offline => None,
+        };
+        // A manual live holds the feed on air; a higher source in
+        // LIVE_SOURCES takes over only in automatic mode.
+        if (on_air.is_some() && self.manual.is_some())
             || self.manual == Some(Input::Offline)
             || self.going_live()
         {
@@ -42,6 +48,11 @@ impl Policy {
         let Some((session, address)) = self.live_candidate() else {
             return;
         };
+        // The candidate is the first ready source: the one on air, unless
+        // a source before it in LIVE_SOURCES is back.
+        if on_air == Some(session) {
+            return;
+        }
         if let Some((hold, why)) = self.hold_reason(now) {
             if self
                 .held
@@ -77,7 +88,46 @@ impl Policy {
                 Why::PublisherLive,
             ),
         };
-        self.go_live(session, address, reason, why, None);
+        if on_air.is_some() {
+            self.take_over(now, session, address, reason, why);
+        } else {
+            self.go_live(session, address, reason, why, None);
+        }
+    }
+
+    /// Puts another source's frames on the live input while live stays on
+    /// air: no switch of the output, so no offline frame in between.
+    pub(super) fn take_over(
+        &mut self,
+        now: Instant,
+        session: u64,
+        publisher: Option<IpAddr>,
+        reason: String,
+        why: Why,
+    ) {
+        let kind = self.kind_of(session).map_or("live", |k| k.name());
+        let from = self.on_air_source().map_or("live", |k| k.name());
+        info!(
+            session,
+            source = kind,
+            from,
+            publisher = %super::show_addr(publisher),
+            "on air: live from {kind} ({reason})"
+        );
+        self.out.push(Action::Feed { session });
+        *self.switches.entry((Input::Live, why)).or_default() += 1;
+        self.on_air = OnAir::Live {
+            session,
+            publisher,
+            since: now,
+        };
+        self.held = None;
+        self.last_switch = Some(super::LastSwitch {
+            at: now,
+            to: Input::Live,
+            reason,
+            why,
+        });
     }
 
     fn flowing_since(&self, session: u64) -> Option<Instant> {
@@ -90,7 +140,11 @@ impl Policy {
     /// Why an allowed publisher whose frames flow must stay off air for
     /// now, if it must; sets the timer to look again.
     fn hold_reason(&mut self, now: Instant) -> Option<(Hold, String)> {
-        if let Some(bps) = self.low_bitrate {
+        // The low-bitrate rule reads nginx's byte counts: RTMP's.
+        let rtmp = self
+            .live_candidate()
+            .is_some_and(|(s, _)| self.kind_of(s) == Some(super::SourceKind::Rtmp));
+        if let Some(bps) = self.low_bitrate.filter(|_| rtmp) {
             return Some((
                 Hold::LowBitrate,
                 format!(
@@ -136,6 +190,7 @@ impl Policy {
         why: Why,
         manual: Option<Mode>,
     ) {
+        self.out.push(Action::Feed { session });
         self.select(
             Input::Live,
             Pending::GoLive {

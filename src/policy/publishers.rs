@@ -6,11 +6,14 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::source::Seen;
-use super::{Expect, OnAir, Policy, SourceKind, StatSummary, Why, NO_PICTURE, RETURN_WINDOW};
+use super::{Expect, Policy, SourceKind, StatSummary, Why, NO_PICTURE, RETURN_WINDOW};
 
 impl Policy {
     pub(super) fn on_stat_page(&mut self, now: Instant, page: StatSummary) {
         let kind = SourceKind::Rtmp;
+        if self.source(kind).is_none() {
+            return;
+        }
         let allowed_publishers = &self.settings.allowed_publishers;
         let seen = page.publisher.map(|p| Seen {
             allowed: !p.unchecked && p.address.is_some_and(|a| allowed_publishers.allows(a)),
@@ -91,7 +94,7 @@ impl Policy {
                         );
                     }
                 }
-                if matches!(self.on_air, OnAir::Live { .. }) {
+                if self.on_air_source() == Some(kind) {
                     self.go_offline(now, "publisher not allowed", Why::PublisherRefused);
                 }
                 // Don't decode a feed that will never go on air.
@@ -165,7 +168,8 @@ impl Policy {
         };
         if average < rule.bps {
             let was_low = self.low_bitrate.replace(average).is_some();
-            if !was_low && matches!(self.on_air, OnAir::Live { .. }) && self.manual.is_none() {
+            let rtmp_on_air = self.on_air_source() == Some(SourceKind::Rtmp);
+            if !was_low && rtmp_on_air && self.manual.is_none() {
                 self.last_drop = Some(now);
                 let reason = format!(
                     "live bitrate {} kb/s below LOW_BITRATE_KBPS {} for {} s",

@@ -6,23 +6,8 @@ use std::time::{Duration, Instant};
 use super::Backoff;
 use super::{Action, ByteCounter, Expect, Policy, Publisher, Timer};
 
-/// A kind of live source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SourceKind {
-    /// A publisher of nginx-rtmp's stream, pulled by an ingest FFmpeg.
-    Rtmp,
-}
-
-impl SourceKind {
-    /// Every kind, in the default priority order.
-    pub const ALL: [SourceKind; 1] = [SourceKind::Rtmp];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            SourceKind::Rtmp => "rtmp",
-        }
-    }
-}
+/// A kind of live source: LIVE_SOURCES lists them in priority order.
+pub use crate::config::LiveSource as SourceKind;
 
 /// The ingest of a source: one FFmpeg per publisher.
 #[derive(Debug, Clone)]
@@ -139,6 +124,10 @@ impl Policy {
         self.sources
             .iter()
             .position(|s| s.session() == Some(session))
+    }
+
+    pub(super) fn source(&self, kind: SourceKind) -> Option<&Source> {
+        self.sources.iter().find(|s| s.kind == kind)
     }
 
     pub(super) fn source_mut(&mut self, kind: SourceKind) -> &mut Source {

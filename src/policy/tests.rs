@@ -704,6 +704,7 @@ fn a_switch_that_fails_twice_restarts_the_output() {
     assert_eq!(
         actions,
         [
+            Action::Feed { session: 1 },
             Action::Select(Input::Live),
             Action::Select(Input::Offline),
             Action::RestartOutput
@@ -809,4 +810,184 @@ fn nginx_saying_the_publisher_ended_fails_over_at_once() {
         }),
         Input::Offline
     ));
+}
+
+// --- Live sources in order: SRT and a backup feed ----------------------
+
+impl Rig {
+    fn with_sources(kinds: &[SourceKind]) -> Rig {
+        let t0 = Instant::now();
+        let mut policy = Policy::with_sources(settings(), t0, &["kick"], kinds);
+        let log = policy.start();
+        let mut rig = Rig {
+            policy,
+            t0,
+            now: t0,
+            switch_results: Vec::new(),
+            log,
+        };
+        rig.handle(Event::OutputStreaming {
+            destination: "kick",
+        });
+        rig
+    }
+
+    /// The session of the last StartIngest for `kind`.
+    fn session_of(&self, kind: SourceKind) -> u64 {
+        self.log
+            .iter()
+            .rev()
+            .find_map(|a| match a {
+                Action::StartIngest {
+                    source, session, ..
+                } if *source == kind => Some(*session),
+                _ => None,
+            })
+            .expect("an ingest was started")
+    }
+
+    /// At `s`: an SRT caller's frames flow and are ready.
+    fn srt_at(&mut self, s: f64) -> u64 {
+        self.at(s);
+        self.fire(Timer::IngestRetry(SourceKind::Srt));
+        let session = self.session_of(SourceKind::Srt);
+        self.handle(Event::Flowing { session });
+        self.at(s + 0.3);
+        self.handle(Event::Ready { session });
+        session
+    }
+
+    /// At `s`: an RTMP publisher's frames flow and are ready.
+    fn rtmp_at(&mut self, s: f64, id: u64) -> u64 {
+        self.at(s);
+        self.fire(Timer::IngestRetry(SourceKind::Rtmp));
+        self.page(Some(id), 1_000);
+        let session = self.session_of(SourceKind::Rtmp);
+        self.handle(Event::Flowing { session });
+        self.at(s + 0.3);
+        self.handle(Event::Ready { session });
+        session
+    }
+}
+
+fn feeds(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Feed { session } => Some(*session),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_srt_caller_goes_live_without_a_stat_page() {
+    let mut rig = Rig::with_sources(&[SourceKind::Srt]);
+    let srt = rig.srt_at(1.0);
+    assert_eq!(rig.state(), StateName::Live);
+    assert_eq!(rig.policy.on_air_source(), Some(SourceKind::Srt));
+    assert!(feeds(&rig.log).contains(&srt));
+    // A stat page changes nothing for SRT.
+    assert!(rig.page(Some(7), 10).is_empty());
+    assert!(rig.policy.publisher().is_none());
+}
+
+#[test]
+fn srt_frames_stopping_re_arm_the_listener_at_once() {
+    let mut rig = Rig::with_sources(&[SourceKind::Srt]);
+    let srt = rig.srt_at(1.0);
+    rig.at(5.0);
+    let actions = rig.handle(Event::Stopped {
+        session: srt,
+        silent_for: Duration::from_millis(300),
+    });
+    assert!(selects(&actions, Input::Offline));
+    assert!(actions.contains(&Action::StopIngest { session: srt }));
+    assert!(
+        starts_ingest(&actions),
+        "a fresh listener at once: {actions:?}"
+    );
+    assert_eq!(rig.policy.on_air_source(), None);
+}
+
+#[test]
+fn an_srt_listener_that_ends_with_its_caller_is_no_crash() {
+    let mut rig = Rig::with_sources(&[SourceKind::Srt]);
+    let srt = rig.srt_at(1.0);
+    rig.at(5.0);
+    let actions = rig.handle(Event::IngestExited {
+        session: srt,
+        requested: false,
+        reason: "exit status 0".into(),
+    });
+    assert!(selects(&actions, Input::Offline));
+    assert!(actions.contains(&Action::SetTimer {
+        timer: Timer::IngestRetry(SourceKind::Srt),
+        at: Some(rig.now),
+    }));
+    assert_eq!(rig.policy.ingest_restarts(), 0);
+}
+
+#[test]
+fn rtmp_backs_up_srt_without_offline_in_between_and_srt_takes_over_again() {
+    let mut rig = Rig::with_sources(&[SourceKind::Srt, SourceKind::Rtmp]);
+    let srt = rig.srt_at(1.0);
+    let rtmp = rig.rtmp_at(2.0, 1);
+    assert_eq!(rig.policy.on_air_source(), Some(SourceKind::Srt));
+    // SRT stops: RTMP takes over, the output is not switched.
+    rig.at(10.0);
+    let actions = rig.handle(Event::Stopped {
+        session: srt,
+        silent_for: Duration::from_millis(300),
+    });
+    assert!(!selects(&actions, Input::Offline), "{actions:?}");
+    assert_eq!(feeds(&actions), [rtmp]);
+    assert_eq!(rig.state(), StateName::Live);
+    assert_eq!(rig.policy.on_air_source(), Some(SourceKind::Rtmp));
+    assert_eq!(rig.why(), Some(Why::Backup));
+    // SRT back within the return window: held for LIVE_STABLE_SECS.
+    let srt = rig.srt_at(12.0);
+    assert_eq!(rig.policy.on_air_source(), Some(SourceKind::Rtmp));
+    assert_eq!(rig.policy.held().map(|(h, _)| h), Some(Hold::Unstable));
+    rig.at(15.1);
+    let actions = rig.fire(Timer::Hold);
+    assert_eq!(feeds(&actions), [srt]);
+    assert!(!selects(&actions, Input::Offline));
+    assert_eq!(rig.policy.on_air_source(), Some(SourceKind::Srt));
+    assert_eq!(rig.why(), Some(Why::PublisherStable));
+}
+
+#[test]
+fn srt_backs_up_rtmp_the_other_way_round() {
+    let mut rig = Rig::with_sources(&[SourceKind::Rtmp, SourceKind::Srt]);
+    let rtmp = rig.rtmp_at(1.0, 1);
+    let srt = rig.srt_at(2.0);
+    assert_eq!(rig.policy.on_air_source(), Some(SourceKind::Rtmp));
+    rig.at(10.0);
+    let actions = rig.handle(Event::Stopped {
+        session: rtmp,
+        silent_for: Duration::from_millis(300),
+    });
+    assert!(!selects(&actions, Input::Offline), "{actions:?}");
+    assert_eq!(feeds(&actions), [srt]);
+    assert_eq!(rig.policy.on_air_source(), Some(SourceKind::Srt));
+    // The backup stops too: now the offline video.
+    rig.at(11.0);
+    let actions = rig.handle(Event::Stopped {
+        session: srt,
+        silent_for: Duration::from_millis(300),
+    });
+    assert!(selects(&actions, Input::Offline));
+    assert_eq!(rig.state(), StateName::Offline);
+}
+
+#[test]
+fn a_backup_only_flowing_goes_live_and_the_first_source_takes_over_when_it_comes() {
+    let mut rig = Rig::with_sources(&[SourceKind::Srt, SourceKind::Rtmp]);
+    rig.rtmp_at(1.0, 1);
+    assert_eq!(rig.policy.on_air_source(), Some(SourceKind::Rtmp));
+    // No failover before: SRT takes over at once.
+    let srt = rig.srt_at(5.0);
+    assert_eq!(rig.policy.on_air_source(), Some(SourceKind::Srt));
+    assert!(feeds(&rig.log).ends_with(&[srt]));
 }

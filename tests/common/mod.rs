@@ -27,7 +27,7 @@ pub use relay_env::*;
 pub use relay_rig::faulty_http::*;
 pub use relay_rig::media::*;
 pub use relay_rig::netns::*;
-pub use relay_rig::nginx::{free_tcp_port, NginxOptions, PrivateNginx};
+pub use relay_rig::nginx::{free_tcp_port, free_udp_port, NginxOptions, PrivateNginx};
 pub use relay_rig::process::*;
 pub use relay_rig::publisher::*;
 pub use relay_rig::sink::*;

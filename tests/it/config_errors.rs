@@ -283,6 +283,29 @@ async fn bad_switching_policy() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn bad_srt_settings() -> anyhow::Result<()> {
+    let s = Setup::new().await?;
+    for (bad, key) in [
+        ("LIVE_SOURCES=rtmp,webrtc", "LIVE_SOURCES"),
+        ("LIVE_SOURCES=srt,srt", "LIVE_SOURCES"),
+        ("SRT_HOST=relay.example.com", "SRT_HOST"),
+        ("SRT_PORT=0", "SRT_PORT"),
+        ("SRT_LATENCY_MS=5", "SRT_LATENCY_MS"),
+    ] {
+        let file = s.env_file("kick.env", &[], &[bad]);
+        let out = run_config(&file, &[]).await?;
+        expect_config_error(&out, &[key, &file.display().to_string()]);
+    }
+    // A passphrase SRT would refuse is named, never shown.
+    let short = "Sh0rtPw";
+    let file = s.env_file("kick.env", &[], &[&format!("SRT_PASSPHRASE={short}")]);
+    let out = run_config(&file, &[]).await?;
+    let msg = expect_config_error(&out, &["SRT_PASSPHRASE", "10 to 79"]);
+    assert!(!msg.contains(short) && !out.stderr.contains(short), "{msg}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn missing_kick_url() -> anyhow::Result<()> {
     let s = Setup::new().await?;
     let file = s.env_file("kick.env", &["KICK_URL"], &[]);

@@ -27,6 +27,7 @@ mod publish_auth;
 mod publishers;
 mod reload;
 mod secrets;
+mod srt;
 mod stats_client;
 mod stats_parse;
 mod switching;
