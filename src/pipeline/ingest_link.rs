@@ -176,7 +176,9 @@ mod tests {
     fn unread_datagrams_are_seen() {
         let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let before = IngestLink::new(std::process::id(), None).unread_bytes().unwrap();
+        let before = IngestLink::new(std::process::id(), None)
+            .unread_bytes()
+            .unwrap();
         sender
             .send_to(&[7u8; 1316], receiver.local_addr().unwrap())
             .unwrap();
