@@ -33,6 +33,9 @@ pub(super) struct Daemon {
     /// Switches the zmq filter did not confirm.
     pub(super) switch_failures: u64,
     pub(super) output: OutputState,
+    /// Every destination's pusher, in DESTINATIONS' order.
+    pub(super) destinations: Vec<DestinationState>,
+    pub(super) fanout: FanOut,
     pub(super) ready_sent: bool,
     pub(super) last_status: String,
 }
@@ -48,6 +51,7 @@ impl Daemon {
         mut ingest_events: mpsc::Receiver<IngestExit>,
         mut api_calls: mpsc::Receiver<Call>,
         mut updates: watch::Receiver<Arc<Config>>,
+        mut pusher_events: mpsc::Receiver<PusherEvent>,
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
@@ -66,6 +70,7 @@ impl Daemon {
                     self.dispatch(event).await;
                 }
                 Some(ev) = output_events.recv() => self.on_output(ev).await,
+                Some((name, ev)) = pusher_events.recv() => self.on_pusher(&name, ev),
                 Some(page) = stat_pages.recv() => self.on_stats(page).await,
                 Some(ev) = ingest_events.recv() => self.on_ingest_exit(ev).await,
                 Some((request, reply)) = api_calls.recv() => {
@@ -237,15 +242,71 @@ impl Daemon {
                 warn!(
                     uptime_s = uptime.as_secs(),
                     restarts,
-                    "output stopped: {reason}; {again} in {:.1} s{}",
+                    "output stopped: {reason}; {again} in {:.1} s",
                     retry_in.as_secs_f64(),
-                    refusal_hint(&reason.to_string(), uptime)
                 );
                 self.dispatch(Event::OutputStopped {
                     destination: DESTINATION,
                 })
                 .await;
             }
+        }
+    }
+
+    /// What a destination's pusher did. Nothing here touches the encoder
+    /// or another destination.
+    fn on_pusher(&mut self, name: &str, ev: OutputEvent) {
+        let Some(d) = self.destinations.iter_mut().find(|d| d.name() == name) else {
+            return;
+        };
+        match ev {
+            OutputEvent::Started { pid } => {
+                d.pid = Some(pid);
+                d.since = Some(Instant::now());
+                d.last_progress = None;
+            }
+            OutputEvent::Progress(p) => {
+                let advanced = d.last_progress.is_none_or(|(_, frame)| p.frame > frame);
+                if advanced && p.frame > 0 {
+                    if d.last_progress.is_none() {
+                        info!(destination = name, pid = d.pid, "destination streaming");
+                    }
+                    d.last_progress = Some((Instant::now(), p.frame));
+                }
+            }
+            OutputEvent::Exited {
+                reason,
+                uptime,
+                retry_in,
+            } => {
+                let again = if d.up() { "reconnecting" } else { "retrying" };
+                d.reconnects += 1;
+                d.pid = None;
+                d.since = None;
+                d.last_progress = None;
+                d.bitrate_bps = None;
+                d.last_error = Some(reason.to_string());
+                warn!(
+                    destination = name,
+                    uptime_s = uptime.as_secs(),
+                    reconnects = d.reconnects,
+                    "destination {name} stopped: {reason}; {again} in {:.1} s{}",
+                    retry_in.as_secs_f64(),
+                    refusal_hint(&reason.to_string(), uptime, name)
+                );
+            }
+        }
+        self.maybe_ready();
+    }
+
+    /// READY=1 once the encoder streams and one destination is up: an
+    /// unreachable destination does not hold the others back, and one
+    /// that is up proves the whole path.
+    fn maybe_ready(&mut self) {
+        let encoding = self.output.last_progress.is_some();
+        if !self.ready_sent && encoding && self.destinations.iter().any(|d| d.up()) {
+            self.ready_sent = true;
+            notify::ready();
         }
     }
 
@@ -257,10 +318,7 @@ impl Daemon {
             on_air = input.name(),
             "output streaming"
         );
-        if !self.ready_sent {
-            self.ready_sent = true;
-            notify::ready();
-        }
+        self.maybe_ready();
         self.dispatch(Event::OutputStreaming {
             destination: DESTINATION,
         })
@@ -393,6 +451,17 @@ impl Daemon {
     }
 
     fn housekeeping(&mut self) {
+        for d in &mut self.destinations {
+            let sent = d.handle.sent.load(Ordering::Relaxed);
+            let (at, before) = d.sampled;
+            let secs = at.elapsed().as_secs_f64();
+            if secs >= 2.0 {
+                d.bitrate_bps = d
+                    .up()
+                    .then(|| ((sent.saturating_sub(before)) as f64 * 8.0 / secs) as u64);
+                d.sampled = (Instant::now(), sent);
+            }
+        }
         self.metrics.send_replace(self.snapshot());
         let status = self.status_line();
         if status != self.last_status {
