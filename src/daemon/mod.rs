@@ -268,6 +268,7 @@ pub async fn run(
         output_uptime_s: None,
         output_fps: None,
         output_speed: None,
+        destinations: Vec::new(),
     });
     if let Some(addr) = config.endpoints.metrics_addr {
         match metrics::serve(addr, metrics_rx, pump_stats.clone()).await {

@@ -101,6 +101,21 @@ impl Daemon {
             output_uptime_s: self.streaming_since().map(|t| t.elapsed().as_secs_f64()),
             output_fps: self.output.rates.map(|(fps, _)| fps),
             output_speed: self.output.rates.map(|(_, speed)| speed),
+            destinations: self
+                .destinations
+                .iter()
+                .map(|d| metrics::Destination {
+                    name: d.name().to_string(),
+                    up: d.up(),
+                    uptime_s: d
+                        .since
+                        .filter(|_| d.up())
+                        .map(|t| t.elapsed().as_secs_f64()),
+                    reconnects: d.reconnects,
+                    sent_bytes: d.handle.sent.load(Ordering::Relaxed),
+                    dropped_gops: self.fanout.dropped_gops(d.name()),
+                })
+                .collect(),
         }
     }
 

@@ -270,6 +270,8 @@ impl Outlet {
 struct Shared {
     cache: Cache,
     outlets: BTreeMap<String, Outlet>,
+    /// GOPs each destination dropped on its earlier connections.
+    dropped: BTreeMap<String, u64>,
     /// When the last tag came, to continue a new stream after a gap as long.
     last_tag: Option<std::time::Instant>,
 }
@@ -342,7 +344,11 @@ impl FanOut {
 
     /// Destination `name` is gone (removed, or between connections).
     pub fn disconnect(&self, name: &str) {
-        self.lock().outlets.remove(name);
+        let mut s = self.lock();
+        if let Some(outlet) = s.outlets.remove(name) {
+            *s.dropped.entry(name.to_owned()).or_default() += outlet.dropped_gops;
+        }
+        drop(s);
         self.wake
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -358,9 +364,11 @@ impl FanOut {
             .unwrap_or_default()
     }
 
-    /// GOPs `name` dropped.
+    /// GOPs `name` dropped, over all its connections.
     pub fn dropped_gops(&self, name: &str) -> u64 {
-        self.lock().outlets.get(name).map_or(0, |o| o.dropped_gops)
+        let s = self.lock();
+        let now = s.outlets.get(name).map_or(0, |o| o.dropped_gops);
+        now + s.dropped.get(name).copied().unwrap_or(0)
     }
 }
 

@@ -114,10 +114,18 @@ impl Tag {
         self.kind() == SCRIPT
     }
 
-    /// A video keyframe that is a picture (not a sequence header).
+    /// A video keyframe that is a picture: for AVC, packet type 1 (not the
+    /// sequence header, 0, nor the end of sequence, 2, which FFmpeg writes
+    /// flagged as a keyframe when it ends a stream).
     pub fn is_keyframe(&self) -> bool {
         let d = self.data();
-        self.is_video() && d.first().is_some_and(|b| b >> 4 == 1) && !self.is_sequence_header()
+        let key = self.is_video() && d.first().is_some_and(|b| b >> 4 == 1);
+        let picture = match d {
+            [codec, packet, ..] if codec & 0x0f == 7 => *packet == 1,
+            [codec] if codec & 0x0f == 7 => false,
+            _ => true,
+        };
+        key && picture
     }
 
     /// The AVC decoder configuration, or AAC's audio specific config.
@@ -310,6 +318,39 @@ pub(crate) mod tests {
         assert_eq!(moved.timestamp(), 42);
         assert_eq!(moved.data(), t.data());
         assert_eq!(t.timestamp(), 0x1234_5678, "the original is untouched");
+    }
+
+    /// What FFmpeg itself writes (1 s of x264 with a keyframe every 5
+    /// frames and AAC, the fuzz corpus's seed after its first byte).
+    #[test]
+    fn ffmpegs_own_flv_is_walked_whole() {
+        let file = include_bytes!("../../fuzz/corpus/flv/ffmpeg_1s.flv");
+        let mut w = Walker::new();
+        let items = w.push(&file[1..]).unwrap();
+        assert!(matches!(items[0], Item::Header(_)));
+        let tags: Vec<&Tag> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Tag(t) => Some(t),
+                Item::Header(_) => None,
+            })
+            .collect();
+        assert!(tags[0].is_script(), "onMetaData first");
+        let configs = tags.iter().filter(|t| t.is_sequence_header()).count();
+        assert_eq!(configs, 2, "one AVC and one AAC sequence header");
+        let keys: Vec<u32> = tags
+            .iter()
+            .filter(|t| t.is_keyframe())
+            .map(|t| t.timestamp())
+            .collect();
+        // The end of sequence FFmpeg writes last, flagged "key", is no picture.
+        assert_eq!(keys, [0, 500], "{tags:?}");
+        let frames = tags
+            .iter()
+            .filter(|t| t.is_video() && t.data().get(1) == Some(&1))
+            .count();
+        assert_eq!(frames, 10);
+        assert!(tags.iter().filter(|t| t.is_audio()).count() > 40);
     }
 
     #[test]

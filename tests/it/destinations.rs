@@ -195,6 +195,7 @@ async fn refusing_and_unreachable_destinations_do_not_touch_the_others() -> anyh
     let denying_port = free_tcp_port()?;
     let denying = start_denying_dest(denying_port).await?;
     let nowhere = free_tcp_port()?;
+    let metrics_port = free_tcp_port()?;
     let mut f = Faults::new_on(
         "refusing",
         dest_port,
@@ -208,6 +209,7 @@ async fn refusing_and_unreachable_destinations_do_not_touch_the_others() -> anyh
                 ("DENIED_URL", format!("rtmp://127.0.0.1:{denying_port}/out")),
                 ("DENIED_KEY", TW_KEY.into()),
                 ("CRASH_BACKOFF", "1".into()),
+                ("METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
             ],
             ..FaultOpts::default()
         },
