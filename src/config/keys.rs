@@ -33,6 +33,9 @@ pub enum Applies {
     AtOnceWhileSet,
     /// Only the offline source restarts; the output keeps its connection.
     OfflineSource,
+    /// Only the destinations it changes, adds or removes connect or
+    /// disconnect; the encoder and every other destination run on.
+    Destination,
     /// The pipeline restarts in the same process: the output reconnects once.
     Restart,
 }
@@ -126,7 +129,7 @@ pub static KEYS: [Key; 29] = [
     Key {
         name: "DESTINATIONS",
         default: Fallback::Text("kick"),
-        applies: Applies::Restart,
+        applies: Applies::Destination,
         secrecy: Secrecy::Public,
         doc: "Where the one encode goes: a comma list of names (lower-case letters, digits, _), each with NAME_URL and NAME_KEY (kick: KICK_URL, KICK_KEY).",
         parse: |d, v| put(&mut d.config.destination_names, parse_destination_names(v)),
@@ -135,7 +138,7 @@ pub static KEYS: [Key; 29] = [
     Key {
         name: "KICK_URL",
         default: Fallback::Required,
-        applies: Applies::Restart,
+        applies: Applies::Destination,
         secrecy: Secrecy::InUrl,
         doc: "Where the destination kick goes (any platform, despite the name): an rtmp:// or rtmps:// URL; required while DESTINATIONS names kick.",
         parse: |d, v| put(&mut d.config.destination.url, parse_kick_url(v)),
@@ -144,7 +147,7 @@ pub static KEYS: [Key; 29] = [
     Key {
         name: "KICK_KEY",
         default: Fallback::Text(""),
-        applies: Applies::Restart,
+        applies: Applies::Destination,
         secrecy: Secrecy::Secret,
         doc: "Stream key, published to as KICK_URL/KICK_KEY; empty if the key is already the last segment of KICK_URL.",
         parse: |d, v| put(&mut d.config.destination.key, parse_kick_key(v)),

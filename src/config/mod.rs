@@ -338,6 +338,15 @@ impl Config {
         self.destination.target()
     }
 
+    /// Every destination's stream key: what must never reach a log line.
+    pub fn stream_keys(&self) -> Vec<String> {
+        self.destinations
+            .iter()
+            .filter_map(|d| d.destination.target().stream_name)
+            .map(|s| s.expose().to_string())
+            .collect()
+    }
+
     /// The destination `kick` with its secret parts replaced by `****`, for logs.
     pub fn output_url_masked(&self) -> String {
         self.destination.masked()

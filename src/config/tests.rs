@@ -284,9 +284,15 @@ fn tuning_changes_are_told_apart() {
     .unwrap();
     assert_eq!(classify(&old, &tuned), ReloadPlan::ApplyAtOnce);
     assert_eq!(classify(&tuned, &old), ReloadPlan::ApplyAtOnce);
+    // A destination's URL or key reconnects only that destination.
     for (key, value) in [
         ("KICK_URL", "rtmp://other.example/app"),
         ("KICK_KEY", "sk_2"),
+    ] {
+        let new = with(&[(key, value)]).unwrap();
+        assert_eq!(classify(&old, &new), ReloadPlan::ApplyAtOnce, "{key}");
+    }
+    for (key, value) in [
         ("OUT_RES", "720"),
         ("VID_BITRATE", "2000k"),
         ("ZMQ_PORT", "6000"),
@@ -408,9 +414,9 @@ const BASE: [(&str, &str); 5] = [
 fn every_key_has_its_reload_class() {
     use Applies::*;
     let expected = [
-        ("DESTINATIONS", Restart),
-        ("KICK_URL", Restart),
-        ("KICK_KEY", Restart),
+        ("DESTINATIONS", Destination),
+        ("KICK_URL", Destination),
+        ("KICK_KEY", Destination),
         ("RTMP_HOST", Restart),
         ("RTMP_PORT", Restart),
         ("RTMP_APP", Restart),
@@ -454,7 +460,7 @@ fn every_key_has_its_reload_class() {
         let changed: Vec<&str> = changed_keys(&base, &new).iter().map(|k| k.name).collect();
         assert_eq!(changed, [name], "changing {name} alone");
         let plan = match key.applies {
-            AtOnce | AtOnceWhileSet => ReloadPlan::ApplyAtOnce,
+            AtOnce | AtOnceWhileSet | Destination => ReloadPlan::ApplyAtOnce,
             OfflineSource => ReloadPlan::NewOfflineVideo { at_once: false },
             Restart => ReloadPlan::Restart,
         };

@@ -309,6 +309,7 @@ pub async fn run(
         output: OutputState::default(),
         destinations,
         fanout,
+        pusher_events: pusher_ev_tx,
         ready_sent: false,
         last_status: String::new(),
     };

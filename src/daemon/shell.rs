@@ -36,6 +36,8 @@ pub(super) struct Daemon {
     /// Every destination's pusher, in DESTINATIONS' order.
     pub(super) destinations: Vec<DestinationState>,
     pub(super) fanout: FanOut,
+    /// Where new destinations' pushers report.
+    pub(super) pusher_events: mpsc::Sender<PusherEvent>,
     pub(super) ready_sent: bool,
     pub(super) last_status: String,
 }
@@ -174,6 +176,9 @@ impl Daemon {
     /// restarted.
     async fn apply_tuning(&mut self, new: Arc<Config>) {
         let old = std::mem::replace(&mut self.config, new.clone());
+        if old.destinations != new.destinations {
+            self.apply_destinations(&new);
+        }
         if old.policy.offline_after != new.policy.offline_after {
             let _ = self
                 .pump
@@ -190,6 +195,35 @@ impl Daemon {
             "reload: new settings applied at once; the output keeps running"
         );
         self.dispatch(Event::Reconfigured(settings(&new))).await;
+    }
+
+    /// A reload changed the destinations: only those removed or changed
+    /// are stopped, only those added or changed are started; the rest, and
+    /// the encoder, run on.
+    fn apply_destinations(&mut self, new: &Arc<Config>) {
+        let mut old: Vec<DestinationState> = std::mem::take(&mut self.destinations);
+        for named in &new.destinations {
+            let same = old.iter().position(|d| d.handle.named == *named);
+            let state = match same {
+                Some(i) => old.remove(i),
+                None => {
+                    info!(destination = %named.name, url = %named.destination.masked(), "reload: destination starts");
+                    DestinationState::new(pusher::supervise(
+                        &self.children,
+                        new.clone(),
+                        named.clone(),
+                        self.options.ffmpeg.clone(),
+                        self.fanout.clone(),
+                        self.pusher_events.clone(),
+                    ))
+                }
+            };
+            self.destinations.push(state);
+        }
+        // Dropping a destination's handle stops its pusher.
+        for gone in old {
+            info!(destination = gone.name(), "reload: destination stops");
+        }
     }
 
     async fn on_output(&mut self, ev: OutputEvent) {

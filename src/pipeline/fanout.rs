@@ -141,6 +141,8 @@ pub struct Outlet {
     /// header.
     fresh: Option<Bytes>,
     timeline: Timeline,
+    /// Which connection of the destination it serves.
+    session: u64,
 }
 
 impl Outlet {
@@ -152,6 +154,7 @@ impl Outlet {
             dropped_gops: 0,
             fresh: None,
             timeline: Timeline::default(),
+            session: 0,
         }
     }
 
@@ -274,6 +277,8 @@ struct Shared {
     dropped: BTreeMap<String, u64>,
     /// When the last tag came, to continue a new stream after a gap as long.
     last_tag: Option<std::time::Instant>,
+    /// The last connection handed out.
+    sessions: u64,
 }
 
 /// The fan-out: the encoder's reader puts, pushers take.
@@ -324,14 +329,15 @@ impl FanOut {
     }
 
     /// Destination `name` (re)connects: its queue starts afresh from the
-    /// cache. Returns what wakes its writer.
-    pub fn connect(&self, name: &str) -> Arc<Notify> {
+    /// cache. Returns the connection's number and what wakes its writer.
+    pub fn connect(&self, name: &str) -> (u64, Arc<Notify>) {
         let mut s = self.lock();
+        s.sessions += 1;
+        let session = s.sessions;
         let Shared { cache, outlets, .. } = &mut *s;
-        outlets
-            .entry(name.to_owned())
-            .or_insert_with(Outlet::new)
-            .restart(cache);
+        let outlet = outlets.entry(name.to_owned()).or_insert_with(Outlet::new);
+        outlet.restart(cache);
+        outlet.session = session;
         drop(s);
         let notify = Arc::new(Notify::new());
         notify.notify_one();
@@ -339,12 +345,17 @@ impl FanOut {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_owned(), notify.clone());
-        notify
+        (session, notify)
     }
 
-    /// Destination `name` is gone (removed, or between connections).
-    pub fn disconnect(&self, name: &str) {
+    /// Connection `session` of destination `name` is gone (removed, or
+    /// between connections); a newer connection of the same name, as a
+    /// reload makes, stays.
+    pub fn disconnect(&self, name: &str, session: u64) {
         let mut s = self.lock();
+        if s.outlets.get(name).is_none_or(|o| o.session != session) {
+            return;
+        }
         if let Some(outlet) = s.outlets.remove(name) {
             *s.dropped.entry(name.to_owned()).or_default() += outlet.dropped_gops;
         }

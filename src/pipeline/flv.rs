@@ -87,8 +87,14 @@ impl Tag {
         &self.bytes
     }
 
+    /// Bytes on the wire, header and trailer included (never 0).
     pub fn len(&self) -> usize {
         self.bytes.len()
+    }
+
+    /// A tag always has its header: never.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
     }
 
     /// The same tag at another timestamp (a copy: the original is shared).

@@ -163,7 +163,8 @@ pub fn spawn(config: &Config, select: Input, ffmpeg_bin: &Path) -> std::io::Resu
         args: args(config, select),
         fds,
         stdout: true,
-        secrets: secrets(config),
+        // It never gets a key; should one ever reach its log, it is masked.
+        secrets: config.stream_keys(),
     })?;
     let (tx, rx) = mpsc::channel(8);
     if let Some(stdout) = running.stdout.take() {
@@ -252,11 +253,6 @@ impl Job for OutputJob {
     async fn report(&mut self, event: OutputEvent) {
         let _ = self.events.send(event).await;
     }
-}
-
-/// What must never reach a log line: every destination's stream key.
-pub fn secrets(config: &Config) -> Vec<String> {
-    crate::pipeline::pusher::secrets(config)
 }
 
 /// Reads the output's FLV until it ends, and hands what the walker finds

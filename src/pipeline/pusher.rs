@@ -78,16 +78,6 @@ fn key_preset(named: &Named) -> std::io::Result<Option<OwnedFd>> {
     Ok(Some(read))
 }
 
-/// What must never reach a log line: every destination's key.
-pub fn secrets(config: &Config) -> Vec<String> {
-    config
-        .destinations
-        .iter()
-        .filter_map(|d| d.destination.target().stream_name)
-        .map(|s| s.expose().to_string())
-        .collect()
-}
-
 /// A running destination: what it sent, and how to stop it.
 pub(crate) struct Handle {
     pub stop: CancellationToken,
@@ -122,6 +112,7 @@ pub(crate) fn supervise(
         events,
         sent: sent.clone(),
         writer: None,
+        session: 0,
     };
     let span = tracing::info_span!("destination", name = %named.name);
     children.restarting_until(job, Some(output::STALL), span, stop.clone());
@@ -137,6 +128,8 @@ struct PusherJob {
     events: mpsc::Sender<PusherEvent>,
     sent: Arc<AtomicU64>,
     writer: Option<tokio::task::JoinHandle<()>>,
+    /// The fan-out's number for the current connection.
+    session: u64,
 }
 
 impl Job for PusherJob {
@@ -158,14 +151,15 @@ impl Job for PusherJob {
             args: args(&self.named),
             fds,
             stdout: true,
-            secrets: secrets(&self.config),
+            secrets: self.config.stream_keys(),
         })?;
         let (tx, rx) = mpsc::channel(8);
         if let Some(stdout) = running.stdout.take() {
             tokio::spawn(output::read_progress(stdout, tx));
         }
         let name = self.named.name.clone();
-        let wake = self.fanout.connect(&name);
+        let (session, wake) = self.fanout.connect(&name);
+        self.session = session;
         let fanout = self.fanout.clone();
         let sent = self.sent.clone();
         let mut pipe = input.ours;
@@ -193,7 +187,7 @@ impl Job for PusherJob {
         if let Some(writer) = self.writer.take() {
             writer.abort();
         }
-        self.fanout.disconnect(&self.named.name);
+        self.fanout.disconnect(&self.named.name, self.session);
     }
 
     async fn report(&mut self, event: Event<Progress>) {
@@ -228,6 +222,6 @@ mod tests {
             args(&config.destinations[1]).last().unwrap(),
             "rtmp://y.example/live2/"
         );
-        assert_eq!(secrets(&config), ["sk_SECRETVALUE", "yt_SECRETVALUE"]);
+        assert_eq!(config.stream_keys(), ["sk_SECRETVALUE", "yt_SECRETVALUE"]);
     }
 }

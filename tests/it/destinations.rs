@@ -185,13 +185,83 @@ async fn three_destinations_and_one_dropped_reconnects_alone() -> anyhow::Result
     f.finish().await
 }
 
+/// A reload adds a destination, then removes it: the one already there
+/// keeps its session, and the encoder its pid.
+#[tokio::test]
+async fn reload_adds_and_removes_a_destination_and_touches_nothing_else() -> anyhow::Result<()> {
+    let dest_port = free_tcp_port()?;
+    let base = format!("rtmp://127.0.0.1:{dest_port}/out");
+    let mut f = Faults::new_on("reload-dest", dest_port, FaultOpts::default()).await?;
+    f.start_relay().await?;
+    let sink = Sink::start_with(&f.out_url(), sink_opts());
+    sink.wait_for(Colour::Green, secs(40))
+        .await
+        .with_context(|| f.context())?;
+    let kick = connection(&f, KEY).await?.context("kick connected")?;
+    let before = f.relay().status().await?;
+    let original = std::fs::read_to_string(&f.env_file)?;
+    let from = Instant::now();
+
+    let added = format!(
+        "{original}\nDESTINATIONS=kick,youtube\nYOUTUBE_URL={base}\nYOUTUBE_KEY={YT_KEY}\n"
+    );
+    std::fs::write(&f.env_file, added)?;
+    f.relay().signal(nix::sys::signal::Signal::SIGHUP)?;
+    let youtube_sink = Sink::start_with(&format!("{base}/{YT_KEY}"), sink_opts());
+    f.relay()
+        .wait_for_status(
+            "youtube up",
+            |s| s.destinations.iter().any(|d| d.name == "youtube" && d.up),
+            secs(40),
+        )
+        .await?;
+    youtube_sink
+        .wait_for(Colour::Green, secs(40))
+        .await
+        .with_context(|| f.context())?;
+
+    std::fs::write(&f.env_file, original)?;
+    f.relay().signal(nix::sys::signal::Signal::SIGHUP)?;
+    f.relay()
+        .wait_for_status("youtube gone", |s| s.destinations.len() == 1, secs(40))
+        .await?;
+    let deadline = Instant::now() + secs(20);
+    while connection(&f, YT_KEY).await?.is_some() {
+        ensure!(
+            Instant::now() < deadline,
+            "youtube still publishes after its removal"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let after = f.relay().status().await?;
+    ensure!(
+        after.reloads == before.reloads + 2,
+        "two reloads: {after:?}"
+    );
+    ensure!(
+        after.output_pid == before.output_pid && after.output_restarts == 0,
+        "the encoder restarted: {after:?}"
+    );
+    let d = destination(&after, "kick");
+    ensure!(d.up && d.reconnects == 0, "kick was touched: {d:?}");
+    ensure!(
+        connection(&f, KEY).await? == Some(kick),
+        "kick's session changed"
+    );
+    let gap = largest_gap(&sink, from, Instant::now());
+    ensure!(
+        gap <= Duration::from_millis(500),
+        "kick saw a gap of {gap:?}"
+    );
+    f.finish().await
+}
+
 /// One destination refuses the publish (wrong key), one is unreachable:
 /// both retry with the backoff, and the third streams the picture on one
 /// session from the encoder's start, which never restarts.
 #[tokio::test]
 async fn refusing_and_unreachable_destinations_do_not_touch_the_others() -> anyhow::Result<()> {
     let dest_port = free_tcp_port()?;
-    let base = format!("rtmp://127.0.0.1:{dest_port}/out");
     let denying_port = free_tcp_port()?;
     let denying = start_denying_dest(denying_port).await?;
     let nowhere = free_tcp_port()?;
