@@ -179,6 +179,15 @@ impl Outlet {
     }
 
     pub fn push(&mut self, tag: &Tag) {
+        // A new encoder's onMetaData stays off a connection that has begun:
+        // FFmpeg's FLV reader (the pusher) takes metadata at a timestamp
+        // other than 0 for a new subtitle stream, and says so in the log at
+        // every encoder restart. It would tell the pusher nothing: the
+        // encoder's settings do not change, and a new connection gets the
+        // new metadata from the cache.
+        if tag.is_script() && self.begun() {
+            return;
+        }
         let config = tag.is_script() || tag.is_sequence_header();
         if self.waiting_keyframe && !config {
             if !tag.is_keyframe() {
@@ -189,6 +198,15 @@ impl Outlet {
         self.bytes += tag.len();
         self.queue.push_back(tag.clone());
         while self.over() && self.drop_gop() {}
+    }
+
+    /// Whether the connection has had media (written or queued).
+    fn begun(&self) -> bool {
+        self.timeline.offset.is_some()
+            || self
+                .queue
+                .iter()
+                .any(|t| !(t.is_script() || t.is_sequence_header()))
     }
 
     /// Whether the media queued (configuration aside) spans too long or
@@ -472,7 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_encoder_continues_each_timeline_and_resends_its_configuration() {
+    fn a_new_encoder_continues_each_timeline_and_resends_its_sequence_headers() {
         let fan = FanOut::new();
         start(&fan);
         encoder(&fan, 0, 60);
@@ -484,10 +502,11 @@ mod tests {
         start(&fan);
         encoder(&fan, 0, 61);
         let after = tags_of(&[flv::header(), fan.take("a").concat().into()]);
-        assert!(after
-            .iter()
-            .take(3)
-            .all(|t| t.is_script() || t.is_sequence_header()));
+        assert!(after.iter().take(2).all(Tag::is_sequence_header));
+        assert!(
+            !after.iter().any(Tag::is_script),
+            "no second onMetaData on a connection that stays up"
+        );
         let first_picture = after.iter().find(|t| t.is_keyframe()).unwrap();
         assert!(
             first_picture.timestamp() > last,
