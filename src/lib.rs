@@ -29,6 +29,9 @@ pub(crate) mod pipeline;
 pub(crate) mod policy;
 
 pub use observe::api;
+/// The FLV walker the fan-out reads the encoder with: public for its fuzz
+/// target.
+pub use pipeline::flv;
 /// The output FFmpeg's encoder arguments: the benchmark's naive design
 /// encodes with exactly these, so the two are compared like for like.
 pub use pipeline::output::encoder_args;

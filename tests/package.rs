@@ -321,7 +321,8 @@ fn output_killed(ct: &Container) {
     let main_pid = ct.prop("relay@demo", "MainPID");
     let restarts = ct.prop("relay@demo", "NRestarts");
     let starts_before = count(&ct.journal("relay@demo"), "output started");
-    let output_pid = ct.ok(&format!("pgrep -P {main_pid} -f -- '-progress pipe:1'"));
+    // The encoder: the destinations' pushers report -progress as well.
+    let output_pid = ct.ok(&format!("pgrep -P {main_pid} -f -- 'streamselect'"));
     let output_pid = output_pid.trim();
     assert!(
         !output_pid.is_empty() && !output_pid.contains('\n'),

@@ -16,18 +16,25 @@ pub struct Usage {
     pub rss_kb: u64,
     pub hwm_kb: u64,
     /// The descendants' share by role (% of one core): relay's ingest
-    /// FFmpeg (it reads RTMP), its output FFmpeg (it reads raw pipes) and
-    /// its offline source (it loops the offline video).
+    /// FFmpeg (it reads RTMP), its output FFmpeg (it reads raw pipes and
+    /// encodes), its offline source (it loops the offline video) and its
+    /// pushers (one `-c copy` per destination, all of them together).
     pub ingest_percent: f64,
     pub output_percent: f64,
     pub offline_percent: f64,
+    pub pusher_percent: f64,
 }
 
 /// relay's name for one of its FFmpeg children, from its command line.
 fn role(pid: u32) -> Option<&'static str> {
     let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
     let cmd = String::from_utf8_lossy(&cmd);
-    if cmd.contains("-progress") {
+    // A pusher also reports -progress, and has the destination's rtmp://
+    // URL: it is the one that copies.
+    if args.windows(2).any(|w| w[0] == b"-c" && w[1] == b"copy") {
+        Some("pusher")
+    } else if cmd.contains("-progress") {
         Some("output")
     } else if cmd.contains("rtmp://") {
         Some("ingest")
@@ -130,5 +137,6 @@ pub async fn measure(root: u32, window: Duration) -> Usage {
         ingest_percent: percent(of_role("ingest")),
         output_percent: percent(of_role("output")),
         offline_percent: percent(of_role("offline")),
+        pusher_percent: percent(of_role("pusher")),
     }
 }

@@ -14,11 +14,14 @@
 //! - `cpu.rs`: CPU, memory and fds from `/proc`;
 //! - `cycles.rs`: go-live/failover cycles and the per-resolution phase;
 //! - `naive.rs`: the single-FFmpeg design relay is compared with;
+//! - `destinations.rs`: one encode to three destinations, against three
+//!   relays, and one destination dropped;
 //! - `soak.rs`: the long run;
 //! - `report.rs`: the table.
 
 mod cpu;
 mod cycles;
+mod destinations;
 mod feeds;
 mod loaded;
 mod naive;
@@ -60,6 +63,10 @@ struct Cli {
     /// Run the soak: --cycles publisher sessions over --minutes.
     #[arg(long)]
     soak: bool,
+    /// Measure only the destinations' rows (one destination, three, three
+    /// relay instances, one dropped) at each --res.
+    #[arg(long)]
+    destinations: bool,
     #[arg(long, default_value_t = 10)]
     minutes: u64,
     /// Run the loaded live run instead: one publisher live for --minutes
@@ -89,6 +96,7 @@ fn main() {
         window: Duration::from_secs(cli.window),
         soak: cli.soak.then(|| Duration::from_secs(cli.minutes * 60)),
         loaded: cli.loaded.then(|| Duration::from_secs(cli.minutes * 60)),
+        destinations_only: cli.destinations,
         seed: cli.seed,
         strict: cli.strict,
     };
@@ -122,6 +130,8 @@ pub struct Options {
     pub soak: Option<Duration>,
     /// Run the loaded live run instead, over this long.
     pub loaded: Option<Duration>,
+    /// Measure only the destinations' rows.
+    pub destinations_only: bool,
     pub seed: u64,
     /// Exit with status 2 if a target was missed.
     pub strict: bool,
@@ -141,6 +151,8 @@ pub async fn run(opts: Options) -> anyhow::Result<i32> {
             report::print_soak(&opts, length, &r);
             r.passed()
         })
+    } else if opts.destinations_only {
+        destinations_only(&nginx, &opts).await
     } else {
         bench(&nginx, &opts).await
     };
@@ -166,11 +178,41 @@ async fn bench(nginx: &PrivateNginx, opts: &Options) -> anyhow::Result<bool> {
     }
     eprintln!("bench: feeds: video only beside audio+video, a 2 fps feed");
     let feeds = feeds::run(nginx, opts).await?;
+    let fanouts = fanouts(nginx, opts).await?;
     let load_after = report::load_average();
     Ok(report::print_bench(
         opts,
         &phases,
         &feeds,
+        &fanouts,
+        &load_before,
+        &load_after,
+    ))
+}
+
+async fn fanouts(
+    nginx: &PrivateNginx,
+    opts: &Options,
+) -> anyhow::Result<Vec<destinations::Fanout>> {
+    let mut out = Vec::new();
+    for &res in &opts.res {
+        out.push(destinations::phase(nginx, opts, res).await?);
+    }
+    Ok(out)
+}
+
+async fn destinations_only(nginx: &PrivateNginx, opts: &Options) -> anyhow::Result<bool> {
+    eprintln!(
+        "bench: destinations at {:?}; this takes about {} s",
+        opts.res,
+        opts.res.len() as u64 * (3 * opts.window.as_secs() + 60)
+    );
+    let load_before = report::load_average();
+    let fanouts = fanouts(nginx, opts).await?;
+    let load_after = report::load_average();
+    Ok(report::print_destinations(
+        opts,
+        &fanouts,
         &load_before,
         &load_after,
     ))

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::cycles::{Phase, Switch};
+use super::destinations::Fanout;
 use super::rig::PUBLISHER_GOP_SECONDS;
 use super::soak::{Soak, ENDINGS};
 use super::Options;
@@ -140,8 +141,13 @@ impl Table {
 /// "57 % (daemon 3.0, ingest 9, output 45, offline 0)".
 fn shares(u: &super::cpu::Usage) -> String {
     format!(
-        "{:.0} % (daemon {:.1}, ingest {:.0}, output {:.0}, offline source {:.0})",
-        u.tree_percent, u.own_percent, u.ingest_percent, u.output_percent, u.offline_percent
+        "{:.0} % (daemon {:.1}, ingest {:.0}, output {:.0}, offline source {:.0}, pushers {:.0})",
+        u.tree_percent,
+        u.own_percent,
+        u.ingest_percent,
+        u.output_percent,
+        u.offline_percent,
+        u.pusher_percent
     )
 }
 
@@ -157,6 +163,7 @@ pub fn print_bench(
     opts: &Options,
     phases: &[Phase],
     feeds: &crate::feeds::Feeds,
+    fanouts: &[Fanout],
     load_before: &str,
     load_after: &str,
 ) -> bool {
@@ -308,6 +315,7 @@ pub fn print_bench(
         "",
         None,
     );
+    fanout_rows(&mut t, fanouts, fps);
     let same = phases.iter().all(|p| p.same_output);
     t.row(
         "output reconnections during the run",
@@ -325,17 +333,123 @@ pub fn print_bench(
         first.res,
         opts.window.as_secs()
     );
-    println!(
-        "machine: {}; load average {load_before} before, {load_after} after",
-        machine()
-    );
-    println!();
-    println!("| figure | median | worst | target | |");
-    println!("|---|---|---|---|---|");
-    for r in &t.rows {
-        println!("{r}");
+    t.print(load_before, load_after)
+}
+
+impl Table {
+    fn print(&self, load_before: &str, load_after: &str) -> bool {
+        println!(
+            "machine: {}; load average {load_before} before, {load_after} after",
+            machine()
+        );
+        println!();
+        println!("| figure | median | worst | target | |");
+        println!("|---|---|---|---|---|");
+        for r in &self.rows {
+            println!("{r}");
+        }
+        self.passed
     }
-    t.passed
+}
+
+/// The destinations' table alone (`--destinations`).
+pub fn print_destinations(
+    opts: &Options,
+    fanouts: &[Fanout],
+    load_before: &str,
+    load_after: &str,
+) -> bool {
+    let mut t = Table {
+        rows: Vec::new(),
+        passed: true,
+    };
+    fanout_rows(&mut t, fanouts, opts.fps);
+    println!();
+    println!(
+        "relay bench — destinations: one publisher live throughout; CPU over {} s windows",
+        opts.window.as_secs()
+    );
+    t.print(load_before, load_after)
+}
+
+/// One encode to three destinations against one destination and against
+/// three relays; the daemon with three; one destination dropped.
+fn fanout_rows(t: &mut Table, fanouts: &[Fanout], fps: u32) {
+    let pct = |v: f64| format!("{v:.0} %");
+    for f in fanouts {
+        let at = format!("{}p{fps}", f.res);
+        t.row(
+            &format!("whole tree CPU, one destination ({at})"),
+            shares(&f.one),
+            String::new(),
+            "",
+            None,
+        );
+        t.row(
+            &format!("whole tree CPU, three destinations in one relay ({at})"),
+            shares(&f.three),
+            String::new(),
+            "",
+            None,
+        );
+        t.row(
+            &format!("whole tree CPU, three relay instances of one destination each ({at})"),
+            pct(f.separate_percent),
+            String::new(),
+            "",
+            None,
+        );
+        let ratio = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+        let r1 = ratio(f.three.tree_percent, f.one.tree_percent);
+        t.row(
+            &format!("three destinations / one destination, CPU ({at})"),
+            r1.map_or("–".into(), |r| format!("{r:.2}×")),
+            String::new(),
+            "≤ 1.1×",
+            Some(r1.is_some_and(|r| r <= 1.1)),
+        );
+        let r3 = ratio(f.three.tree_percent, f.separate_percent);
+        t.row(
+            &format!("three destinations in one relay / three relay instances, CPU ({at})"),
+            r3.map_or("–".into(), |r| format!("{r:.2}×")),
+            String::new(),
+            "≤ 0.4×",
+            Some(r3.is_some_and(|r| r <= 0.4)),
+        );
+        t.row(
+            &format!("daemon CPU with three destinations ({at}, % of one core)"),
+            format!("{:.1} %", f.three.own_percent),
+            String::new(),
+            "≤ 3 %",
+            Some(f.three.own_percent <= 3.0),
+        );
+        t.row(
+            &format!("daemon RSS with three destinations ({at}; worst = peak)"),
+            format!("{:.1} MB", f.three.rss_kb as f64 / 1024.0),
+            format!("{:.1} MB", f.three.hwm_kb as f64 / 1024.0),
+            "≤ 25 MB",
+            Some(f.three.hwm_kb <= 25 * 1024),
+        );
+        // CRASH_BACKOFF is 2 s by default.
+        t.row(
+            &format!("dropped destination: drop → picture again at its sink ({at})"),
+            f.back.map_or("–".into(), s),
+            String::new(),
+            "≤ CRASH_BACKOFF + 1 s (3 s)",
+            Some(f.back.is_some_and(|b| b <= Duration::from_secs(3))),
+        );
+        // The sinks sample 10 frames a second: 0.1 s between frames is no gap.
+        t.row(
+            &format!("the other two destinations meanwhile: largest frame gap at the sinks (10 fps) / new sessions ({at})"),
+            format!("{} / {}", f.others_gap.map_or("–".into(), s), f.others_reconnects),
+            String::new(),
+            "no gap (≤ 0.5 s) / 0",
+            Some(
+                f.others_gap.is_some_and(|g| g <= Duration::from_millis(500))
+                    && f.others_reconnects == 0,
+            ),
+        );
+    }
 }
 
 pub fn print_soak(opts: &Options, length: Duration, r: &Soak) {

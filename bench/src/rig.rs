@@ -83,11 +83,8 @@ pub async fn finish(mut publisher: Publisher) {
     let _ = publisher.kill().await;
 }
 
-/// relay's configuration for one run, written as a `.env` file. Every
-/// cycle's publisher returns within a minute of the last failover, which
-/// relay would hold off air for LIVE_STABLE_SECS (3 s) to stop a flapping
-/// link from flapping the output: the benchmark measures the switch itself,
-/// so it turns that hold off.
+/// relay's configuration for one run, written as a `.env` file: one
+/// destination, `out/STREAM` on the same nginx.
 pub fn write_config(
     nginx: &PrivateNginx,
     dir: &Path,
@@ -96,19 +93,63 @@ pub fn write_config(
     res: u32,
     fps: u32,
 ) -> anyhow::Result<PathBuf> {
-    let path = dir.join(format!("{stream}.env"));
-    let text = format!(
-        "KICK_URL=rtmp://127.0.0.1:{port}/out\nKICK_KEY={stream}\nRTMP_PORT={port}\n\
+    write_config_to(
+        nginx,
+        dir,
+        stream,
+        stream,
+        &[("kick", stream)],
+        offline,
+        res,
+        fps,
+    )
+}
+
+/// relay's configuration in `dir/FILE.env`: the publisher on `live/STREAM`,
+/// and a destination for each (name, stream key) on the same nginx's `out`
+/// application, the first of them `kick`. Every cycle's publisher returns
+/// within a minute of the last failover, which relay would hold off air for
+/// LIVE_STABLE_SECS (3 s) to stop a flapping link from flapping the
+/// output: the benchmark measures the switch itself, so it turns that hold
+/// off.
+#[allow(clippy::too_many_arguments)]
+pub fn write_config_to(
+    nginx: &PrivateNginx,
+    dir: &Path,
+    file: &str,
+    stream: &str,
+    destinations: &[(&str, &str)],
+    offline: &Path,
+    res: u32,
+    fps: u32,
+) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(
+        destinations
+            .first()
+            .is_some_and(|(name, _)| *name == "kick"),
+        "the first destination is kick"
+    );
+    let path = dir.join(format!("{file}.env"));
+    let port = nginx.rtmp_port();
+    let names: Vec<&str> = destinations.iter().map(|(name, _)| *name).collect();
+    let mut text = format!("DESTINATIONS={}\n", names.join(","));
+    for (name, key) in destinations {
+        let upper = name.to_uppercase();
+        text.push_str(&format!(
+            "{upper}_URL=rtmp://127.0.0.1:{port}/out\n{upper}_KEY={key}\n"
+        ));
+    }
+    text.push_str(&format!(
+        "RTMP_PORT={port}\n\
          RTMP_STREAM_NAME={stream}\nSTATS_URL={stat}\nZMQ_PORT={zmq}\nOFFLINE_VIDEO_PATH={off}\n\
          OUT_RES={res}\nOUT_FPS={fps}\nALLOWED_PUBLISHERS=any\nKILL_GRACE=2\nPUBLISH_AUTH_PORT=0\n\
          LIVE_STABLE_SECS=0\n",
-        port = nginx.rtmp_port(),
         stat = nginx.stat_url(),
         zmq = free_tcp_port()?,
         off = offline.display(),
-    );
+    ));
     std::fs::write(&path, text)?;
-    // It holds a stream key: relay refuses it if every user may read it.
+    // It holds stream keys: relay refuses it if every user may read it.
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     Ok(path)
 }

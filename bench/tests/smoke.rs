@@ -39,6 +39,15 @@ fn bench_runs_and_prints_every_figure() {
         "| whole pipeline CPU while live (180p30: daemon + FFmpeg children) |",
         "| naive design CPU while live (180p30: one FFmpeg) |",
         "| relay / naive CPU (180p30) |",
+        "| whole tree CPU, one destination (180p30) |",
+        "| whole tree CPU, three destinations in one relay (180p30) |",
+        "| whole tree CPU, three relay instances of one destination each (180p30) |",
+        "| three destinations / one destination, CPU (180p30) |",
+        "| three destinations in one relay / three relay instances, CPU (180p30) |",
+        "| daemon CPU with three destinations (180p30, % of one core) |",
+        "| daemon RSS with three destinations (180p30; worst = peak) |",
+        "| dropped destination: drop → picture again at its sink (180p30) |",
+        "| the other two destinations meanwhile: largest frame gap",
     ] {
         let line = stdout
             .lines()

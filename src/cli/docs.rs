@@ -332,6 +332,7 @@ fn reload_text(applies: Applies) -> &'static str {
             "applied at once when one value replaces another; setting or clearing it restarts the pipeline"
         }
         Applies::OfflineSource => "restarts only the offline source; the output keeps its connection",
+        Applies::Destination => "reconnects only the destinations it changes; the encoder and the others run on",
         Applies::Restart => "restarts the pipeline; the output reconnects once",
     }
 }

@@ -286,9 +286,27 @@ pub fn describe(name: &str, s: &Status) -> String {
         |up| format!("up {}", show_duration(Duration::from_secs(up))),
     );
     out.push_str(&format!(
-        "  output:      {uptime}, {} restarts (reconnects)\n",
+        "  output:      {uptime}, {} restarts (the encoder)\n",
         s.output_restarts
     ));
+    for d in &s.destinations {
+        let state = match d.uptime_s {
+            Some(up) if d.up => format!("up {}", show_duration(Duration::from_secs(up))),
+            _ => "down".to_string(),
+        };
+        let rate = d
+            .bitrate_bps
+            .map(|bps| format!(", {:.1} Mb/s", bps as f64 / 1e6))
+            .unwrap_or_default();
+        let error = match (&d.last_error, d.up) {
+            (Some(e), false) => format!("; last error: {e}"),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "  → {}: {state}{rate}, {} reconnects{error}\n",
+            d.name, d.reconnects
+        ));
+    }
     out.push_str(&format!("  ingest:      {} restarts\n", s.ingest_restarts));
     let last = s.last_switch.as_ref().map_or_else(
         || "none yet".to_string(),
@@ -368,6 +386,30 @@ mod tests {
             stat_page_ok: true,
             switch_failures: 0,
             offline_cache: None,
+            destinations: vec![
+                crate::observe::api::DestinationStatus {
+                    name: "kick".to_string(),
+                    url: "rtmps://h.example/app/****".to_string(),
+                    up: true,
+                    uptime_s: Some(60),
+                    reconnects: 0,
+                    last_error: None,
+                    bitrate_bps: Some(3_100_000),
+                    pid: Some(43),
+                    dropped_gops: 0,
+                },
+                crate::observe::api::DestinationStatus {
+                    name: "youtube".to_string(),
+                    url: "rtmp://y.example/live2/****".to_string(),
+                    up: false,
+                    uptime_s: None,
+                    reconnects: 3,
+                    last_error: Some("ffmpeg exited (exit status: 1)".to_string()),
+                    bitrate_bps: None,
+                    pid: None,
+                    dropped_gops: 0,
+                },
+            ],
             policy: crate::observe::api::Policy {
                 offline_after_ms: 300,
                 live_stable_s: 3.0,
@@ -380,7 +422,9 @@ mod tests {
             text,
             "relay@kick: manual offline\n\
              \x20 publisher:   203.0.113.7, 2.5 Mb/s\n\
-             \x20 output:      up 1h02m, 1 restarts (reconnects)\n\
+             \x20 output:      up 1h02m, 1 restarts (the encoder)\n\
+             \x20 → kick: up 1m00s, 3.1 Mb/s, 0 reconnects\n\
+             \x20 → youtube: down, 3 reconnects; last error: ffmpeg exited (exit status: 1)\n\
              \x20 ingest:      2 restarts\n\
              \x20 last switch: to offline 12 s ago (manual: relay switch offline)\n\
              \x20 frames:      10 live, 3 filler, 0 dropped ticks\n\

@@ -44,6 +44,12 @@ pub(super) fn dotenv_layer(path: &Path, text: &str) -> Result<Layer, ConfigError
             ));
         }
         let Some(known) = key(name) else {
+            if super::keys::is_destination_key(name) {
+                let value = unquote(value.trim())
+                    .ok_or_else(|| syntax(number, "the value's opening quote is never closed"))?;
+                layer.set_destination(name, value);
+                continue;
+            }
             if let Some(why) = super::keys::ignored(name) {
                 let origin = &layer.origin;
                 layer

@@ -33,6 +33,9 @@ pub enum Applies {
     AtOnceWhileSet,
     /// Only the offline source restarts; the output keeps its connection.
     OfflineSource,
+    /// Only the destinations it changes, adds or removes connect or
+    /// disconnect; the encoder and every other destination run on.
+    Destination,
     /// The pipeline restarts in the same process: the output reconnects once.
     Restart,
 }
@@ -122,20 +125,29 @@ fn seconds(d: Duration) -> String {
 
 /// Every key, in the order validation reads them (and so the order in which
 /// problems are found).
-pub static KEYS: [Key; 33] = [
+pub static KEYS: [Key; 34] = [
+    Key {
+        name: "DESTINATIONS",
+        default: Fallback::Text("kick"),
+        applies: Applies::Destination,
+        secrecy: Secrecy::Public,
+        doc: "Where the one encode goes: a comma list of names (lower-case letters, digits, _), each with NAME_URL and NAME_KEY (kick: KICK_URL, KICK_KEY).",
+        parse: |d, v| put(&mut d.config.destination_names, parse_destination_names(v)),
+        value: |c| c.destination_names.join(","),
+    },
     Key {
         name: "KICK_URL",
         default: Fallback::Required,
-        applies: Applies::Restart,
+        applies: Applies::Destination,
         secrecy: Secrecy::InUrl,
-        doc: "Where to send the output (any platform, despite the name): an rtmp:// or rtmps:// URL.",
+        doc: "Where the destination kick goes (any platform, despite the name): an rtmp:// or rtmps:// URL; required while DESTINATIONS names kick.",
         parse: |d, v| put(&mut d.config.destination.url, parse_kick_url(v)),
         value: |c| c.destination.url.clone(),
     },
     Key {
         name: "KICK_KEY",
         default: Fallback::Text(""),
-        applies: Applies::Restart,
+        applies: Applies::Destination,
         secrecy: Secrecy::Secret,
         doc: "Stream key, published to as KICK_URL/KICK_KEY; empty if the key is already the last segment of KICK_URL.",
         parse: |d, v| put(&mut d.config.destination.key, parse_kick_key(v)),
@@ -483,6 +495,36 @@ pub const IGNORED: [(&str, &str); 2] = [
         "a docker-compose setting; relay ignores it and it can be removed",
     ),
 ];
+
+/// The destination whose keys are in the table (KICK_URL, KICK_KEY).
+pub const KICK: &str = "kick";
+
+/// The URL and key names of destination `name` (`YOUTUBE_URL`, `YOUTUBE_KEY`).
+pub fn destination_keys(name: &str) -> [String; 2] {
+    let upper = name.to_ascii_uppercase();
+    [format!("{upper}_URL"), format!("{upper}_KEY")]
+}
+
+/// Whether `upper` has the shape of another destination's key (`NAME_URL`,
+/// `NAME_KEY`) and is not in the table: whether it is wanted is decided
+/// against DESTINATIONS once every source is read.
+pub fn is_destination_key(upper: &str) -> bool {
+    let name = upper
+        .strip_suffix("_URL")
+        .or_else(|| upper.strip_suffix("_KEY"));
+    key(upper).is_none()
+        && name.is_some_and(|n| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+}
+
+/// Whether a destination URL holds a key or a password.
+pub(super) fn url_holds_secret(value: &str) -> bool {
+    let url = value.trim_end_matches('/');
+    mask_url(url, true) != url
+}
 
 /// Why relay ignores `upper`, if it is one of [`IGNORED`].
 pub fn ignored(upper: &str) -> Option<&'static str> {

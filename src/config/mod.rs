@@ -45,7 +45,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use keys::{key, Applies, Fallback, Key, Secrecy, KEYS};
+pub use keys::{destination_keys, key, Applies, Fallback, Key, Secrecy, KEYS, KICK};
 pub use parse::{width_16_9, AllowedPublishers, Bitrate, LiveSource, LowBitrate};
 pub use reload::{changed_keys, classify, ReloadPlan};
 pub use secret::{OutputTarget, Secret};
@@ -75,7 +75,13 @@ pub struct Config {
     pub instance: String,
     /// OFFLINE_VIDEO_PATH.
     pub offline_video_path: PathBuf,
+    /// KICK_URL and KICK_KEY: the destination `kick` (empty when
+    /// DESTINATIONS does not name it).
     pub destination: Destination,
+    /// DESTINATIONS, as written.
+    pub destination_names: Vec<String>,
+    /// Every destination DESTINATIONS names, in its order, `kick` included.
+    pub destinations: Vec<Named>,
     pub encoding: Encoding,
     pub live: Live,
     pub srt: Srt,
@@ -94,6 +100,13 @@ pub struct Destination {
     /// stream key, so it is shown masked.
     pub url: String,
     pub key: Secret,
+}
+
+/// One destination and its name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Named {
+    pub name: String,
+    pub destination: Destination,
 }
 
 /// What the output FFmpeg encodes (OUT_RES, OUT_FPS, the bitrates, the
@@ -191,6 +204,7 @@ impl fmt::Debug for Config {
         for key in &KEYS {
             out.field(key.name, &format_args!("{}", key.shown(self)));
         }
+        out.field("destinations", &self.destinations);
         out.finish()
     }
 }
@@ -243,11 +257,11 @@ pub enum ConfigError {
     },
 
     #[error("{key}: required but not set; add it to the configuration file or the environment")]
-    Missing { key: &'static str },
+    Missing { key: String },
 
     #[error("{key}: {problem}{}", origin.as_ref().map(|o| format!(" [from {o}]")).unwrap_or_default())]
     Invalid {
-        key: &'static str,
+        key: String,
         problem: String,
         origin: Option<String>,
     },
@@ -284,7 +298,21 @@ impl Config {
                 (stem, vec![file_layer(path)?])
             }
         };
-        layers.push(environment_layer(env));
+        let mut environment = environment_layer(env);
+        // Other destinations' keys in the environment: those of the names
+        // DESTINATIONS has where it is set last.
+        let names = layers
+            .iter()
+            .chain(std::iter::once(&environment))
+            .rev()
+            .find_map(|l| l.get(keys::key("DESTINATIONS").expect("in the table")))
+            .map_or_else(Vec::new, |v| {
+                v.split(',')
+                    .map(|n| n.trim().to_owned())
+                    .collect::<Vec<_>>()
+            });
+        sources::environment_destinations(&mut environment, &names, env);
+        layers.push(environment);
         let config = validate::assemble(&instance, &layers)?;
         let secret_files = layers
             .iter()
@@ -309,6 +337,8 @@ impl Config {
             instance: instance.to_owned(),
             offline_video_path: PathBuf::new(),
             destination: Destination::default(),
+            destination_names: Vec::new(),
+            destinations: Vec::new(),
             encoding: Encoding::default(),
             live: Live::default(),
             srt: Srt::default(),
@@ -319,10 +349,46 @@ impl Config {
         }
     }
 
+    /// Where FFmpeg publishes to (`kick`), split so that the stream key
+    /// stays off FFmpeg's command line, which every local user may read.
+    pub fn output_target(&self) -> OutputTarget {
+        self.destination.target()
+    }
+
+    /// Every destination's stream key: what must never reach a log line.
+    pub fn stream_keys(&self) -> Vec<String> {
+        self.destinations
+            .iter()
+            .filter_map(|d| d.destination.target().stream_name)
+            .map(|s| s.expose().to_string())
+            .collect()
+    }
+
+    /// The destination `kick` with its secret parts replaced by `****`, for logs.
+    pub fn output_url_masked(&self) -> String {
+        self.destination.masked()
+    }
+
+    /// The local nginx-rtmp stream carrying the live feed.
+    pub fn live_url(&self) -> String {
+        let live = &self.live;
+        let host = if live.rtmp_host.contains(':') {
+            format!("[{}]", live.rtmp_host)
+        } else {
+            live.rtmp_host.clone()
+        };
+        format!(
+            "rtmp://{host}:{}/{}/{}",
+            live.rtmp_port, live.rtmp_app, live.rtmp_stream_name
+        )
+    }
+}
+
+impl Destination {
     /// Where FFmpeg publishes to, split so that the stream key stays off
     /// FFmpeg's command line, which every local user may read.
-    pub fn output_target(&self) -> OutputTarget {
-        let Destination { url, key } = &self.destination;
+    pub fn target(&self) -> OutputTarget {
+        let Destination { url, key } = self;
         if !key.is_empty() {
             // The trailing slash makes FFmpeg parse the application name as
             // it would from `KICK_URL/KEY`.
@@ -347,26 +413,12 @@ impl Config {
     }
 
     /// The destination with its secret parts replaced by `****`, for logs.
-    pub fn output_url_masked(&self) -> String {
-        let Destination { url, key } = &self.destination;
+    pub fn masked(&self) -> String {
+        let Destination { url, key } = self;
         if key.is_empty() {
             mask_url(url, true)
         } else {
             format!("{}/****", mask_url(url, false))
         }
-    }
-
-    /// The local nginx-rtmp stream carrying the live feed.
-    pub fn live_url(&self) -> String {
-        let live = &self.live;
-        let host = if live.rtmp_host.contains(':') {
-            format!("[{}]", live.rtmp_host)
-        } else {
-            live.rtmp_host.clone()
-        };
-        format!(
-            "rtmp://{host}:{}/{}/{}",
-            live.rtmp_port, live.rtmp_app, live.rtmp_stream_name
-        )
     }
 }

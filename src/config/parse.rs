@@ -163,6 +163,38 @@ pub(super) fn parse_kick_url(value: &str) -> Result<String, String> {
     Ok(value.trim_end_matches('/').to_owned())
 }
 
+/// DESTINATIONS: a comma list of names, each lower-case letters, digits
+/// and `_`, none twice, none whose keys are another setting's.
+pub(super) fn parse_destination_names(value: &str) -> Result<Vec<String>, String> {
+    let mut names: Vec<String> = Vec::new();
+    for name in value.split(',').map(str::trim) {
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(format!(
+                "{name:?} is not a destination name (lower-case letters, digits and _, comma-separated)"
+            ));
+        }
+        if names.iter().any(|n| n == name) {
+            return Err(format!("names {name:?} twice"));
+        }
+        if name != super::keys::KICK {
+            let taken = super::keys::destination_keys(name)
+                .into_iter()
+                .find(|k| super::keys::key(k).is_some());
+            if let Some(taken) = taken {
+                return Err(format!(
+                    "the destination {name:?} would be configured by {taken}, which is another setting; choose another name"
+                ));
+            }
+        }
+        names.push(name.to_owned());
+    }
+    Ok(names)
+}
+
 /// FFmpeg reads preset lines of up to 999 bytes; platform keys are far
 /// shorter.
 pub(super) const MAX_KEY_LEN: usize = 512;

@@ -10,7 +10,8 @@ use super::Config;
 pub enum ReloadPlan {
     /// Nothing changed.
     Unchanged,
-    /// Only settings the running daemon applies at once: no FFmpeg restarts.
+    /// Only settings the running daemon applies at once: no FFmpeg
+    /// restarts, but the pushers of destinations that changed, came or went.
     ApplyAtOnce,
     /// A new offline video: only the offline source restarts, on it. With
     /// `at_once`, settings that apply at once changed too.
@@ -58,11 +59,13 @@ pub fn classify(old: &Config, new: &Config) -> ReloadPlan {
     let (mut at_once, mut offline) = (false, false);
     for key in changed_keys(old, new) {
         match required_by(key, &(key.value)(old), &(key.value)(new)) {
-            Applies::AtOnce | Applies::AtOnceWhileSet => at_once = true,
+            Applies::AtOnce | Applies::AtOnceWhileSet | Applies::Destination => at_once = true,
             Applies::OfflineSource => offline = true,
             Applies::Restart => return ReloadPlan::Restart,
         }
     }
+    // Other destinations' keys are not in the table.
+    at_once |= old.destinations != new.destinations;
     match (offline, at_once) {
         (true, at_once) => ReloadPlan::NewOfflineVideo { at_once },
         (false, true) => ReloadPlan::ApplyAtOnce,

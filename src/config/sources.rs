@@ -19,6 +19,10 @@ pub(super) struct Layer {
     /// Shown in error messages: a file path, or "the environment".
     pub origin: String,
     values: BTreeMap<&'static str, String>,
+    /// Keys of destinations other than `kick` (`YOUTUBE_URL`, upper case
+    /// whatever the file's spelling): not in the key table, so they are
+    /// checked against DESTINATIONS once every layer is read.
+    destination_values: BTreeMap<String, String>,
     /// The file it was read from, if any.
     pub file: Option<PathBuf>,
     /// Keys it set that relay ignores ([`super::keys::IGNORED`]), and why.
@@ -40,6 +44,7 @@ impl Layer {
         Layer {
             origin: origin.into(),
             values: BTreeMap::new(),
+            destination_values: BTreeMap::new(),
             file: None,
             notices: Vec::new(),
         }
@@ -53,9 +58,37 @@ impl Layer {
 
     /// Whether it sets a secret key, or a URL with a key or password in it.
     pub fn holds_secret(&self) -> bool {
+        let destination_secret = |(name, value): (&String, &String)| match name.strip_suffix("_KEY")
+        {
+            Some(_) => !value.is_empty(),
+            None => super::keys::url_holds_secret(value),
+        };
         self.values
             .iter()
             .any(|(name, value)| key(name).is_some_and(|k| k.is_secret_value(value)))
+            || self.destination_values.iter().any(destination_secret)
+    }
+
+    /// Sets a destination key that is not in the key table (`upper`, e.g.
+    /// `YOUTUBE_URL`); empty values mean "not set".
+    pub fn set_destination(&mut self, upper: &str, value: &str) {
+        let value = value.trim();
+        if value.is_empty() {
+            self.destination_values.remove(upper);
+        } else {
+            self.destination_values
+                .insert(upper.to_owned(), value.to_owned());
+        }
+    }
+
+    /// A destination key's value (`upper`, e.g. `YOUTUBE_URL`).
+    pub fn get_destination(&self, upper: &str) -> Option<&str> {
+        self.destination_values.get(upper).map(String::as_str)
+    }
+
+    /// The destination keys it sets.
+    pub fn destination_keys(&self) -> impl Iterator<Item = &str> {
+        self.destination_values.keys().map(String::as_str)
     }
 
     /// Empty values mean "not set".
@@ -178,12 +211,29 @@ pub(super) fn environment_layer(env: &dyn Fn(&str) -> Option<String>) -> Layer {
     layer
 }
 
+/// Adds to the environment's layer the keys of the destinations `names`
+/// (other than `kick`, whose keys are in the table): `YOUTUBE_URL`, …
+pub(super) fn environment_destinations(
+    layer: &mut Layer,
+    names: &[String],
+    env: &dyn Fn(&str) -> Option<String>,
+) {
+    for name in names.iter().filter(|n| n.as_str() != super::KICK) {
+        for upper in super::keys::destination_keys(name) {
+            if let Some(value) = env(&upper) {
+                layer.set_destination(&upper, &value);
+            }
+        }
+    }
+}
+
 /// Given `KEY=VALUE` pairs; unknown keys are refused as in a `.env` file.
 pub(super) fn pairs_layer(pairs: &[(&str, &str)]) -> Result<Layer, ConfigError> {
     let mut layer = Layer::new("the given settings");
     for (name, value) in pairs {
         match key(name) {
             Some(known) => layer.set(known, value),
+            None if super::keys::is_destination_key(name) => layer.set_destination(name, value),
             None => return Err(unknown_key(name, &layer.origin, None, KeyCase::Upper)),
         }
     }
@@ -226,12 +276,27 @@ fn toml_layer(path: &Path, text: &str) -> Result<Layer, ConfigError> {
     let mut layer = Layer::from_file(path);
     for (name, value) in table.into_inner() {
         let name = name.into_inner();
-        let Some(known) = toml_key(&name) else {
-            let upper = name.to_ascii_uppercase();
+        let upper = name.to_ascii_uppercase();
+        let destination =
+            name == name.to_ascii_lowercase() && super::keys::is_destination_key(&upper);
+        let Some(known) = toml_key(&name).filter(|_| !destination) else {
             if let Some(why) = super::keys::ignored(&upper) {
                 layer
                     .notices
                     .push(format!("{name} in {}: {why}", layer.origin));
+                continue;
+            }
+            if destination {
+                match scalar_text(value.into_inner()) {
+                    Ok(text) => layer.set_destination(&upper, &text),
+                    Err(_) => {
+                        return Err(ConfigError::Invalid {
+                            key: upper,
+                            problem: "expected a single value".to_owned(),
+                            origin: Some(layer.origin.clone()),
+                        })
+                    }
+                }
                 continue;
             }
             return Err(unknown_key(&name, &layer.origin, None, KeyCase::Lower));
@@ -240,7 +305,7 @@ fn toml_layer(path: &Path, text: &str) -> Result<Layer, ConfigError> {
             Ok(text) => text,
             Err(Scalar::Not(found)) => {
                 return Err(ConfigError::Invalid {
-                    key: known.name,
+                    key: known.name.to_owned(),
                     problem: format!("expected a single value, found {found}"),
                     origin: Some(layer.origin.clone()),
                 })

@@ -210,7 +210,7 @@ fn every_key_is_read_into_its_field() {
         c.endpoints.metrics_addr,
         Some("[::1]:9108".parse().unwrap())
     );
-    assert_eq!(KEYS.len(), 33);
+    assert_eq!(KEYS.len(), 34);
     assert_eq!(c.live.sources, vec![LiveSource::Srt, LiveSource::Rtmp]);
     assert_eq!(c.srt.host, "::1");
     assert_eq!(c.srt.port, 7001);
@@ -294,9 +294,15 @@ fn tuning_changes_are_told_apart() {
     .unwrap();
     assert_eq!(classify(&old, &tuned), ReloadPlan::ApplyAtOnce);
     assert_eq!(classify(&tuned, &old), ReloadPlan::ApplyAtOnce);
+    // A destination's URL or key reconnects only that destination.
     for (key, value) in [
         ("KICK_URL", "rtmp://other.example/app"),
         ("KICK_KEY", "sk_2"),
+    ] {
+        let new = with(&[(key, value)]).unwrap();
+        assert_eq!(classify(&old, &new), ReloadPlan::ApplyAtOnce, "{key}");
+    }
+    for (key, value) in [
         ("OUT_RES", "720"),
         ("VID_BITRATE", "2000k"),
         ("ZMQ_PORT", "6000"),
@@ -372,7 +378,8 @@ fn reload_plans() {
 
 /// For every key, a value other than the one in [`BASE`]: changing it alone
 /// must show as that key alone, and yield the plan its class says.
-const OTHER_VALUE: [(&str, &str); 33] = [
+const OTHER_VALUE: [(&str, &str); 34] = [
+    ("DESTINATIONS", "kick,youtube"),
     ("KICK_URL", "rtmp://other.example/app"),
     ("KICK_KEY", "sk_2"),
     ("RTMP_HOST", "::1"),
@@ -422,8 +429,9 @@ const BASE: [(&str, &str); 5] = [
 fn every_key_has_its_reload_class() {
     use Applies::*;
     let expected = [
-        ("KICK_URL", Restart),
-        ("KICK_KEY", Restart),
+        ("DESTINATIONS", Destination),
+        ("KICK_URL", Destination),
+        ("KICK_KEY", Destination),
         ("RTMP_HOST", Restart),
         ("RTMP_PORT", Restart),
         ("RTMP_APP", Restart),
@@ -464,11 +472,15 @@ fn every_key_has_its_reload_class() {
         let key = key(name).unwrap();
         let mut pairs = BASE.to_vec();
         pairs.push((name, value));
+        if name == "DESTINATIONS" {
+            // A destination's own keys are not in the table.
+            pairs.push(("YOUTUBE_URL", "rtmp://y.example/live2"));
+        }
         let new = with(&pairs).unwrap();
         let changed: Vec<&str> = changed_keys(&base, &new).iter().map(|k| k.name).collect();
         assert_eq!(changed, [name], "changing {name} alone");
         let plan = match key.applies {
-            AtOnce | AtOnceWhileSet => ReloadPlan::ApplyAtOnce,
+            AtOnce | AtOnceWhileSet | Destination => ReloadPlan::ApplyAtOnce,
             OfflineSource => ReloadPlan::NewOfflineVideo { at_once: false },
             Restart => ReloadPlan::Restart,
         };
@@ -1159,4 +1171,138 @@ fn the_docker_setups_keys_load_with_a_notice_each() {
         matches!(err, ConfigError::UnknownKey { ref key, .. } if key == "LOG_LEVEL"),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// DESTINATIONS
+// ---------------------------------------------------------------------------
+
+#[test]
+fn destinations_default_to_kick_alone() {
+    let config = with(&[("KICK_KEY", "sk_k")]).unwrap();
+    assert_eq!(config.destination_names, ["kick"]);
+    assert_eq!(config.destinations.len(), 1);
+    assert_eq!(config.destinations[0].name, "kick");
+    assert_eq!(config.destinations[0].destination, config.destination);
+}
+
+#[test]
+fn every_destination_has_its_url_and_key() {
+    let config = with(&[
+        ("DESTINATIONS", "kick, youtube,twitch_2"),
+        ("YOUTUBE_URL", "rtmp://a.rtmp.youtube.com/live2/"),
+        ("YOUTUBE_KEY", "yt-SECRET"),
+        ("TWITCH_2_URL", "rtmps://live.twitch.tv/app/tw_SECRET"),
+    ])
+    .unwrap();
+    let names: Vec<&str> = config
+        .destinations
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(names, ["kick", "youtube", "twitch_2"]);
+    let youtube = config.destinations[1].destination.target();
+    assert_eq!(youtube.url, "rtmp://a.rtmp.youtube.com/live2/");
+    assert_eq!(youtube.stream_name.unwrap().expose(), "yt-SECRET");
+    // The key split off the URL, as for KICK_URL.
+    let twitch = config.destinations[2].destination.target();
+    assert_eq!(twitch.url, "rtmps://live.twitch.tv/app/");
+    assert_eq!(twitch.stream_name.unwrap().expose(), "tw_SECRET");
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("SECRET"), "{debug}");
+}
+
+#[test]
+fn kick_url_is_required_only_while_destinations_names_kick() {
+    let config = Config::from_pairs(
+        "t",
+        &[
+            ("DESTINATIONS", "youtube"),
+            ("YOUTUBE_URL", "rtmp://h/app"),
+            ("YOUTUBE_KEY", "k"),
+            ("OFFLINE_VIDEO_PATH", "/o.mp4"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.destinations.len(), 1);
+    let e = Config::from_pairs("t", &[("OFFLINE_VIDEO_PATH", "/o.mp4")]).unwrap_err();
+    assert!(e.to_string().starts_with("KICK_URL: required"), "{e}");
+}
+
+#[test]
+fn destination_errors_name_the_key() {
+    for (extra, expect) in [
+        (vec![("DESTINATIONS", "kick,Youtube")], "DESTINATIONS:"),
+        (vec![("DESTINATIONS", "kick,you-tube")], "DESTINATIONS:"),
+        (vec![("DESTINATIONS", "kick,")], "DESTINATIONS:"),
+        (vec![("DESTINATIONS", "kick,kick")], "twice"),
+        (
+            vec![("DESTINATIONS", "kick,stats")],
+            "STATS_URL, which is another setting",
+        ),
+        (
+            vec![("DESTINATIONS", "kick,publish")],
+            "PUBLISH_KEY, which is another setting",
+        ),
+        (
+            vec![("DESTINATIONS", "kick,youtube")],
+            "YOUTUBE_URL: required",
+        ),
+        (
+            vec![
+                ("DESTINATIONS", "kick,youtube"),
+                ("YOUTUBE_URL", "http://h/app"),
+            ],
+            "YOUTUBE_URL: must be an rtmp:// or rtmps:// URL",
+        ),
+        (
+            vec![
+                ("DESTINATIONS", "kick,youtube"),
+                ("YOUTUBE_URL", "rtmp://h/app"),
+                ("YOUTUBE_KEY", "a b"),
+            ],
+            "YOUTUBE_KEY: must not contain spaces",
+        ),
+        (
+            vec![("YOUTUBE_URL", "rtmp://h/app")],
+            "unknown key \"YOUTUBE_URL\"",
+        ),
+    ] {
+        let e = error_for(&extra);
+        assert!(e.contains(expect), "{extra:?}: {e}");
+    }
+}
+
+#[test]
+fn destination_keys_in_files_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = write(
+        dir.path(),
+        "a.toml",
+        "destinations = \"kick,youtube\"\nkick_url = \"rtmp://k/app\"\nyoutube_url = \"rtmp://y/live2\"\noffline_video_path = \"/o.mp4\"\n",
+    );
+    let env = env_from(&[("YOUTUBE_KEY", "yt_SECRET")]);
+    let config = Config::load_with_env(&Source::File(toml), &env).unwrap();
+    let youtube = &config.destinations[1].destination;
+    assert_eq!(youtube.url, "rtmp://y/live2");
+    assert_eq!(youtube.key.expose(), "yt_SECRET");
+    // A key in a world-readable file is refused, as KICK_KEY is.
+    let env_file = write(
+        dir.path(),
+        "b.env",
+        "DESTINATIONS=kick,youtube\nKICK_URL=rtmp://k/app\nYOUTUBE_URL=rtmp://y/live2\nYOUTUBE_KEY=yt_SECRET\nOFFLINE_VIDEO_PATH=/o.mp4\n",
+    );
+    Config::load_with_env(&Source::File(env_file.clone()), &no_env).unwrap();
+    chmod(&env_file, 0o644);
+    let e = Config::load_with_env(&Source::File(env_file), &no_env).unwrap_err();
+    assert!(matches!(e, ConfigError::Exposed { .. }), "{e}");
+    // The environment's other keys are ignored unless DESTINATIONS names them.
+    let toml = write(
+        dir.path(),
+        "c.toml",
+        "kick_url = \"rtmp://k/app\"\noffline_video_path = \"/o.mp4\"\n",
+    );
+    let env = env_from(&[("YOUTUBE_URL", "rtmp://y/live2")]);
+    let config = Config::load_with_env(&Source::File(toml), &env).unwrap();
+    assert_eq!(config.destinations.len(), 1);
 }

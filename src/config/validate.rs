@@ -2,9 +2,10 @@
 //! [`Config`]: each key through its parser from the table, and the rules
 //! that tie keys together.
 
-use super::keys::{Draft, Fallback, KEYS};
+use super::keys::{destination_keys, Draft, Fallback, KEYS, KICK};
+use super::parse::{parse_kick_key, parse_kick_url};
 use super::sources::Layer;
-use super::{Config, ConfigError, LowBitrate};
+use super::{Config, ConfigError, Destination, LowBitrate, Named, Secret};
 
 /// Where the value of a key came from, for error messages.
 type OriginOf<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -32,7 +33,7 @@ const RULES: [Rule; 2] = [
         after: "LOW_BITRATE_SECS",
         apply: |d, origin_of| {
             let both_or_neither = |set: &'static str, missing: &str| ConfigError::Invalid {
-                key: set,
+                key: set.to_owned(),
                 problem: format!("set {missing} too, or neither (they work together)"),
                 origin: origin_of(set),
             };
@@ -76,12 +77,23 @@ pub(super) fn assemble(instance: &str, layers: &[Layer]) -> Result<Config, Confi
         let parsed = match (set, key.default) {
             (Some((value, origin)), _) => Some((value, Some(origin))),
             (None, Fallback::Text(text)) => Some((text, None)),
-            (None, Fallback::Required) => return Err(ConfigError::Missing { key: key.name }),
+            // Only the destination `kick` needs KICK_URL.
+            (None, Fallback::Required)
+                if key.name == "KICK_URL"
+                    && !draft.config.destination_names.iter().any(|n| n == KICK) =>
+            {
+                None
+            }
+            (None, Fallback::Required) => {
+                return Err(ConfigError::Missing {
+                    key: key.name.to_owned(),
+                })
+            }
             (None, Fallback::Off | Fallback::Derived(_)) => None,
         };
         if let Some((value, origin)) = parsed {
             (key.parse)(&mut draft, value.trim()).map_err(|problem| ConfigError::Invalid {
-                key: key.name,
+                key: key.name.to_owned(),
                 problem,
                 origin: origin.cloned(),
             })?;
@@ -92,7 +104,69 @@ pub(super) fn assemble(instance: &str, layers: &[Layer]) -> Result<Config, Confi
     }
     let mut config = draft.config;
     config.notices = layers.iter().flat_map(|l| l.notices.clone()).collect();
+    config.destinations = destinations(&config, layers)?;
     Ok(config)
+}
+
+/// Every destination DESTINATIONS names, in its order: `kick` from the
+/// table's KICK_URL and KICK_KEY, the others from their `NAME_URL` and
+/// `NAME_KEY`, read with the same rules. A destination key no name claims
+/// is an unknown key.
+fn destinations(config: &Config, layers: &[Layer]) -> Result<Vec<Named>, ConfigError> {
+    let mut out = Vec::new();
+    for name in &config.destination_names {
+        if name == KICK {
+            out.push(Named {
+                name: name.clone(),
+                destination: config.destination.clone(),
+            });
+            continue;
+        }
+        let [url_key, key_key] = destination_keys(name);
+        let set = |upper: &str| {
+            layers
+                .iter()
+                .rev()
+                .find_map(|l| l.get_destination(upper).map(|v| (v, l.origin.clone())))
+        };
+        let invalid = |key: &String, origin: String| {
+            let key = key.clone();
+            move |problem| ConfigError::Invalid {
+                key,
+                problem,
+                origin: Some(origin),
+            }
+        };
+        let Some((url, origin)) = set(&url_key) else {
+            return Err(ConfigError::Missing { key: url_key });
+        };
+        let url = parse_kick_url(url).map_err(invalid(&url_key, origin))?;
+        let key = match set(&key_key) {
+            Some((key, origin)) => parse_kick_key(key).map_err(invalid(&key_key, origin))?,
+            None => Secret::default(),
+        };
+        out.push(Named {
+            name: name.clone(),
+            destination: Destination { url, key },
+        });
+    }
+    for layer in layers {
+        for upper in layer.destination_keys() {
+            let claimed = config
+                .destination_names
+                .iter()
+                .any(|n| n != KICK && destination_keys(n).iter().any(|k| k == upper));
+            if !claimed {
+                return Err(ConfigError::UnknownKey {
+                    key: upper.to_owned(),
+                    origin: layer.origin.clone(),
+                    line: None,
+                    hint: Some("DESTINATIONS names no destination it would configure".to_owned()),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -33,12 +33,14 @@ use crate::nginx::stat_page::{StatPage, StatsClient};
 use crate::observe::api::{self, Call, LastSwitch, Reply, Request, StateName};
 use crate::observe::metrics;
 use crate::observe::notify;
+use crate::pipeline::fanout::FanOut;
 use crate::pipeline::frames::{self, FramePool};
 use crate::pipeline::ingest::{self, Expect};
 use crate::pipeline::offline_cache::OfflineCache;
 use crate::pipeline::output::{self, OutputEvent};
 use crate::pipeline::pipe_frames::{PipePool, Stores};
 use crate::pipeline::pump::{self, Event as PumpEvent};
+use crate::pipeline::pusher::{self, PusherEvent};
 use crate::pipeline::raw_format::RawFormat;
 use crate::policy::{self, Action, Event, Policy, StatSummary, Switched, Timer};
 
@@ -204,15 +206,37 @@ pub async fn run(
             new_offline,
         },
     );
+    let fanout = FanOut::new();
     let restart_output = output::supervise(
         &children,
-        config.clone(),
-        options.ffmpeg.clone(),
-        pump_tx.clone(),
-        out_ev_tx,
-        selection_rx,
-        stores.cursors.clone(),
+        output::Supervision {
+            config: config.clone(),
+            ffmpeg: options.ffmpeg.clone(),
+            pump: pump_tx.clone(),
+            events: out_ev_tx,
+            selection: selection_rx,
+            cursors: stores.cursors.clone(),
+            fanout: fanout.clone(),
+        },
     );
+    // One pusher per destination, each on its own (ARCHITECTURE.md, "One
+    // encode, many destinations").
+    let (pusher_ev_tx, pusher_ev_rx) = mpsc::channel(64);
+    let destinations: Vec<DestinationState> = config
+        .destinations
+        .iter()
+        .map(|named| {
+            info!(destination = %named.name, url = %named.destination.masked(), "destination");
+            DestinationState::new(pusher::supervise(
+                &children,
+                config.clone(),
+                named.clone(),
+                options.ffmpeg.clone(),
+                fanout.clone(),
+                pusher_ev_tx.clone(),
+            ))
+        })
+        .collect();
 
     let poll_now = Arc::new(Notify::new());
     let (stat_tx, stat_rx) = mpsc::channel(4);
@@ -252,6 +276,7 @@ pub async fn run(
         output_uptime_s: None,
         output_fps: None,
         output_speed: None,
+        destinations: Vec::new(),
     });
     if let Some(addr) = config.endpoints.metrics_addr {
         match metrics::serve(addr, metrics_rx, pump_stats.clone()).await {
@@ -265,11 +290,12 @@ pub async fn run(
     }
 
     let (ingest_ev_tx, ingest_ev_rx) = mpsc::channel(8);
-    let destinations = [DESTINATION];
+    // The policy's one destination is the encoder: whether it streams, so
+    // that a (re)started one gets the selection asserted.
     let mut policy = Policy::with_sources(
         settings(&config),
         std::time::Instant::now(),
-        &destinations,
+        &[DESTINATION],
         &config.live.sources,
     );
     let first = policy.start();
@@ -296,6 +322,9 @@ pub async fn run(
         stats_ok: true,
         switch_failures: 0,
         output: OutputState::default(),
+        destinations,
+        fanout,
+        pusher_events: pusher_ev_tx,
         ready_sent: false,
         last_status: String::new(),
     };
@@ -311,6 +340,7 @@ pub async fn run(
             api_rx,
             publish_done,
             updates,
+            pusher_ev_rx,
         )
         .await;
     // Stopping the socket's server removes the socket file.
@@ -361,7 +391,7 @@ impl Stage {
     }
 }
 
-/// The destination the output FFmpeg sends to (KICK_URL).
+/// The output FFmpeg, as the policy knows it: it feeds every destination.
 const DESTINATION: &str = "kick";
 
 /// The policy's settings, from the configuration.
@@ -421,6 +451,44 @@ struct OutputState {
     last_exit: Option<LastExit>,
 }
 
+/// One destination's pusher, as its supervisor reported it.
+struct DestinationState {
+    handle: pusher::Handle,
+    pid: Option<u32>,
+    since: Option<Instant>,
+    /// When its frame count last advanced: it is up.
+    last_progress: Option<(Instant, u64)>,
+    reconnects: u64,
+    last_error: Option<String>,
+    /// Bytes sent at the last housekeeping, and the rate since.
+    sampled: (Instant, u64),
+    bitrate_bps: Option<u64>,
+}
+
+impl DestinationState {
+    fn new(handle: pusher::Handle) -> DestinationState {
+        DestinationState {
+            handle,
+            pid: None,
+            since: None,
+            last_progress: None,
+            reconnects: 0,
+            last_error: None,
+            sampled: (Instant::now(), 0),
+            bitrate_bps: None,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.handle.named.name
+    }
+
+    /// Connected and sending.
+    fn up(&self) -> bool {
+        self.last_progress.is_some()
+    }
+}
+
 /// Why the output last stopped, for `relay status`.
 #[derive(Debug)]
 struct LastExit {
@@ -467,15 +535,18 @@ async fn poll_stats(
 /// A platform that refuses a stream key closes the connection as soon as
 /// the output publishes; FFmpeg then only reports a broken pipe. Says what
 /// that usually means when it happens within seconds of the start.
-fn refusal_hint(reason: &str, uptime: Duration) -> &'static str {
+fn refusal_hint(reason: &str, uptime: Duration, name: &str) -> String {
     let closed = ["Broken pipe", "Connection reset by peer", "End of file"]
         .iter()
         .any(|sign| reason.contains(sign));
     if closed && uptime < Duration::from_secs(10) {
-        " (the destination closed the connection right after it opened: \
-         check KICK_URL and the stream key)"
+        let [url, _] = crate::config::destination_keys(name);
+        format!(
+            " (the destination closed the connection right after it opened: \
+             check {url} and the stream key)"
+        )
     } else {
-        ""
+        String::new()
     }
 }
 
@@ -487,11 +558,14 @@ mod tests {
     fn a_quick_close_hints_at_the_stream_key() {
         let closed =
             "ffmpeg exited (exit status: 1) [error] av_interleaved_write_frame(): Broken pipe";
-        assert!(refusal_hint(closed, Duration::from_secs(1)).contains("stream key"));
+        let hint = refusal_hint(closed, Duration::from_secs(1), "kick");
+        assert!(hint.contains("check KICK_URL and the stream key"), "{hint}");
+        let hint = refusal_hint(closed, Duration::from_secs(1), "youtube");
+        assert!(hint.contains("check YOUTUBE_URL"), "{hint}");
         // A long broadcast that ends is a forced disconnect, not a refusal.
-        assert_eq!(refusal_hint(closed, Duration::from_secs(3600)), "");
+        assert_eq!(refusal_hint(closed, Duration::from_secs(3600), "kick"), "");
         assert_eq!(
-            refusal_hint("ffmpeg exited (signal: 9)", Duration::ZERO),
+            refusal_hint("ffmpeg exited (signal: 9)", Duration::ZERO, "kick"),
             ""
         );
     }

@@ -40,6 +40,11 @@ pub(super) struct Daemon {
     /// Switches the zmq filter did not confirm.
     pub(super) switch_failures: u64,
     pub(super) output: OutputState,
+    /// Every destination's pusher, in DESTINATIONS' order.
+    pub(super) destinations: Vec<DestinationState>,
+    pub(super) fanout: FanOut,
+    /// Where new destinations' pushers report.
+    pub(super) pusher_events: mpsc::Sender<PusherEvent>,
     pub(super) ready_sent: bool,
     pub(super) last_status: String,
 }
@@ -67,6 +72,7 @@ impl Daemon {
         mut api_calls: mpsc::Receiver<Call>,
         mut publish_done: Option<mpsc::UnboundedReceiver<u64>>,
         mut updates: watch::Receiver<Arc<Config>>,
+        mut pusher_events: mpsc::Receiver<PusherEvent>,
     ) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
@@ -85,6 +91,7 @@ impl Daemon {
                     self.dispatch(event).await;
                 }
                 Some(ev) = output_events.recv() => self.on_output(ev).await,
+                Some((name, ev)) = pusher_events.recv() => self.on_pusher(&name, ev),
                 Some(page) = stat_pages.recv() => self.on_stats(page).await,
                 Some(ev) = ingest_events.recv() => self.on_ingest_exit(ev).await,
                 Some(id) = next_publish_done(&mut publish_done) => {
@@ -190,6 +197,9 @@ impl Daemon {
     /// restarted.
     async fn apply_tuning(&mut self, new: Arc<Config>) {
         let old = std::mem::replace(&mut self.config, new.clone());
+        if old.destinations != new.destinations {
+            self.apply_destinations(&new);
+        }
         if old.policy.offline_after != new.policy.offline_after {
             let _ = self
                 .pump
@@ -206,6 +216,35 @@ impl Daemon {
             "reload: new settings applied at once; the output keeps running"
         );
         self.dispatch(Event::Reconfigured(settings(&new))).await;
+    }
+
+    /// A reload changed the destinations: only those removed or changed
+    /// are stopped, only those added or changed are started; the rest, and
+    /// the encoder, run on.
+    fn apply_destinations(&mut self, new: &Arc<Config>) {
+        let mut old: Vec<DestinationState> = std::mem::take(&mut self.destinations);
+        for named in &new.destinations {
+            let same = old.iter().position(|d| d.handle.named == *named);
+            let state = match same {
+                Some(i) => old.remove(i),
+                None => {
+                    info!(destination = %named.name, url = %named.destination.masked(), "reload: destination starts");
+                    DestinationState::new(pusher::supervise(
+                        &self.children,
+                        new.clone(),
+                        named.clone(),
+                        self.options.ffmpeg.clone(),
+                        self.fanout.clone(),
+                        self.pusher_events.clone(),
+                    ))
+                }
+            };
+            self.destinations.push(state);
+        }
+        // Dropping a destination's handle stops its pusher.
+        for gone in old {
+            info!(destination = gone.name(), "reload: destination stops");
+        }
     }
 
     async fn on_output(&mut self, ev: OutputEvent) {
@@ -258,15 +297,71 @@ impl Daemon {
                 warn!(
                     uptime_s = uptime.as_secs(),
                     restarts,
-                    "output stopped: {reason}; {again} in {:.1} s{}",
+                    "output stopped: {reason}; {again} in {:.1} s",
                     retry_in.as_secs_f64(),
-                    refusal_hint(&reason.to_string(), uptime)
                 );
                 self.dispatch(Event::OutputStopped {
                     destination: DESTINATION,
                 })
                 .await;
             }
+        }
+    }
+
+    /// What a destination's pusher did. Nothing here touches the encoder
+    /// or another destination.
+    fn on_pusher(&mut self, name: &str, ev: OutputEvent) {
+        let Some(d) = self.destinations.iter_mut().find(|d| d.name() == name) else {
+            return;
+        };
+        match ev {
+            OutputEvent::Started { pid } => {
+                d.pid = Some(pid);
+                d.since = Some(Instant::now());
+                d.last_progress = None;
+            }
+            OutputEvent::Progress(p) => {
+                let advanced = d.last_progress.is_none_or(|(_, frame)| p.frame > frame);
+                if advanced && p.frame > 0 {
+                    if d.last_progress.is_none() {
+                        info!(destination = name, pid = d.pid, "destination streaming");
+                    }
+                    d.last_progress = Some((Instant::now(), p.frame));
+                }
+            }
+            OutputEvent::Exited {
+                reason,
+                uptime,
+                retry_in,
+            } => {
+                let again = if d.up() { "reconnecting" } else { "retrying" };
+                d.reconnects += 1;
+                d.pid = None;
+                d.since = None;
+                d.last_progress = None;
+                d.bitrate_bps = None;
+                d.last_error = Some(reason.to_string());
+                warn!(
+                    destination = name,
+                    uptime_s = uptime.as_secs(),
+                    reconnects = d.reconnects,
+                    "destination {name} stopped: {reason}; {again} in {:.1} s{}",
+                    retry_in.as_secs_f64(),
+                    refusal_hint(&reason.to_string(), uptime, name)
+                );
+            }
+        }
+        self.maybe_ready();
+    }
+
+    /// READY=1 once the encoder streams and one destination is up: an
+    /// unreachable destination does not hold the others back, and one
+    /// that is up proves the whole path.
+    fn maybe_ready(&mut self) {
+        let encoding = self.output.last_progress.is_some();
+        if !self.ready_sent && encoding && self.destinations.iter().any(|d| d.up()) {
+            self.ready_sent = true;
+            notify::ready();
         }
     }
 
@@ -278,10 +373,7 @@ impl Daemon {
             on_air = input.name(),
             "output streaming"
         );
-        if !self.ready_sent {
-            self.ready_sent = true;
-            notify::ready();
-        }
+        self.maybe_ready();
         self.dispatch(Event::OutputStreaming {
             destination: DESTINATION,
         })
@@ -461,6 +553,17 @@ impl Daemon {
     }
 
     fn housekeeping(&mut self) {
+        for d in &mut self.destinations {
+            let sent = d.handle.sent.load(Ordering::Relaxed);
+            let (at, before) = d.sampled;
+            let secs = at.elapsed().as_secs_f64();
+            if secs >= 2.0 {
+                d.bitrate_bps = d
+                    .up()
+                    .then(|| ((sent.saturating_sub(before)) as f64 * 8.0 / secs) as u64);
+                d.sampled = (Instant::now(), sent);
+            }
+        }
         self.metrics.send_replace(self.snapshot());
         let status = self.status_line();
         if status != self.last_status {

@@ -71,6 +71,21 @@ impl Daemon {
             stat_page_ok: self.stats_ok,
             switch_failures: self.switch_failures,
             offline_cache: self.options.offline_cache.as_ref().map(|c| c.status()),
+            destinations: self
+                .destinations
+                .iter()
+                .map(|d| api::DestinationStatus {
+                    name: d.name().to_string(),
+                    url: d.handle.named.destination.masked(),
+                    up: d.up(),
+                    uptime_s: d.since.filter(|_| d.up()).map(|t| t.elapsed().as_secs()),
+                    reconnects: d.reconnects,
+                    last_error: d.last_error.clone(),
+                    bitrate_bps: d.bitrate_bps,
+                    pid: d.pid,
+                    dropped_gops: self.fanout.dropped_gops(d.name()),
+                })
+                .collect(),
             reloads: self.options.reloads.as_ref().map_or(0, |r| r.borrow().0),
             last_reload: self.options.reloads.as_ref().and_then(|r| {
                 r.borrow()
@@ -109,6 +124,21 @@ impl Daemon {
             output_uptime_s: self.streaming_since().map(|t| t.elapsed().as_secs_f64()),
             output_fps: self.output.rates.map(|(fps, _)| fps),
             output_speed: self.output.rates.map(|(_, speed)| speed),
+            destinations: self
+                .destinations
+                .iter()
+                .map(|d| metrics::Destination {
+                    name: d.name().to_string(),
+                    up: d.up(),
+                    uptime_s: d
+                        .since
+                        .filter(|_| d.up())
+                        .map(|t| t.elapsed().as_secs_f64()),
+                    reconnects: d.reconnects,
+                    sent_bytes: d.handle.sent.load(Ordering::Relaxed),
+                    dropped_gops: self.fanout.dropped_gops(d.name()),
+                })
+                .collect(),
         }
     }
 
@@ -138,6 +168,11 @@ impl Daemon {
         if self.output.restarts > 0 {
             parts.push(format!("{} output restarts", self.output.restarts));
         }
+        let up = self.destinations.iter().filter(|d| d.up()).count();
+        parts.push(format!(
+            "{up} of {} destinations up",
+            self.destinations.len()
+        ));
         parts.join(" · ")
     }
 }

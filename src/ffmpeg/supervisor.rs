@@ -221,14 +221,21 @@ impl Children {
         stall: Option<Duration>,
         span: tracing::Span,
     ) -> Restart {
+        self.restarting_until(job, stall, span, self.cancel.child_token())
+    }
+
+    /// Like [`Children::restarting`], until `stop` (a child of
+    /// [`Children::token`]) is cancelled: its child is then stopped, and
+    /// not restarted.
+    pub(crate) fn restarting_until<J: Job>(
+        &self,
+        job: J,
+        stall: Option<Duration>,
+        span: tracing::Span,
+        stop: CancellationToken,
+    ) -> Restart {
         let restart = Restart::default();
-        let run = keep_running(
-            job,
-            stall,
-            restart.clone(),
-            self.updates.clone(),
-            self.cancel.child_token(),
-        );
+        let run = keep_running(job, stall, restart.clone(), self.updates.clone(), stop);
         self.tasks.spawn(run.instrument(span));
         restart
     }

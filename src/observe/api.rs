@@ -191,6 +191,9 @@ pub struct Status {
     /// once, then the output is restarted on the selection).
     #[serde(default)]
     pub switch_failures: u64,
+    /// Every destination the one encode goes to, in DESTINATIONS' order.
+    #[serde(default)]
+    pub destinations: Vec<DestinationStatus>,
     /// The offline video's normalised copy; `null` when relay keeps none
     /// (`RELAY_OFFLINE_CACHE=off`).
     #[serde(default)]
@@ -213,6 +216,29 @@ pub struct OfflineCache {
     /// Why it failed or is off; empty otherwise.
     #[serde(default)]
     pub detail: String,
+}
+
+/// One destination's connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DestinationStatus {
+    /// Its name in DESTINATIONS.
+    pub name: String,
+    /// Where it goes, the stream key masked.
+    pub url: String,
+    /// Whether its pusher is connected and sending.
+    pub up: bool,
+    /// Seconds it has been sending; `null` while it is down.
+    pub uptime_s: Option<u64>,
+    /// How many times its connection was made again.
+    pub reconnects: u64,
+    /// Why it last stopped; `null` if it never did.
+    pub last_error: Option<String>,
+    /// What it sent over the last seconds, in bits/s; `null` while down.
+    pub bitrate_bps: Option<u64>,
+    /// Its pusher FFmpeg's pid; `null` while it restarts.
+    pub pid: Option<u32>,
+    /// Whole GOPs dropped because it fell behind.
+    pub dropped_gops: u64,
 }
 
 fn yes() -> bool {

@@ -60,6 +60,19 @@ pub struct Snapshot {
     /// From the output FFmpeg's last `-progress` report.
     pub output_fps: Option<f64>,
     pub output_speed: Option<f64>,
+    /// Every destination, in DESTINATIONS' order.
+    pub destinations: Vec<Destination>,
+}
+
+/// One destination's connection, for the `destination` label.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub name: String,
+    pub up: bool,
+    pub uptime_s: Option<f64>,
+    pub reconnects: u64,
+    pub sent_bytes: u64,
+    pub dropped_gops: u64,
 }
 
 /// Binds `addr`; the future returned serves `/metrics` from `snapshot` and
@@ -145,7 +158,7 @@ pub fn render(s: &Snapshot, pump: &pump::Stats) -> String {
     family(
         "relay_output_restarts_total",
         "counter",
-        "Restarts of the output FFmpeg; each one is a reconnect to the platform.",
+        "Restarts of the output FFmpeg, the encoder; the destinations' connections stay up through them.",
         &one(s.output_restarts as f64),
     );
     family(
@@ -205,6 +218,45 @@ pub fn render(s: &Snapshot, pump: &pump::Stats) -> String {
         "gauge",
         "The output FFmpeg's speed relative to real time (1 is on time).",
         &maybe(s.output_speed),
+    );
+    let per = |value: &dyn Fn(&Destination) -> Option<f64>| -> Vec<(String, f64)> {
+        s.destinations
+            .iter()
+            .filter_map(|d| {
+                let labels = format!("{{destination=\"{}\"}}", escape(&d.name));
+                value(d).map(|v| (labels, v))
+            })
+            .collect()
+    };
+    family(
+        "relay_destination_up",
+        "gauge",
+        "1 while the destination's connection is up and sending, else 0.",
+        &per(&|d| Some(f64::from(u8::from(d.up)))),
+    );
+    family(
+        "relay_destination_uptime_seconds",
+        "gauge",
+        "Seconds the destination has been sending; absent while it is down.",
+        &per(&|d| d.uptime_s),
+    );
+    family(
+        "relay_destination_reconnects_total",
+        "counter",
+        "Times the destination's connection was made again.",
+        &per(&|d| Some(d.reconnects as f64)),
+    );
+    family(
+        "relay_destination_sent_bytes_total",
+        "counter",
+        "Bytes of FLV handed to the destination's connection.",
+        &per(&|d| Some(d.sent_bytes as f64)),
+    );
+    family(
+        "relay_destination_dropped_gops_total",
+        "counter",
+        "Whole GOPs dropped because the destination fell behind.",
+        &per(&|d| Some(d.dropped_gops as f64)),
     );
     let counter = |c: &std::sync::atomic::AtomicU64| one(c.load(Ordering::Relaxed) as f64);
     family(
@@ -275,6 +327,24 @@ mod tests {
             output_uptime_s: Some(12.5),
             output_fps: Some(30.0),
             output_speed: Some(1.01),
+            destinations: vec![
+                Destination {
+                    name: "kick".to_string(),
+                    up: true,
+                    uptime_s: Some(10.0),
+                    reconnects: 0,
+                    sent_bytes: 1000,
+                    dropped_gops: 0,
+                },
+                Destination {
+                    name: "youtube".to_string(),
+                    up: false,
+                    uptime_s: None,
+                    reconnects: 3,
+                    sent_bytes: 0,
+                    dropped_gops: 1,
+                },
+            ],
         };
         let text = render(&s, &pump::Stats::default());
         assert!(
@@ -291,6 +361,11 @@ mod tests {
         assert!(text.contains("relay_live_bitrate_bits_per_second 2500000\n"));
         assert!(text.contains("relay_output_speed 1.01\n"));
         assert!(text.contains("# TYPE relay_filler_frames_total counter\n"));
+        assert!(text.contains("relay_destination_up{destination=\"kick\"} 1\n"));
+        assert!(text.contains("relay_destination_up{destination=\"youtube\"} 0\n"));
+        assert!(text.contains("relay_destination_reconnects_total{destination=\"youtube\"} 3\n"));
+        assert!(text.contains("relay_destination_uptime_seconds{destination=\"kick\"} 10\n"));
+        assert!(!text.contains("relay_destination_uptime_seconds{destination=\"youtube\"}"));
         assert_eq!(number(f64::NAN), "NaN");
     }
 }

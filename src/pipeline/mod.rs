@@ -3,6 +3,8 @@
 //! and the offline source with its private copy of the offline video
 //! (ARCHITECTURE.md, "The data path").
 
+pub mod fanout;
+pub mod flv;
 pub mod frames;
 pub mod ingest;
 pub mod ingest_link;
@@ -16,4 +18,5 @@ pub mod output_pipes;
 pub mod pipe_frames;
 pub mod pipe_io;
 pub mod pump;
+pub mod pusher;
 pub mod raw_format;

@@ -9,21 +9,22 @@
 //! the platform connection up while publishers come and go, and while the
 //! offline source restarts. Its health is read from `-progress` on stdout.
 
-use std::io::Write;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{mpsc, watch};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::ffmpeg;
 use crate::ffmpeg::child::{self, Running, Spec};
 use crate::ffmpeg::supervisor::{self, Children, Event, Job, Restart};
 use crate::ffmpeg::zmq::Input;
+use crate::pipeline::fanout::FanOut;
+use crate::pipeline::flv::Walker;
 use crate::pipeline::output_pipes::{OutputPipes, PipeEnds, WriterCursors};
 use crate::pipeline::pipe_frames::Cursors;
 use crate::pipeline::pump;
@@ -34,8 +35,8 @@ const VIDEO_FD: RawFd = 3;
 const AUDIO_FD: RawFd = 4;
 const OFFLINE_VIDEO_FD: RawFd = 5;
 const OFFLINE_AUDIO_FD: RawFd = 6;
-/// The preset pipe carrying the stream key (see [`key_preset`]).
-const PRESET_FD: RawFd = 7;
+/// Where the output writes its FLV, to the fan-out (`fanout.rs`).
+const FLV_FD: RawFd = 8;
 
 /// The raw audio pipes: a few frames' worth (6.4 KB a frame at 48 kHz/30 fps).
 const AUDIO_PIPE_SIZE: usize = 64 * 1024;
@@ -81,12 +82,9 @@ pub fn args(config: &Config, select: Input) -> Vec<String> {
         push(&["-i", &child::fd_url(audio)]);
     }
     push(&["-filter_complex", &graph, "-map", "[v]", "-map", "[a]"]);
-    let target = config.output_target();
     a.extend(encoder_args(config));
-    if target.stream_name.is_some() {
-        a.extend(["-fpre".to_string(), format!("/dev/fd/{PRESET_FD}")]);
-    }
-    a.push(target.url);
+    // To relay, which hands it to every destination's pusher.
+    a.push(child::fd_url(FLV_FD));
     a
 }
 
@@ -134,27 +132,13 @@ pub fn encoder_args(config: &Config) -> Vec<String> {
     .collect()
 }
 
-/// The stream key as an FFmpeg preset (`-fpre`): a `key=value` line that
-/// sets the RTMP protocol's `rtmp_playpath` option, read by FFmpeg from a
-/// pipe at start. This keeps the key off FFmpeg's command line, which every
-/// local user can read in `/proc/PID/cmdline`, and off the disk.
-fn key_preset(config: &Config) -> std::io::Result<Option<OwnedFd>> {
-    let Some(name) = config.output_target().stream_name else {
-        return Ok(None);
-    };
-    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    // Far below a pipe's capacity (the key is at most 512 bytes), so this
-    // never blocks.
-    let mut write = std::fs::File::from(write);
-    write.write_all(format!("rtmp_playpath={}\n", name.expose()).as_bytes())?;
-    Ok(Some(read))
-}
-
 /// A started output: the child, and the pipes the pump writes.
 pub struct Started {
     pub child: Running,
     pub pipes: OutputPipes,
     pub progress: mpsc::Receiver<Progress>,
+    /// The FLV it writes.
+    pub flv: tokio::net::unix::pipe::Receiver,
 }
 
 /// How long a starting output waits for its video writers' cursors while
@@ -182,16 +166,16 @@ pub fn spawn(
         (offline_video.theirs, OFFLINE_VIDEO_FD),
         (offline_audio.theirs, OFFLINE_AUDIO_FD),
     ];
-    if let Some(preset) = key_preset(config)? {
-        fds.push((preset, PRESET_FD));
-    }
+    let flv = child::read_pipe()?;
+    fds.push((flv.theirs, FLV_FD));
     let mut running = child::spawn(Spec {
         role: "output",
         program: ffmpeg_bin.to_path_buf(),
         args: args(config, select),
         fds,
         stdout: true,
-        secrets: secrets(config),
+        // It never gets a key; should one ever reach its log, it is masked.
+        secrets: config.stream_keys(),
     })?;
     let (tx, rx) = mpsc::channel(8);
     if let Some(stdout) = running.stdout.take() {
@@ -207,6 +191,7 @@ pub fn spawn(
         child: running,
         pipes: OutputPipes::spawn(ends, cursors),
         progress: rx,
+        flv: flv.ours,
     })
 }
 
@@ -217,38 +202,24 @@ pub(crate) type OutputEvent = Event<Progress>;
 /// crash backoff when it exits, when it makes no progress for [`STALL`],
 /// or on request (the returned [`Restart`]); each start is on the input
 /// `selection` names at that moment, and hands its pipes to the pump.
-pub(crate) fn supervise(
-    children: &Children,
-    config: Arc<Config>,
-    ffmpeg: PathBuf,
-    pump: mpsc::Sender<pump::Command>,
-    events: mpsc::Sender<OutputEvent>,
-    selection: watch::Receiver<Input>,
-    cursors: Option<Cursors>,
-) -> Restart {
-    let job = OutputJob {
-        config,
-        ffmpeg,
-        pump,
-        events,
-        selection,
-        cursors,
-    };
-    children.restarting(job, Some(STALL), tracing::info_span!("output"))
+pub(crate) fn supervise(children: &Children, s: Supervision) -> Restart {
+    children.restarting(s, Some(STALL), tracing::info_span!("output"))
 }
 
 /// How the output is started, and whom its supervisor tells.
-struct OutputJob {
+pub(crate) struct Supervision {
     /// Nothing the output uses can change without restarting the
     /// pipeline, but KILL_GRACE and CRASH_BACKOFF, which the supervisor
     /// reads from the reloads itself.
-    config: Arc<Config>,
-    ffmpeg: PathBuf,
-    pump: mpsc::Sender<pump::Command>,
-    events: mpsc::Sender<OutputEvent>,
-    selection: watch::Receiver<Input>,
+    pub config: Arc<Config>,
+    pub ffmpeg: PathBuf,
+    pub pump: mpsc::Sender<pump::Command>,
+    pub events: mpsc::Sender<OutputEvent>,
+    pub selection: watch::Receiver<Input>,
     /// The video writers' cursors, while relay holds frames in pipes.
-    cursors: Option<Cursors>,
+    pub cursors: Option<Cursors>,
+    /// Where the encoder's FLV goes, to every destination's pusher.
+    pub fanout: FanOut,
 }
 
 /// Two cursors from `cursors`, for the live and the offline video writer.
@@ -282,7 +253,7 @@ async fn lend_cursors(cursors: Option<&Cursors>) -> std::io::Result<WriterCursor
     }
 }
 
-impl Job for OutputJob {
+impl Job for Supervision {
     type Progress = Progress;
 
     fn count(progress: &Progress) -> u64 {
@@ -296,8 +267,12 @@ impl Job for OutputJob {
             child,
             pipes,
             progress,
+            flv,
         } = spawn(&self.config, select, &self.ffmpeg, cursors)?;
         let _ = self.pump.send(pump::Command::Attach(pipes)).await;
+        // A new encoder's stream: every destination's connection carries on.
+        self.fanout.new_stream();
+        tokio::spawn(read_flv(flv, self.fanout.clone()));
         info!(pid = child.pid, on_air = select.name(), "output started");
         Ok(supervisor::Started {
             child,
@@ -310,11 +285,31 @@ impl Job for OutputJob {
     }
 }
 
-/// What must never reach a log line.
-pub fn secrets(config: &Config) -> Vec<String> {
-    // KICK_KEY, or the stream key at the end of KICK_URL.
-    let name = config.output_target().stream_name;
-    name.map(|n| n.expose().to_string()).into_iter().collect()
+/// Reads the output's FLV until it ends, and hands what the walker finds
+/// to the fan-out. Never stops reading before the end: the output must
+/// never block on relay. A stream that is not FLV any more is logged and
+/// dropped (the output is then restarted by its watchdog or its exit).
+async fn read_flv(mut flv: tokio::net::unix::pipe::Receiver, fanout: FanOut) {
+    use tokio::io::AsyncReadExt as _;
+    let mut walker = Walker::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut broken = false;
+    loop {
+        let n = match flv.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if broken {
+            continue;
+        }
+        match walker.push(&buf[..n]) {
+            Ok(items) => fanout.put(&items),
+            Err(err) => {
+                warn!(%err, "the output's FLV cannot be read; nothing more goes to the destinations until it restarts");
+                broken = true;
+            }
+        }
+    }
 }
 
 /// One `-progress` report.
@@ -359,7 +354,7 @@ impl ProgressParser {
     }
 }
 
-async fn read_progress(stdout: impl AsyncRead + Unpin, tx: mpsc::Sender<Progress>) {
+pub(crate) async fn read_progress(stdout: impl AsyncRead + Unpin, tx: mpsc::Sender<Progress>) {
     let mut parser = ProgressParser::default();
     let mut lines = BufReader::new(stdout).lines();
     while let Ok(Some(line)) = lines.next_line().await {
@@ -375,7 +370,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_key_goes_to_the_preset_and_the_encoder_part_is_shared() {
+    fn the_output_writes_flv_to_relay_and_the_encoder_part_is_shared() {
         let config = Config::from_pairs(
             "t",
             &[
@@ -388,9 +383,11 @@ mod tests {
         let a = args(&config, Input::Offline);
         assert!(a.iter().all(|arg| !arg.contains("SECRETVALUE")), "{a:?}");
         let n = a.len();
-        assert_eq!(a[n - 3..], ["-fpre", "/dev/fd/7", "rtmps://h.example/app/"]);
+        // The output writes FLV to relay, never to the network.
+        assert_eq!(a[n - 1], "pipe:8");
+        assert!(a.iter().all(|arg| !arg.contains("h.example")), "{a:?}");
         let encoder = encoder_args(&config);
-        assert_eq!(a[n - 3 - encoder.len()..n - 3], encoder[..]);
+        assert_eq!(a[n - 1 - encoder.len()..n - 1], encoder[..]);
         assert_eq!(encoder[0], "-c:v");
     }
 

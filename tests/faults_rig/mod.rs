@@ -57,9 +57,14 @@ pub struct FaultOpts {
 
 impl Faults {
     pub async fn new(tag: &str, opts: FaultOpts) -> anyhow::Result<Faults> {
+        Faults::new_on(tag, free_tcp_port()?, opts).await
+    }
+
+    /// [`Faults::new`] with the destination on `dest_port`, so the test
+    /// can point more destinations at it.
+    pub async fn new_on(tag: &str, dest_port: u16, opts: FaultOpts) -> anyhow::Result<Faults> {
         let (dir, offline) = dir_with_offline(&format!("faults-{tag}")).await?;
         let host = start_nginx().await?;
-        let dest_port = free_tcp_port()?;
         let dest = if opts.dest_down {
             None
         } else if opts.dest_denies {

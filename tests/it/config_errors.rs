@@ -618,3 +618,61 @@ async fn good_configuration_passes_preflight_and_stops_on_sigterm() -> anyhow::R
     );
     Ok(())
 }
+
+/// DESTINATIONS and each destination's keys: a bad name, a duplicate, a
+/// name whose keys are another setting, a missing or non-RTMP URL, a key
+/// no name claims: exit 78, naming the key, never printing a stream key.
+#[tokio::test]
+async fn destination_errors() -> anyhow::Result<()> {
+    let s = Setup::new().await?;
+    let yt_key = format!("YOUTUBE_KEY={SECRET}");
+    for (extra, needles) in [
+        (
+            vec!["DESTINATIONS=kick,YouTube"],
+            vec!["DESTINATIONS", "not a destination name"],
+        ),
+        (
+            vec!["DESTINATIONS=kick,youtube,kick"],
+            vec!["DESTINATIONS", "twice"],
+        ),
+        (
+            vec!["DESTINATIONS=kick,stats"],
+            vec!["DESTINATIONS", "STATS_URL"],
+        ),
+        (
+            vec!["DESTINATIONS=kick,youtube", &yt_key],
+            vec!["YOUTUBE_URL", "required"],
+        ),
+        (
+            vec![
+                "DESTINATIONS=kick,youtube",
+                "YOUTUBE_URL=https://y.example/live2",
+                &yt_key,
+            ],
+            vec!["YOUTUBE_URL", "rtmp://"],
+        ),
+        (
+            vec!["TWITCH_URL=rtmp://t.example/app"],
+            vec!["TWITCH_URL", "unknown key"],
+        ),
+    ] {
+        let file = s.env_file("kick.env", &[], &extra);
+        let out = run_config(&file, &[]).await?;
+        expect_config_error(&out, &needles);
+    }
+    // A destination's key in a file every user can read is refused too.
+    let file = s.env_file(
+        "kick.env",
+        &["KICK_KEY"],
+        &[
+            "DESTINATIONS=kick,youtube",
+            "YOUTUBE_URL=rtmp://y.example/live2",
+            &yt_key,
+        ],
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))?;
+    let out = run_config(&file, &[]).await?;
+    expect_config_error(&out, &["chmod 0640"]);
+    Ok(())
+}

@@ -1,8 +1,10 @@
 //! Faults on the output side, each against the real relay binary, private
 //! nginx-rtmp instances and real FFmpeg (rig: `faults_rig/mod.rs`): the
-//! destination refuses the connection or the publish, drops or stalls the
-//! output, the platform's forced disconnect, the output's zmq filter stops
-//! answering, the offline video is corrupted or replaced.
+//! destination refuses the connection or the publish, drops or stalls its
+//! connection, the platform's forced disconnect, the output's zmq filter
+//! stops answering, the offline video is corrupted or replaced. The
+//! destination's connection is its pusher's (`destinations[0]` in relay
+//! status); the output FFmpeg is the encoder that feeds it.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,14 @@ use crate::common::*;
 use crate::faults_rig::*;
 use crate::relay_rig::check_steady;
 
+/// The one destination, kick, as relay status shows it.
+fn kick(s: &relay::api::Status) -> &relay::api::DestinationStatus {
+    s.destinations
+        .iter()
+        .find(|d| d.name == "kick")
+        .expect("the destination kick in relay status")
+}
+
 // ---------------------------------------------------------------------------
 // 1, 2, 4. The destination refuses or drops the output
 // ---------------------------------------------------------------------------
@@ -24,13 +34,13 @@ use crate::relay_rig::check_steady;
 async fn expect_backoff(f: &Faults) -> anyhow::Result<Vec<String>> {
     let window = secs(15);
     tokio::time::sleep(window).await;
-    let restarts = f.relay().status().await?.output_restarts;
-    let stopped = f.lines_since(0, "output stopped");
-    eprintln!("[test] {restarts} output restarts in {window:?}: {stopped:#?}");
+    let restarts = kick(&f.relay().status().await?).reconnects;
+    let stopped = f.lines_since(0, "destination kick stopped");
+    eprintln!("[test] {restarts} destination restarts in {window:?}: {stopped:#?}");
     // CRASH_BACKOFF=1: 1, 2, 4, 8 s between attempts -> about 5 in 15 s.
     ensure!(
         (1..=7).contains(&restarts),
-        "{restarts} output restarts in {window:?}: no retry, or a tight loop\n{}",
+        "{restarts} destination restarts in {window:?}: no retry, or a tight loop\n{}",
         f.context()
     );
     ensure!(
@@ -81,8 +91,11 @@ async fn refused_destination_is_retried_with_backoff() -> anyhow::Result<()> {
     let status = f.status().await?;
     eprintln!("[test] status: {status:#}");
     ensure!(
-        status["output_uptime_s"].is_null() && status["output_restarts"].as_u64() >= Some(2),
-        "relay status does not show the output down and retried: {status:#}"
+        status["destinations"][0]["up"] == false
+            && status["destinations"][0]["uptime_s"].is_null()
+            && status["destinations"][0]["reconnects"].as_u64() >= Some(2)
+            && status["output_restarts"].as_u64() == Some(0),
+        "relay status does not show the destination down and retried, the encoder untouched: {status:#}"
     );
 
     // The platform comes back: the output connects, with the live feed.
@@ -147,8 +160,8 @@ async fn dropped_output_reconnects_on_the_live_feed() -> anyhow::Result<()> {
     let restarted = f
         .relay()
         .wait_for_status(
-            "the output restarted",
-            |s| s.output_restarts > before.output_restarts,
+            "the destination reconnected",
+            |s| kick(s).reconnects > kick(&before).reconnects,
             secs(20),
         )
         .await?;
@@ -194,16 +207,24 @@ async fn forced_disconnect_is_a_reconnect() -> anyhow::Result<()> {
     let s = f
         .relay()
         .wait_for_status(
-            "the output stopped",
-            |s| s.output_restarts > before.output_restarts,
+            "the destination stopped",
+            |s| kick(s).reconnects > kick(&before).reconnects,
             secs(20),
         )
         .await?;
-    let exit = s.last_output_exit.as_ref().expect("why the output stopped");
-    eprintln!("[test] relay: {exit:?}");
+    let exit = kick(&s)
+        .last_error
+        .clone()
+        .expect("why the destination stopped");
+    let stopped = f.lines_since(0, "destination kick stopped");
+    eprintln!("[test] relay: {exit:?} {stopped:?}");
     ensure!(
-        exit.kind == "exited" && exit.was_streaming,
-        "a dropped connection is a reconnect: {exit:?}"
+        exit.contains("ffmpeg exited") && stopped.iter().any(|l| l.contains("; reconnecting in ")),
+        "a dropped connection is a reconnect: {exit:?} {stopped:?}"
+    );
+    ensure!(
+        s.output_restarts == before.output_restarts && s.output_pid == before.output_pid,
+        "the encoder restarted with the destination: {s:?}"
     );
     f.wait_new_output_connection(first, "the drop").await?;
     expect_on_air(&f, &sink, Colour::Green, Instant::now(), secs(40)).await?;
@@ -264,7 +285,9 @@ async fn unanswered_zmq_restarts_the_output_on_the_selection() -> anyhow::Result
         !process_is_alive(output) || output_ffmpeg(&f)? != output,
         "the unresponsive output still runs"
     );
-    f.wait_new_output_connection(first, "a restart").await?;
+    // The destination's connection outlives the encoder's restart.
+    f.ensure_output_connection(first, "the destination reconnected with the encoder")
+        .await?;
     expect_on_air(&f, &sink, Colour::Green, Instant::now(), secs(40)).await?;
     sink.expect_no_black()?;
     f.finish().await
@@ -281,7 +304,7 @@ async fn unanswered_zmq_restarts_the_output_on_the_selection() -> anyhow::Result
 #[tokio::test]
 async fn corrupted_offline_video_does_not_break_output_restarts() -> anyhow::Result<()> {
     let mut f = Faults::new("offline", FaultOpts::default()).await?;
-    let (sink, mut connection) = f.start_offline().await?;
+    let (sink, connection) = f.start_offline().await?;
 
     let garbage: Vec<u8> = (0..200_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
@@ -315,8 +338,8 @@ async fn corrupted_offline_video_does_not_break_output_restarts() -> anyhow::Res
             )
             .await
             .with_context(|| format!("offline video {how}"))?;
-        connection = f
-            .wait_new_output_connection(connection, "a restart")
+        // The destination's connection outlives the encoder's restart.
+        f.ensure_output_connection(connection, "the destination reconnected with the encoder")
             .await?;
         expect_on_air(&f, &sink, Colour::Green, Instant::now(), secs(40))
             .await
@@ -395,16 +418,20 @@ async fn stalled_destination_is_detected_and_recovered() -> anyhow::Result<()> {
     let restarted = f
         .relay()
         .wait_for_status(
-            "the output restarted",
-            |s| s.output_restarts > live.output_restarts,
+            "the destination restarted",
+            |s| kick(s).reconnects > kick(&live).reconnects,
             secs(70),
         )
         .await?;
-    let exit = restarted.last_output_exit.as_ref().expect("why it stopped");
+    let exit = kick(&restarted).last_error.clone().expect("why it stopped");
     eprintln!("[test] after {:?}: {exit:?}", t0.elapsed());
     ensure!(
-        exit.kind == "stalled",
-        "a destination that stops reading stalls the output: {exit:?}"
+        exit.starts_with("no progress for"),
+        "a destination that stops reading stalls its pusher: {exit:?}"
+    );
+    ensure!(
+        restarted.output_pid == live.output_pid,
+        "the encoder restarted with the destination: {restarted:?}"
     );
     ensure!(
         restarted.state == StateName::Live,

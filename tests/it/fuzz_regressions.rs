@@ -7,6 +7,8 @@
 //! (read as bytes, converted lossily to UTF-8 as the fuzz target does).
 //! `fuzz/regressions/config_env/`: file contents loaded once as a `.env` and
 //! once as a `.toml` file through `Config::load_with_env`.
+//! `fuzz/regressions/flv/`: a byte saying how long each piece is, then an
+//! FLV stream for `relay::flv::Walker`, as the fuzz target feeds it.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -56,6 +58,27 @@ fn config_regressions_do_not_panic() {
             let path = dir.path().join(name);
             std::fs::write(&path, data).expect("write the input");
             let _ = Config::load_with_env(&Source::File(path), &|_| None);
+        }
+    });
+}
+
+#[test]
+fn flv_regressions_do_not_panic() {
+    run_all("flv", |data| {
+        let Some((&piece, rest)) = data.split_first() else {
+            return;
+        };
+        let mut walker = relay::flv::Walker::new();
+        for chunk in rest.chunks(usize::from(piece).max(1)) {
+            let Ok(items) = walker.push(chunk) else {
+                return;
+            };
+            for item in items {
+                if let relay::flv::Item::Tag(tag) = item {
+                    let _ = (tag.is_keyframe(), tag.is_sequence_header(), tag.timestamp());
+                    let _ = tag.at(tag.timestamp().wrapping_add(1)).data().len();
+                }
+            }
         }
     });
 }

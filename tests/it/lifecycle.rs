@@ -305,7 +305,9 @@ async fn stop_current_output_and_ingest(
             )
             .await?;
         let (output, ingest) = (s.output_pid.unwrap(), s.ingest_pid.unwrap());
-        let ours = ffmpeg_children_with(relay.pid(), &rig.out_path()).contains(&output)
+        // The output is the encoder, with the switch graph; its pushers
+        // have the destination's URL.
+        let ours = ffmpeg_children_with(relay.pid(), "streamselect").contains(&output)
             && ffmpeg_children_with(relay.pid(), &rig.live_path()).contains(&ingest);
         anyhow::ensure!(
             ours,

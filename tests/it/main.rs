@@ -12,6 +12,7 @@ mod faults_rig;
 mod relay_rig;
 
 mod config_errors;
+mod destinations;
 mod faults_inputs;
 mod faults_output;
 mod feeds;
