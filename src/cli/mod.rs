@@ -130,6 +130,9 @@ pub use crate::daemon::instance::EX_SOFTWARE;
 /// Runs the command line; returns the process exit status.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. } | Command::Demo { .. }) {
+        die_quietly_on_closed_stdout();
+    }
     logging::init();
     match cli.command {
         Command::Run { name, config } => {
@@ -191,6 +194,18 @@ pub fn main() -> i32 {
                 EX_SOFTWARE
             }
         },
+    }
+}
+
+/// A command whose output is piped into `head` or `grep -q` ends quietly
+/// when the reader goes away, as Unix tools do, instead of panicking on the
+/// write. Not for the daemon: it must outlive a closed pipe to a child.
+fn die_quietly_on_closed_stdout() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: at start, before any thread exists; the default disposition
+    // needs no handler code.
+    unsafe {
+        let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
     }
 }
 
