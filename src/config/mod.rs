@@ -52,7 +52,7 @@ pub use secret::{OutputTarget, Secret};
 pub use sources::config_dir;
 
 use secret::{mask_url, split_path};
-use sources::{environment_layer, file_layer, instance_layers, pairs_layer};
+use sources::{environment_layer, file_instance_name, file_layer, instance_layers, pairs_layer};
 
 /// Exit status for configuration errors (`EX_CONFIG` from sysexits.h), so
 /// systemd and scripts can tell "fix the config" apart from a crash.
@@ -229,7 +229,7 @@ pub enum ConfigError {
     },
 
     #[error(
-        "{}: unsupported configuration file type; name it NAME.toml or NAME.env",
+        "{}: unsupported configuration file type; name it NAME.toml, NAME.env or .env.NAME",
         path.display()
     )]
     UnsupportedFormat { path: PathBuf },
@@ -290,13 +290,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let (instance, mut layers) = match source {
             Source::Instance(name) => (name.clone(), instance_layers(name, env)?),
-            Source::File(path) => {
-                let stem = path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                (stem, vec![file_layer(path)?])
-            }
+            Source::File(path) => (file_instance_name(path), vec![file_layer(path)?]),
         };
         let mut environment = environment_layer(env);
         // Other destinations' keys in the environment: those of the names

@@ -179,11 +179,32 @@ fn read_if_exists(path: &Path) -> Result<Option<String>, ConfigError> {
     }
 }
 
-/// One file, `.toml` or `.env` by its extension.
+/// `.env.relay1` and `.env` are dotenv files named the Docker setup's way.
+fn dotenv_named(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_string_lossy();
+    if name == ".env" {
+        return Some("env".to_owned());
+    }
+    name.strip_prefix(".env.").map(str::to_owned)
+}
+
+/// The instance a single file configures: its name without the extension,
+/// or what follows `.env.` (`.env.relay1` is `relay1`).
+pub(super) fn file_instance_name(path: &Path) -> String {
+    dotenv_named(path)
+        .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_default()
+}
+
+/// One file, `.toml` or `.env` by its extension, or a dotenv file named
+/// the Docker setup's way (`.env`, `.env.relay1`, `.env.example`).
 pub(super) fn file_layer(path: &Path) -> Result<Layer, ConfigError> {
-    let extension = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    let extension = if dotenv_named(path).is_some() {
+        Some("env".to_owned())
+    } else {
+        path.extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+    };
     let read = || {
         std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),

@@ -1008,7 +1008,10 @@ fn unsupported_extension_and_unreadable_file() {
     let path = write(dir.path(), "kick.yaml", "kick_url: x\n");
     let e = Config::load_with_env(&Source::File(path), &no_env).unwrap_err();
     assert!(matches!(e, ConfigError::UnsupportedFormat { .. }), "{e}");
-    assert!(e.to_string().contains("NAME.toml or NAME.env"), "{e}");
+    assert!(e.to_string().contains("NAME.toml, NAME.env"), "{e}");
+    let path = write(dir.path(), "envy", "KICK_URL=x\n");
+    let e = Config::load_with_env(&Source::File(path), &no_env).unwrap_err();
+    assert!(matches!(e, ConfigError::UnsupportedFormat { .. }), "{e}");
 
     let missing = dir.path().join("nope.toml");
     let e = Config::load_with_env(&Source::File(missing.clone()), &no_env).unwrap_err();
@@ -1171,6 +1174,54 @@ fn the_docker_setups_keys_load_with_a_notice_each() {
         matches!(err, ConfigError::UnknownKey { ref key, .. } if key == "LOG_LEVEL"),
         "{err}"
     );
+}
+
+/// The Docker setup's own examples (tests/fixtures/seed), byte for byte:
+/// its `.env.example` and the three `.env.relayN` files of its
+/// multi-instance section load, with one notice per key relay ignores.
+#[test]
+fn the_docker_setups_examples_load_verbatim() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seed");
+    let load = |name: &str| {
+        let text = std::fs::read_to_string(seed.join(name)).unwrap();
+        // Named as the seed names them: .env.example, .env.relay1, ...
+        let path = write(dir.path(), &format!(".{name}"), &text);
+        Config::load_with_env(&Source::File(path), &no_env)
+            .unwrap_or_else(|e| panic!("the seed's {name} does not load: {e}"))
+    };
+
+    let example = load("env.example");
+    assert_eq!(example.instance, "example");
+    assert_eq!(example.live.rtmp_port, 1936);
+    assert_eq!(example.live.rtmp_stream_name, "mystream");
+    assert_eq!(example.encoding.height, 1080);
+    assert_eq!(
+        example.encoding.vid_bitrate,
+        parse_bitrate("6000k").unwrap()
+    );
+    assert_eq!(example.encoding.buffer_size, parse_bitrate("12M").unwrap());
+    assert_eq!(example.supervision.crash_backoff, Duration::from_secs(2));
+    assert_eq!(example.notices.len(), 1, "{:?}", example.notices);
+    assert!(example.notices[0].contains("LOG_DIR"));
+
+    for (name, port, stats, url) in [
+        ("env.relay1", 1936, 8080, "rtmps://your-kick-ingest.net/app"),
+        ("env.relay2", 1937, 8081, "rtmp://a.rtmp.youtube.com/live2"),
+        ("env.relay3", 1938, 8082, "rtmp://live.twitch.tv/app"),
+    ] {
+        let config = load(name);
+        assert_eq!(config.instance, &name[4..], "{name}");
+        assert_eq!(config.live.rtmp_port, port, "{name}");
+        assert_eq!(config.live.http_stats_port, stats, "{name}");
+        assert_eq!(config.destination.url, url, "{name}");
+        assert_eq!(config.notices.len(), 2, "{name}: {:?}", config.notices);
+        assert!(config
+            .notices
+            .iter()
+            .any(|n| n.contains("COMPOSE_PROJECT_NAME")));
+        assert!(config.notices.iter().any(|n| n.contains("LOG_DIR")));
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -429,11 +429,11 @@ async fn instance_env_file_errors_name_that_file() -> anyhow::Result<()> {
 #[tokio::test]
 async fn unsupported_file_extension() -> anyhow::Result<()> {
     let s = Setup::new().await?;
-    for name in ["kick.yaml", "kick.conf", "kick"] {
+    for name in ["kick.yaml", "kick.conf", "kick", "env.kick"] {
         let file = s.write(name, &s.env_lines());
         let out = run_config(&file, &[]).await?;
         let msg = expect_config_error(&out, &[&file.display().to_string()]);
-        assert!(msg.contains("NAME.toml or NAME.env"), "{msg}");
+        assert!(msg.contains("NAME.toml, NAME.env or .env.NAME"), "{msg}");
     }
     Ok(())
 }
@@ -674,5 +674,30 @@ async fn destination_errors() -> anyhow::Result<()> {
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))?;
     let out = run_config(&file, &[]).await?;
     expect_config_error(&out, &["chmod 0640"]);
+    Ok(())
+}
+
+/// `relay check … | head -1`: the reader goes away after one line, and
+/// relay ends quietly as Unix tools do, not with a panic on stderr.
+#[tokio::test]
+async fn a_closed_stdout_ends_a_command_quietly() -> anyhow::Result<()> {
+    let s = Setup::new().await?;
+    let file = s.env_file("kick.env", &[], &[]);
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".to_string());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["check", "--config", &file.display().to_string()])
+        .env_clear()
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    drop(child.stdout.take());
+    let out = tokio::time::timeout(EXIT_WITHIN, child.wait_with_output()).await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "stderr: {stderr}");
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(out.status.signal(), Some(nix::libc::SIGPIPE), "{:?}", out.status);
     Ok(())
 }
