@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,6 +105,8 @@ struct IngestHandle {
     source: policy::SourceKind,
     session: u64,
     child: supervisor::Once,
+    /// Bytes of its feed so far, where relay counts them (SRT).
+    received: Option<Arc<AtomicU64>>,
 }
 
 /// Runs relay until `shutdown` resolves. Returns once every child is gone.

@@ -104,7 +104,10 @@ impl Daemon {
                 _ = sleep_until(next_timer.unwrap_or_else(far_future)), if next_timer.is_some() => {
                     self.fire_timers().await;
                 }
-                _ = housekeeping.tick() => self.housekeeping(),
+                _ = housekeeping.tick() => {
+                    self.housekeeping();
+                    self.count_ingest_bytes().await;
+                }
                 Ok(()) = updates.changed() => {
                     let new = updates.borrow_and_update().clone();
                     self.apply_tuning(new).await;
@@ -507,6 +510,7 @@ impl Daemon {
             self.pipes.as_ref(),
         )?;
         let pid = started.child.pid;
+        let received = started.received.clone();
         info!(session, pid, source = source.name(), expect = ?expect, "ingest waiting for live frames");
         let _ = self
             .pump
@@ -521,6 +525,7 @@ impl Daemon {
             source,
             session,
             child,
+            received,
         });
         Ok(())
     }
@@ -549,6 +554,19 @@ impl Daemon {
         let sessions: Vec<u64> = self.ingests.iter().map(|i| i.session).collect();
         for session in sessions {
             self.stop_ingest(session);
+        }
+    }
+
+    /// Hands the policy the byte counts relay keeps itself (SRT's), for
+    /// the bitrate and LOW_BITRATE_KBPS.
+    async fn count_ingest_bytes(&mut self) {
+        let counts: Vec<(u64, u64)> = self
+            .ingests
+            .iter()
+            .filter_map(|i| Some((i.session, i.received.as_ref()?.load(Ordering::Relaxed))))
+            .collect();
+        for (session, bytes) in counts {
+            self.dispatch(Event::IngestBytes { session, bytes }).await;
         }
     }
 

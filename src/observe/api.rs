@@ -130,8 +130,10 @@ pub struct Status {
     pub publisher: Option<String>,
     /// Whether ALLOWED_PUBLISHERS accepts that publisher; `null` if none.
     pub publisher_allowed: Option<bool>,
-    /// The publisher's bitrate into nginx in bits/s, from `bytes_in`
-    /// deltas; `null` when unknown or nobody publishes.
+    /// The live feed's bitrate in bits/s (the source's on air, else the
+    /// first one's with a publisher): into nginx for RTMP, from `bytes_in`
+    /// deltas; as relay received it for an SRT caller. `null` when unknown
+    /// or nobody publishes.
     pub live_bitrate_bps: Option<u64>,
     /// Seconds since the output FFmpeg started sending; `null` while it
     /// starts or restarts.

@@ -12,6 +12,7 @@
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,9 @@ const VIDEO_FD: RawFd = 3;
 const AUDIO_FD: RawFd = 4;
 /// The SRT ingest's input list (see [`srt_list`]).
 const LIST_FD: RawFd = 5;
+/// The SRT feed as it arrived, remuxed, for relay to count its bytes (see
+/// [`args`]).
+const BYTES_FD: RawFd = 6;
 
 /// Live frames waiting for the pump: enough to ride out frames that arrive
 /// unevenly, few because each one is latency on air. When it is full the
@@ -211,6 +215,15 @@ pub fn args(config: &Config, expect: Expect, source: LiveSource) -> Vec<String> 
             )]);
         }
     }
+    if source == LiveSource::Srt {
+        // No stat page counts an SRT caller's bytes: the feed goes on,
+        // copied as it came (MPEG-TS, like the SRT payload), to a pipe
+        // whose bytes relay counts and drops, for its bitrate and
+        // LOW_BITRATE_KBPS. A remux, no decode.
+        push(&["-map", "0:v:0", "-map", "0:a:0?", "-c", "copy"]);
+        push(&["-max_interleave_delta", "1", "-f", "mpegts"]);
+        push(&[&child::fd_url(BYTES_FD)]);
+    }
     a
 }
 
@@ -325,6 +338,9 @@ pub struct LiveFeed {
 pub struct Started {
     pub child: Running,
     pub feed: LiveFeed,
+    /// Bytes of the feed received so far, where no stat page counts them
+    /// (SRT).
+    pub received: Option<Arc<AtomicU64>>,
 }
 
 pub fn spawn(
@@ -345,6 +361,15 @@ pub fn spawn(
         std::fs::File::from(write).write_all(srt_list(config).as_bytes())?;
         fds.push((read, LIST_FD));
     }
+    let received = if source == LiveSource::Srt {
+        let p = child::read_pipe()?;
+        fds.push((p.theirs, BYTES_FD));
+        let count = Arc::new(AtomicU64::new(0));
+        tokio::spawn(count_bytes(p.ours, count.clone()));
+        Some(count)
+    } else {
+        None
+    };
     let audio = if expect != Expect::VideoOnly {
         let p = child::read_pipe()?;
         fds.push((p.theirs, AUDIO_FD));
@@ -380,6 +405,7 @@ pub fn spawn(
             video: rx,
             audio: queue,
         },
+        received,
     })
 }
 
@@ -474,6 +500,19 @@ async fn read_audio(mut pipe: tokio::net::unix::pipe::Receiver, queue: Arc<Audio
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => queue.push(&buf[..n]),
+        }
+    }
+}
+
+/// Counts and drops what the ingest writes to `pipe`, until it ends.
+async fn count_bytes(mut pipe: tokio::net::unix::pipe::Receiver, count: Arc<AtomicU64>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                count.fetch_add(n as u64, Ordering::Relaxed);
+            }
         }
     }
 }

@@ -210,6 +210,9 @@ pub enum Event {
     Ready { session: u64 },
     /// No live frame for the failover gap.
     Stopped { session: u64, silent_for: Duration },
+    /// How many bytes of its feed ingest session `session` has received
+    /// so far, for a source no stat page counts (SRT); sent every second.
+    IngestBytes { session: u64, bytes: u64 },
     /// nginx's `on_publish_done` for the publisher with this client id:
     /// it ended its stream (a clean stop), no need to wait for the gap.
     PublisherDone { id: u64 },
@@ -331,10 +334,6 @@ pub struct Policy {
     hold_until: Option<Instant>,
     /// Why flowing live frames are held off air: session, hold, message.
     held: Option<(u64, Hold, String)>,
-    /// The average bitrate while it is below LOW_BITRATE_KBPS.
-    low_bitrate: Option<u64>,
-    /// When the bitrate last came back above LOW_BITRATE_KBPS.
-    low_cleared_at: Option<Instant>,
     /// Changes of what is on air: (to, why) → count.
     switches: BTreeMap<(Input, Why), u64>,
     out: Vec<Action>,
@@ -372,8 +371,6 @@ impl Policy {
             last_drop: None,
             hold_until: None,
             held: None,
-            low_bitrate: None,
-            low_cleared_at: None,
             switches: BTreeMap::new(),
             out: Vec::new(),
         };
@@ -403,6 +400,7 @@ impl Policy {
                 session,
                 silent_for,
             } => self.on_stopped(now, session, silent_for),
+            Event::IngestBytes { session, bytes } => self.on_ingest_bytes(now, session, bytes),
             Event::PublisherDone { id } => self.on_publisher_done(now, id),
             Event::IngestFailed { session, error } => self.on_ingest_failed(now, session, &error),
             Event::IngestExited {
@@ -478,10 +476,16 @@ impl Policy {
             .map(|s| (&s.publisher, s.allowed))
     }
 
-    /// The publisher's bitrate into nginx, bits/s, while there is one.
+    /// The live feed's bitrate, bits/s: the source's on air, else the
+    /// first one's with a publisher (into nginx for RTMP, as received for
+    /// SRT).
     pub fn live_bitrate(&self) -> Option<u64> {
-        let source = self.source(SourceKind::Rtmp)?;
-        source.live_bps.filter(|_| source.publisher.is_some())
+        let with_publisher = |s: &&Source| s.publisher.is_some();
+        let source = match self.on_air_source() {
+            Some(kind) => self.source(kind).filter(with_publisher),
+            None => self.sources.iter().find(with_publisher),
+        }?;
+        source.live_bps
     }
 
     /// The source whose frames are on air, if live.
@@ -728,13 +732,17 @@ impl Policy {
     /// frames flow takes over at once, without the offline video in
     /// between; with none, the offline video goes on air.
     fn live_stopped(&mut self, now: Instant, reason: &str) {
+        self.live_ended(now, reason, Why::FramesStopped);
+    }
+
+    /// Live on air ended (its frames, or its bitrate): a flowing backup
+    /// takes over, else the offline video goes on air for `why`.
+    pub(super) fn live_ended(&mut self, now: Instant, reason: &str, why: Why) {
         let from = self.on_air_source();
         let backup = self
             .live_candidate()
             .filter(|(s, _)| !matches!(self.on_air, OnAir::Live { session, .. } if session == *s))
-            .filter(|(s, _)| {
-                self.kind_of(*s) != Some(SourceKind::Rtmp) || self.low_bitrate.is_none()
-            });
+            .filter(|(s, _)| !self.bitrate_low(*s));
         match backup {
             Some((session, address)) if self.manual != Some(Input::Offline) => {
                 let reason = format!(
@@ -743,8 +751,14 @@ impl Policy {
                 );
                 self.take_over(now, session, address, reason, Why::Backup);
             }
-            _ => self.go_offline(now, reason, Why::FramesStopped),
+            _ => self.go_offline(now, reason, why),
         }
+    }
+
+    /// Whether session `session`'s source is below LOW_BITRATE_KBPS.
+    pub(super) fn bitrate_low(&self, session: u64) -> bool {
+        self.source_of(session)
+            .is_some_and(|i| self.sources[i].low_bitrate.is_some())
     }
 
     /// The source of ingest session `session`.

@@ -17,13 +17,27 @@ impl Policy {
     }
 
     /// The first source in priority order whose ingest session has flowed
-    /// for the pump's pre-roll, with an allowed publisher.
+    /// for the pump's pre-roll, with an allowed publisher, and a bitrate
+    /// above LOW_BITRATE_KBPS if any source has one; else the first such
+    /// source below it (which is then held off air for its bitrate).
     pub(super) fn live_candidate(&self) -> Option<(u64, Option<IpAddr>)> {
-        self.sources.iter().find_map(|s| {
+        let ready = |s: &super::source::Source| {
             let session = s.ready.filter(|r| s.session() == Some(*r))?;
             let publisher = s.publisher.as_ref().filter(|p| p.allowed)?;
             Some((session, publisher.publisher.address))
-        })
+        };
+        self.sources
+            .iter()
+            .filter(|s| s.low_bitrate.is_none())
+            .find_map(ready)
+            .or_else(|| self.sources.iter().find_map(ready))
+    }
+
+    /// When session `session`'s source's bitrate last came back above
+    /// LOW_BITRATE_KBPS.
+    fn low_cleared_at(&self, session: u64) -> Option<Instant> {
+        self.source_of(session)
+            .and_then(|i| self.sources[i].low_cleared_at)
     }
 
     fn going_live(&self) -> bool {
@@ -68,7 +82,7 @@ impl Policy {
         // run of frames, or because the run lasted LIVE_STABLE_SECS.
         let flowing_since = self.flowing_since(session);
         let recovered = self
-            .low_cleared_at
+            .low_cleared_at(session)
             .zip(flowing_since)
             .is_some_and(|(cleared, flowing)| cleared > flowing);
         let (reason, why) = match self.held.take() {
@@ -140,11 +154,11 @@ impl Policy {
     /// Why an allowed publisher whose frames flow must stay off air for
     /// now, if it must; sets the timer to look again.
     fn hold_reason(&mut self, now: Instant) -> Option<(Hold, String)> {
-        // The low-bitrate rule reads nginx's byte counts: RTMP's.
-        let rtmp = self
+        let low = self
             .live_candidate()
-            .is_some_and(|(s, _)| self.kind_of(s) == Some(super::SourceKind::Rtmp));
-        if let Some(bps) = self.low_bitrate.filter(|_| rtmp) {
+            .and_then(|(s, _)| self.source_of(s))
+            .and_then(|i| self.sources[i].low_bitrate);
+        if let Some(bps) = low {
             return Some((
                 Hold::LowBitrate,
                 format!(
@@ -163,7 +177,7 @@ impl Policy {
         if !returning || stable.is_zero() {
             return None;
         }
-        let from = match self.low_cleared_at {
+        let from = match self.low_cleared_at(session) {
             Some(t) if t > since => t,
             _ => since,
         };

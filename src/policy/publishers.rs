@@ -1,5 +1,6 @@
 //! The stat page's publishers: who is connected, who may go on air, and the
-//! low-bitrate rule (LOW_BITRATE_KBPS/SECS) on their byte counts.
+//! low-bitrate rule (LOW_BITRATE_KBPS/SECS) on their byte counts and on
+//! those of an SRT caller, which relay counts itself.
 
 use std::time::{Duration, Instant};
 
@@ -143,11 +144,34 @@ impl Policy {
         }
     }
 
+    /// The byte count of an ingest that no stat page counts for (SRT):
+    /// its caller is its session.
+    pub(super) fn on_ingest_bytes(&mut self, now: Instant, session: u64, bytes: u64) {
+        let Some(i) = self.source_of(session) else {
+            return;
+        };
+        let keep = self
+            .settings
+            .low_bitrate
+            .map_or(Duration::ZERO, |rule| rule.window);
+        let source = &mut self.sources[i];
+        // Counted from the first frame: the listener's wait for a caller
+        // is no low bitrate.
+        let caller = source.flowing.filter(|&s| s == session);
+        let new_caller = caller.is_some() && caller != source.bytes.publisher();
+        source.live_bps = source.bytes.update(caller, bytes, now, keep);
+        if caller.is_some() {
+            let kind = source.kind;
+            self.check_low_bitrate(now, kind, new_caller);
+            self.maybe_go_live(now);
+        }
+    }
+
     /// LOW_BITRATE_KBPS + LOW_BITRATE_SECS: the publisher's average bitrate
-    /// into nginx over the window.
+    /// over the window.
     fn check_low_bitrate(&mut self, now: Instant, kind: SourceKind, new_publisher: bool) {
         let Some(rule) = self.settings.low_bitrate else {
-            self.low_bitrate = None;
+            self.source_mut(kind).low_bitrate = None;
             return;
         };
         // A publisher back soon after a low-bitrate failover must prove its
@@ -157,7 +181,7 @@ impl Policy {
                 .last_drop
                 .is_none_or(|d| now.saturating_duration_since(d) >= RETURN_WINDOW)
         {
-            self.low_bitrate = None;
+            self.source_mut(kind).low_bitrate = None;
         }
         let source = self.source_mut(kind);
         if source.bytes.publisher().is_none() {
@@ -167,21 +191,23 @@ impl Policy {
             return;
         };
         if average < rule.bps {
-            let was_low = self.low_bitrate.replace(average).is_some();
-            let rtmp_on_air = self.on_air_source() == Some(SourceKind::Rtmp);
-            if !was_low && rtmp_on_air && self.manual.is_none() {
+            let was_low = source.low_bitrate.replace(average).is_some();
+            let on_air = self.on_air_source() == Some(kind);
+            if !was_low && on_air && self.manual.is_none() {
                 self.last_drop = Some(now);
                 let reason = format!(
-                    "live bitrate {} kb/s below LOW_BITRATE_KBPS {} for {} s",
+                    "{} bitrate {} kb/s below LOW_BITRATE_KBPS {} for {} s",
+                    kind.name(),
                     average / 1000,
                     rule.bps / 1000,
                     rule.window.as_secs_f64()
                 );
-                self.go_offline(now, &reason, Why::LowBitrate);
+                self.live_ended(now, &reason, Why::LowBitrate);
             }
-        } else if self.low_bitrate.take().is_some() {
-            self.low_cleared_at = Some(now);
+        } else if source.low_bitrate.take().is_some() {
+            source.low_cleared_at = Some(now);
             info!(
+                source = kind.name(),
                 "live bitrate {} kb/s is back above LOW_BITRATE_KBPS {}",
                 average / 1000,
                 rule.bps / 1000

@@ -50,6 +50,10 @@ pub(super) struct Source {
     pub no_picture: Option<u64>,
     pub bytes: ByteCounter,
     pub live_bps: Option<u64>,
+    /// The average bitrate while it is below LOW_BITRATE_KBPS.
+    pub low_bitrate: Option<u64>,
+    /// When the bitrate last came back above LOW_BITRATE_KBPS.
+    pub low_cleared_at: Option<Instant>,
 }
 
 impl Source {
@@ -69,6 +73,8 @@ impl Source {
             no_picture: None,
             bytes: ByteCounter::new(),
             live_bps: None,
+            low_bitrate: None,
+            low_cleared_at: None,
         }
     }
 

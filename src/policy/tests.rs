@@ -816,8 +816,12 @@ fn nginx_saying_the_publisher_ended_fails_over_at_once() {
 
 impl Rig {
     fn with_sources(kinds: &[SourceKind]) -> Rig {
+        Rig::with_sources_and(settings(), kinds)
+    }
+
+    fn with_sources_and(settings: Settings, kinds: &[SourceKind]) -> Rig {
         let t0 = Instant::now();
-        let mut policy = Policy::with_sources(settings(), t0, &["kick"], kinds);
+        let mut policy = Policy::with_sources(settings, t0, &["kick"], kinds);
         let log = policy.start();
         let mut rig = Rig {
             policy,
@@ -990,4 +994,106 @@ fn a_backup_only_flowing_goes_live_and_the_first_source_takes_over_when_it_comes
     let srt = rig.srt_at(5.0);
     assert_eq!(rig.policy.on_air_source(), Some(SourceKind::Srt));
     assert!(feeds(&rig.log).ends_with(&[srt]));
+}
+
+/// LOW_BITRATE_KBPS on an SRT caller's bytes, which relay counts itself:
+/// a starved SRT feed hands over to its flowing RTMP backup without the
+/// offline video, and takes over again once its bitrate is back and has
+/// held for LIVE_STABLE_SECS.
+#[test]
+fn a_starved_srt_feed_hands_over_to_its_backup_and_comes_back() {
+    let rule = LowBitrate {
+        bps: 1_000_000,
+        window: Duration::from_secs(5),
+    };
+    let settings = Settings {
+        low_bitrate: Some(rule),
+        ..settings()
+    };
+    let mut rig = Rig::with_sources_and(settings, &[SourceKind::Srt, SourceKind::Rtmp]);
+    let srt = rig.srt_at(1.0);
+    let rtmp = rig.rtmp_at(1.5, 1);
+    // 2 Mb/s for 6 s: SRT stays on air, and its bitrate is shown.
+    let mut bytes = 0;
+    for s in 2..=8 {
+        bytes += 250_000;
+        rig.at(s as f64).handle(Event::IngestBytes {
+            session: srt,
+            bytes,
+        });
+    }
+    assert_eq!(rig.policy.on_air_source(), Some(SourceKind::Srt));
+    assert_eq!(rig.policy.live_bitrate(), Some(2_000_000));
+    // 400 kb/s: RTMP takes over, the output is not switched.
+    let mut handed_over = None;
+    for s in 9..=20 {
+        bytes += 50_000;
+        let actions = rig.at(s as f64).handle(Event::IngestBytes {
+            session: srt,
+            bytes,
+        });
+        assert!(!selects(&actions, Input::Offline), "{actions:?}");
+        if feeds(&actions) == [rtmp] {
+            handed_over = Some(s);
+        }
+    }
+    assert!(handed_over.is_some(), "the backup takes over");
+    assert_eq!(rig.policy.on_air_source(), Some(SourceKind::Rtmp));
+    assert_eq!(rig.policy.held().map(|(h, _)| h), None);
+    // Back at 4 Mb/s: SRT on air again once the average recovered and
+    // LIVE_STABLE_SECS passed.
+    let mut back = None;
+    for s in 21..=40 {
+        bytes += 500_000;
+        let mut actions = rig.at(s as f64).handle(Event::IngestBytes {
+            session: srt,
+            bytes,
+        });
+        actions.extend(rig.fire(Timer::Hold));
+        if feeds(&actions) == [srt] && back.is_none() {
+            back = Some(s);
+        }
+    }
+    let back = back.expect("SRT back on air");
+    assert!(back > 21, "held for LIVE_STABLE_SECS first");
+    assert_eq!(rig.policy.on_air_source(), Some(SourceKind::Srt));
+    assert_eq!(rig.why(), Some(Why::BitrateRecovered));
+}
+
+/// Alone, a starved SRT feed goes offline like an RTMP one; its listener's
+/// wait for a caller is no low bitrate.
+#[test]
+fn a_starved_srt_feed_alone_goes_offline() {
+    let rule = LowBitrate {
+        bps: 1_000_000,
+        window: Duration::from_secs(3),
+    };
+    let settings = Settings {
+        low_bitrate: Some(rule),
+        ..settings()
+    };
+    let mut rig = Rig::with_sources_and(settings, &[SourceKind::Srt]);
+    rig.at(0.5).fire(Timer::IngestRetry(SourceKind::Srt));
+    let waiting = rig.session_of(SourceKind::Srt);
+    for s in 1..=5 {
+        rig.at(s as f64).handle(Event::IngestBytes {
+            session: waiting,
+            bytes: 0,
+        });
+    }
+    assert_eq!(rig.policy.live_bitrate(), None);
+    let srt = rig.srt_at(6.0);
+    assert_eq!(srt, waiting);
+    assert_eq!(rig.state(), StateName::Live);
+    let mut bytes = 0;
+    for s in 7..=15 {
+        bytes += 10_000;
+        rig.at(s as f64).handle(Event::IngestBytes {
+            session: srt,
+            bytes,
+        });
+    }
+    assert_eq!(rig.state(), StateName::Offline);
+    assert_eq!(rig.why(), Some(Why::LowBitrate));
+    assert_eq!(rig.policy.held().map(|(h, _)| h), Some(Hold::LowBitrate));
 }

@@ -698,6 +698,11 @@ async fn a_closed_stdout_ends_a_command_quietly() -> anyhow::Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.is_empty(), "stderr: {stderr}");
     use std::os::unix::process::ExitStatusExt as _;
-    assert_eq!(out.status.signal(), Some(nix::libc::SIGPIPE), "{:?}", out.status);
+    assert_eq!(
+        out.status.signal(),
+        Some(nix::libc::SIGPIPE),
+        "{:?}",
+        out.status
+    );
     Ok(())
 }

@@ -24,19 +24,22 @@ impl Srt {
     /// A relay with `sources` as LIVE_SOURCES and an SRT listener on a
     /// free loopback port, with [`PASSPHRASE`].
     async fn start(name: &str, sources: &str) -> anyhow::Result<Srt> {
+        Srt::start_with(name, sources, &[]).await
+    }
+
+    /// [`Srt::start`] with more configuration keys.
+    async fn start_with(name: &str, sources: &str, more: &[(&str, &str)]) -> anyhow::Result<Srt> {
         let port = free_udp_port()?;
         let port_text = port.to_string();
-        let rig = Rig::start_with(
-            name,
-            &[
-                ("LIVE_SOURCES", sources),
-                ("SRT_HOST", "127.0.0.1"),
-                ("SRT_PORT", &port_text),
-                ("SRT_PASSPHRASE", PASSPHRASE),
-                ("SRT_LATENCY_MS", "200"),
-            ],
-        )
-        .await?;
+        let mut keys = vec![
+            ("LIVE_SOURCES", sources),
+            ("SRT_HOST", "127.0.0.1"),
+            ("SRT_PORT", &port_text),
+            ("SRT_PASSPHRASE", PASSPHRASE),
+            ("SRT_LATENCY_MS", "200"),
+        ];
+        keys.extend_from_slice(more);
+        let rig = Rig::start_with(name, &keys).await?;
         Ok(Srt { rig, port })
     }
 
@@ -462,4 +465,68 @@ async fn an_srt_feed_rides_out_five_percent_loss_and_50_ms_delay() -> anyhow::Re
         after.starved_holds
     );
     rig.stop().await
+}
+
+/// LOW_BITRATE_KBPS holds for SRT too, from the caller's bytes as relay
+/// received them (there is no stat page): the bitrate shows in the status
+/// while the caller is on air, and a caller below the threshold for
+/// LOW_BITRATE_SECS is taken off air and held off.
+#[tokio::test]
+async fn a_starved_srt_caller_goes_offline_and_its_bitrate_shows() -> anyhow::Result<()> {
+    // A solid colour without audio: well under 300 kb/s.
+    let srt = Srt::start_with(
+        "srt-lowrate",
+        "srt",
+        &[("LOW_BITRATE_KBPS", "300"), ("LOW_BITRATE_SECS", "3")],
+    )
+    .await?;
+    let rig = &srt.rig;
+    rig.sink
+        .wait_for_since(Colour::Green, rig.started, secs(20))
+        .await?;
+    let mut caller = srt
+        .call(PublisherOpts {
+            audio: false,
+            ..PublisherOpts::colour("blue")
+        })
+        .await?;
+    // On air first: its bitrate is not known yet…
+    rig.relay
+        .wait_for_status("the SRT caller on air", on_air_from("srt"), GO_LIVE)
+        .await
+        .with_context(|| rig.context())?;
+    let s = rig
+        .relay
+        .wait_for_status(
+            "the SRT caller's bitrate",
+            |s| s.live_bitrate_bps.is_some_and(|b| b > 0),
+            secs(10),
+        )
+        .await
+        .with_context(|| rig.context())?;
+    let bps = s.live_bitrate_bps.unwrap_or_default();
+    ensure!(bps < 300_000, "a solid colour at {bps} b/s");
+    // …and off once the window shows it starved.
+    let t = Instant::now();
+    let s = rig
+        .relay
+        .wait_for_status(
+            "offline for the low bitrate",
+            |s| last_switch_is(s, "offline", "low_bitrate"),
+            secs(30),
+        )
+        .await
+        .with_context(|| rig.context())?;
+    rig.sink
+        .wait_for_since(Colour::Green, t, secs(10))
+        .await
+        .with_context(|| rig.context())?;
+    ensure!(
+        s.held_kind.as_deref() == Some("low_bitrate"),
+        "held: {:?}",
+        s.held_kind
+    );
+    rig.sink.expect_steady(Colour::Green, secs(3)).await?;
+    caller.kill().await?;
+    srt.rig.stop().await
 }
