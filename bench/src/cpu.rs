@@ -18,8 +18,10 @@ pub struct Usage {
     /// The descendants' share by role (% of one core): relay's ingest
     /// FFmpeg (it reads RTMP), its output FFmpeg (it reads raw pipes and
     /// encodes), its offline source (it loops the offline video) and its
-    /// pushers (one `-c copy` per destination, all of them together).
+    /// pushers (one `-c copy` per destination, all of them together). The
+    /// ingest is RTMP's; SRT's listener is counted apart.
     pub ingest_percent: f64,
+    pub srt_ingest_percent: f64,
     pub output_percent: f64,
     pub offline_percent: f64,
     pub pusher_percent: f64,
@@ -31,8 +33,11 @@ fn role(pid: u32) -> Option<&'static str> {
     let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
     let cmd = String::from_utf8_lossy(&cmd);
     // A pusher also reports -progress, and has the destination's rtmp://
-    // URL: it is the one that copies.
-    if args.windows(2).any(|w| w[0] == b"-c" && w[1] == b"copy") {
+    // URL: it is the one that copies. The SRT ingest reads its listener's
+    // URL from a list on a pipe, and copies the feed for its byte count.
+    if cmd.contains("pipe,srt") {
+        Some("srt_ingest")
+    } else if args.windows(2).any(|w| w[0] == b"-c" && w[1] == b"copy") {
         Some("pusher")
     } else if cmd.contains("-progress") {
         Some("output")
@@ -135,6 +140,7 @@ pub async fn measure(root: u32, window: Duration) -> Usage {
         rss_kb,
         hwm_kb,
         ingest_percent: percent(of_role("ingest")),
+        srt_ingest_percent: percent(of_role("srt_ingest")),
         output_percent: percent(of_role("output")),
         offline_percent: percent(of_role("offline")),
         pusher_percent: percent(of_role("pusher")),

@@ -4,6 +4,15 @@
 //! viewer would notice is counted at the sink: offline frames while the
 //! publisher never stopped (false failovers), black frames, and relay's own
 //! count of switches to the offline video and of starved-ingest holds.
+//!
+//! Run twice, side by side: relay and nginx at the default CPU weight, as
+//! plain processes, then at `CPUWeight=400`, as the packaged units run
+//! them, each group in a cgroup of its own (`cgroup.rs`) and the
+//! competing encode in one at the default weight. The publisher and the
+//! sink stand for other machines (a streamer's phone, a platform) and get
+//! a weight of 400 in both runs, so that what is measured is relay's
+//! scheduling, not a starved publisher. Without root (no cgroups) only the
+//! plain run is made.
 
 use std::time::{Duration, Instant};
 
@@ -12,11 +21,16 @@ use relay_rig::publisher::{Publisher, PublisherOpts};
 use relay_rig::sink::Colour;
 use tokio::process::{Child, Command};
 
+use anyhow::Context as _;
+
+use crate::cgroup::Groups;
 use crate::rig::{self, Relay};
 use crate::{Options, STEP_TIMEOUT};
 
 #[derive(Debug, Default)]
 pub struct Loaded {
+    /// The CPU weight of relay's and nginx's cgroups; `None`: no cgroups.
+    pub weight: Option<u32>,
     pub length: Duration,
     pub frames: usize,
     pub offline_frames: usize,
@@ -38,7 +52,45 @@ fn competing_encode() -> anyhow::Result<Child> {
         .spawn()?)
 }
 
-pub async fn run(nginx: &PrivateNginx, opts: &Options, length: Duration) -> anyhow::Result<Loaded> {
+/// The weight relay@.service and relay-rtmp.service set (`CPUWeight=`).
+const PACKAGED_WEIGHT: u32 = 400;
+/// What every process gets by default.
+const DEFAULT_WEIGHT: u32 = 100;
+
+/// Both runs (or the plain one alone, without root); the cgroups' kind.
+pub async fn run(
+    nginx: &PrivateNginx,
+    opts: &Options,
+    length: Duration,
+) -> anyhow::Result<(Vec<Loaded>, Option<&'static str>)> {
+    let groups = match Groups::create(&["outside", "load", "relay", "nginx"]) {
+        Ok(g) => g,
+        Err(err) => {
+            eprintln!("bench: loaded: no cgroups ({err:#}); one run, without CPU weights");
+            return Ok((vec![one(nginx, opts, length, None).await?], None));
+        }
+    };
+    groups.set_weight("outside", PACKAGED_WEIGHT)?;
+    groups.set_weight("load", DEFAULT_WEIGHT)?;
+    // This process, and so the publisher and the sink it starts.
+    groups.add("outside", std::process::id())?;
+    let nginx_pid = nginx.pid().context("the private nginx's pid")?;
+    groups.add_tree("nginx", nginx_pid)?;
+    let mut runs = Vec::new();
+    for weight in [DEFAULT_WEIGHT, PACKAGED_WEIGHT] {
+        groups.set_weight("relay", weight)?;
+        groups.set_weight("nginx", weight)?;
+        runs.push(one(nginx, opts, length, Some((&groups, weight))).await?);
+    }
+    Ok((runs, Some(groups.kind())))
+}
+
+async fn one(
+    nginx: &PrivateNginx,
+    opts: &Options,
+    length: Duration,
+    groups: Option<(&Groups, u32)>,
+) -> anyhow::Result<Loaded> {
     let res = opts.res[0];
     let fps = opts.fps;
     let stream = "loaded";
@@ -48,7 +100,14 @@ pub async fn run(nginx: &PrivateNginx, opts: &Options, length: Duration) -> anyh
     let sink = rig::start_sink(&nginx.rtmp_url("out", stream));
     let started = Instant::now();
     let relay = Relay::start(&env)?;
+    if let Some((g, _)) = groups {
+        g.add_tree("relay", relay.pid())?;
+    }
     relay.wait_for("output streaming", started).await?;
+    if let Some((g, _)) = groups {
+        // Children started before relay itself was moved.
+        g.add_tree("relay", relay.pid())?;
+    }
     let (width, height) = rig::size(res);
     let mark = Instant::now();
     let publisher = Publisher::start(
@@ -67,9 +126,16 @@ pub async fn run(nginx: &PrivateNginx, opts: &Options, length: Duration) -> anyh
     sink.wait_for_since(Colour::Blue, mark, STEP_TIMEOUT)
         .await?;
     let mut encode = competing_encode()?;
+    if let (Some((g, _)), Some(pid)) = (groups, encode.id()) {
+        g.add("load", pid)?;
+    }
     eprintln!(
-        "bench: loaded: live at {res}p{fps} for {} s beside a competing 1080p x264 encode",
-        length.as_secs()
+        "bench: loaded: live at {res}p{fps} for {} s beside a competing 1080p x264 encode{}",
+        length.as_secs(),
+        groups.map_or(String::new(), |(g, w)| format!(
+            "; relay and nginx at CPU weight {w} ({})",
+            g.kind()
+        ))
     );
     let from = Instant::now();
     let offline_before = relay.count("on air: offline");
@@ -84,6 +150,7 @@ pub async fn run(nginx: &PrivateNginx, opts: &Options, length: Duration) -> anyh
         .filter(|f| f.at >= from && f.at < to)
         .collect();
     let out = Loaded {
+        weight: groups.map(|(_, w)| w),
         length,
         frames: frames.len(),
         offline_frames: frames.iter().filter(|f| f.colour == Colour::Green).count(),

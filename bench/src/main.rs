@@ -14,11 +14,14 @@
 //! - `cpu.rs`: CPU, memory and fds from `/proc`;
 //! - `cycles.rs`: go-live/failover cycles and the per-resolution phase;
 //! - `naive.rs`: the single-FFmpeg design relay is compared with;
+//! - `feeds.rs`: video-only and 2 fps publishers;
+//! - `srt.rs`: SRT callers beside RTMP publishers, and the re-arm;
 //! - `destinations.rs`: one encode to three destinations, against three
 //!   relays, and one destination dropped;
 //! - `soak.rs`: the long run;
 //! - `report.rs`: the table.
 
+mod cgroup;
 mod cpu;
 mod cycles;
 mod destinations;
@@ -28,6 +31,7 @@ mod naive;
 mod report;
 mod rig;
 mod soak;
+mod srt;
 
 use std::time::Duration;
 
@@ -67,11 +71,17 @@ struct Cli {
     /// relay instances, one dropped) at each --res.
     #[arg(long)]
     destinations: bool,
+    /// Measure only the SRT rows (SRT beside RTMP: go-live, failover,
+    /// ingest CPU, re-arm) at each --res.
+    #[arg(long, conflicts_with = "destinations")]
+    srt: bool,
     #[arg(long, default_value_t = 10)]
     minutes: u64,
     /// Run the loaded live run instead: one publisher live for --minutes
-    /// beside a competing x264 encode; counts false failovers and black
-    /// frames at the sink.
+    /// beside a competing x264 encode, twice (relay and nginx at the
+    /// default CPU weight, then at the packaged CPUWeight=400; needs root
+    /// for the cgroups); counts false failovers and black frames at the
+    /// sink.
     #[arg(long, conflicts_with = "soak")]
     loaded: bool,
     /// Seed of the soak's random endings.
@@ -97,6 +107,7 @@ fn main() {
         soak: cli.soak.then(|| Duration::from_secs(cli.minutes * 60)),
         loaded: cli.loaded.then(|| Duration::from_secs(cli.minutes * 60)),
         destinations_only: cli.destinations,
+        srt_only: cli.srt,
         seed: cli.seed,
         strict: cli.strict,
     };
@@ -132,6 +143,8 @@ pub struct Options {
     pub loaded: Option<Duration>,
     /// Measure only the destinations' rows.
     pub destinations_only: bool,
+    /// Measure only the SRT rows.
+    pub srt_only: bool,
     pub seed: u64,
     /// Exit with status 2 if a target was missed.
     pub strict: bool,
@@ -142,10 +155,15 @@ pub async fn run(opts: Options) -> anyhow::Result<i32> {
     anyhow::ensure!(opts.cycles > 0, "at least one cycle is needed");
     let nginx = PrivateNginx::start(NginxOptions::default()).await?;
     let result = if let Some(length) = opts.loaded {
-        loaded::run(&nginx, &opts, length).await.map(|r| {
-            report::print_loaded(&opts, &r);
-            r.offline_frames == 0 && r.black_frames == 0 && r.false_failovers == 0
-        })
+        loaded::run(&nginx, &opts, length)
+            .await
+            .map(|(runs, groups)| {
+                report::print_loaded(&opts, &runs, groups);
+                // The target is the packaged set-up's: the last run.
+                runs.last().is_some_and(|r| {
+                    r.offline_frames == 0 && r.black_frames == 0 && r.false_failovers == 0
+                })
+            })
     } else if let Some(length) = opts.soak {
         soak::run(&nginx, &opts, length).await.map(|r| {
             report::print_soak(&opts, length, &r);
@@ -153,6 +171,8 @@ pub async fn run(opts: Options) -> anyhow::Result<i32> {
         })
     } else if opts.destinations_only {
         destinations_only(&nginx, &opts).await
+    } else if opts.srt_only {
+        srt_only(&nginx, &opts).await
     } else {
         bench(&nginx, &opts).await
     };
@@ -178,12 +198,14 @@ async fn bench(nginx: &PrivateNginx, opts: &Options) -> anyhow::Result<bool> {
     }
     eprintln!("bench: feeds: video only beside audio+video, a 2 fps feed");
     let feeds = feeds::run(nginx, opts).await?;
+    let srt = srt_runs(nginx, opts).await?;
     let fanouts = fanouts(nginx, opts).await?;
     let load_after = report::load_average();
     Ok(report::print_bench(
         opts,
         &phases,
         &feeds,
+        &srt,
         &fanouts,
         &load_before,
         &load_after,
@@ -199,6 +221,27 @@ async fn fanouts(
         out.push(destinations::phase(nginx, opts, res).await?);
     }
     Ok(out)
+}
+
+async fn srt_runs(nginx: &PrivateNginx, opts: &Options) -> anyhow::Result<Vec<srt::SrtRun>> {
+    let mut out = Vec::new();
+    for &res in &opts.res {
+        eprintln!("bench: SRT beside RTMP at {res}p");
+        out.push(srt::phase(nginx, opts, res).await?);
+    }
+    Ok(out)
+}
+
+async fn srt_only(nginx: &PrivateNginx, opts: &Options) -> anyhow::Result<bool> {
+    eprintln!(
+        "bench: SRT beside RTMP at {:?}; this takes about {} s",
+        opts.res,
+        opts.res.len() as u64 * (2 * opts.window.as_secs() + 40)
+    );
+    let load_before = report::load_average();
+    let runs = srt_runs(nginx, opts).await?;
+    let load_after = report::load_average();
+    Ok(report::print_srt(opts, &runs, &load_before, &load_after))
 }
 
 async fn destinations_only(nginx: &PrivateNginx, opts: &Options) -> anyhow::Result<bool> {

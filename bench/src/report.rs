@@ -6,6 +6,7 @@ use super::cycles::{Phase, Switch};
 use super::destinations::Fanout;
 use super::rig::PUBLISHER_GOP_SECONDS;
 use super::soak::{Soak, ENDINGS};
+use super::srt::SrtRun;
 use super::Options;
 use relay_rig::sink::Smoothness;
 
@@ -163,6 +164,7 @@ pub fn print_bench(
     opts: &Options,
     phases: &[Phase],
     feeds: &crate::feeds::Feeds,
+    srt: &[SrtRun],
     fanouts: &[Fanout],
     load_before: &str,
     load_after: &str,
@@ -315,6 +317,7 @@ pub fn print_bench(
         "",
         None,
     );
+    srt_rows(&mut t, srt, fps);
     fanout_rows(&mut t, fanouts, fps);
     let same = phases.iter().all(|p| p.same_output);
     t.row(
@@ -349,6 +352,81 @@ impl Table {
             println!("{r}");
         }
         self.passed
+    }
+}
+
+/// The SRT table alone (`--srt`).
+pub fn print_srt(opts: &Options, runs: &[SrtRun], load_before: &str, load_after: &str) -> bool {
+    let mut t = Table {
+        rows: Vec::new(),
+        passed: true,
+    };
+    srt_rows(&mut t, runs, opts.fps);
+    println!();
+    println!(
+        "relay bench — SRT beside RTMP in one relay (LIVE_SOURCES=srt,rtmp, SRT_LATENCY_MS {}), \
+         publishers with a keyframe every {PUBLISHER_GOP_SECONDS} s; CPU over {} s windows",
+        crate::srt::LATENCY_MS,
+        opts.window.as_secs()
+    );
+    t.print(load_before, load_after)
+}
+
+/// SRT's go-live, failover, ingest CPU and re-arm beside RTMP's. Targets:
+/// failover ≤ 0.5 s; go-live ≤ the caller's keyframe interval +
+/// SRT_LATENCY_MS + 0.5 s, also for a caller back at once after a kill.
+fn srt_rows(t: &mut Table, runs: &[SrtRun], fps: u32) {
+    let secs = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2} s"));
+    let go_live_target =
+        PUBLISHER_GOP_SECONDS as f64 + crate::srt::LATENCY_MS as f64 / 1000.0 + 0.5;
+    for r in runs {
+        let at = format!("{}p{fps}", r.res);
+        t.row(
+            &format!("go-live ({at}): RTMP publisher / SRT caller"),
+            secs(r.rtmp_go_live),
+            secs(r.srt_go_live),
+            &format!("SRT ≤ {go_live_target:.1} s"),
+            r.srt_go_live.map(|v| v <= go_live_target),
+        );
+        let srt_kill_target = crate::srt::LATENCY_MS as f64 / 1000.0 + 0.5;
+        t.row(
+            &format!(
+                "failover, kill → offline on air ({at}): RTMP / SRT (SRT's frames stop SRT_LATENCY_MS later)"
+            ),
+            secs(r.rtmp_failover),
+            secs(r.srt_failover),
+            &format!("RTMP ≤ 0.5 s, SRT ≤ {srt_kill_target:.1} s"),
+            r.rtmp_failover
+                .zip(r.srt_failover)
+                .map(|(a, b)| a <= 0.5 && b <= srt_kill_target),
+        );
+        t.row(
+            &format!(
+                "failover at the sink, last new live picture → offline video ({at}): RTMP / SRT"
+            ),
+            secs(r.rtmp_freeze),
+            secs(r.srt_freeze),
+            "≤ 0.5 s",
+            r.rtmp_freeze
+                .zip(r.srt_freeze)
+                .map(|(a, b)| a <= 0.5 && b <= 0.5),
+        );
+        t.row(
+            &format!("ingest CPU while on air ({at}, % of one core): RTMP / SRT"),
+            format!("{:.1} %", r.rtmp_ingest.ingest_percent),
+            format!("{:.1} %", r.srt_ingest.srt_ingest_percent),
+            "",
+            None,
+        );
+        t.row(
+            &format!(
+                "SRT caller killed, the next one started at once ({at}): kill → fresh listener / → on air"
+            ),
+            secs(r.rearm),
+            secs(r.back),
+            &format!("on air ≤ {go_live_target:.1} s"),
+            r.back.map(|v| v <= go_live_target),
+        );
     }
 }
 
@@ -514,31 +592,55 @@ pub fn print_soak(opts: &Options, length: Duration, r: &Soak) {
 }
 
 /// The loaded live run's table.
-pub fn print_loaded(opts: &Options, r: &crate::loaded::Loaded) {
+pub fn print_loaded(opts: &Options, runs: &[crate::loaded::Loaded], groups: Option<&str>) {
     let fps = opts.fps;
+    let first = &runs[0];
     println!();
     println!(
-        "relay bench --loaded — one publisher live at {}p{fps} for {} s beside a competing x264 1080p30 encode",
+        "relay bench --loaded — one publisher live at {}p{fps} for {} s beside a competing x264 1080p30 encode, per run",
         opts.res[0],
-        r.length.as_secs()
+        first.length.as_secs()
     );
     println!(
-        "machine: {}; load average at the end {}",
+        "machine: {}; CPU weights: {}",
         machine(),
-        r.load_average
+        groups.unwrap_or("none (not root: no cgroups)")
     );
     println!();
-    println!("| figure | result | target |");
-    println!("|---|---|---|");
-    println!("| frames at the sink | {} | |", r.frames);
-    println!(
-        "| false failovers (relay's switches to offline) | {} | 0 |",
-        r.false_failovers
+    let head: Vec<String> = runs
+        .iter()
+        .map(|r| match r.weight {
+            Some(100) => "relay, nginx at the default weight (100)".to_string(),
+            Some(w) => format!("relay, nginx at CPUWeight={w} (as packaged)"),
+            None => "plain processes".to_string(),
+        })
+        .collect();
+    println!("| figure | {} | target |", head.join(" | "));
+    println!("|---|{}---|", "---|".repeat(runs.len()));
+    let row = |name: &str, f: &dyn Fn(&crate::loaded::Loaded) -> String, target: &str| {
+        let cells: Vec<String> = runs.iter().map(f).collect();
+        println!("| {name} | {} | {target} |", cells.join(" | "));
+    };
+    row("load average at the end", &|r| r.load_average.clone(), "");
+    row("frames at the sink", &|r| r.frames.to_string(), "");
+    row(
+        "false failovers (relay's switches to offline)",
+        &|r| r.false_failovers.to_string(),
+        "0",
     );
-    println!("| offline frames at the sink | {} | 0 |", r.offline_frames);
-    println!("| black frames at the sink | {} | 0 |", r.black_frames);
-    println!(
-        "| starved-ingest holds (the last picture held) | {} | |",
-        r.starved_holds
+    row(
+        "offline frames at the sink",
+        &|r| r.offline_frames.to_string(),
+        "0",
+    );
+    row(
+        "black frames at the sink",
+        &|r| r.black_frames.to_string(),
+        "0",
+    );
+    row(
+        "starved-ingest holds (the last picture held)",
+        &|r| r.starved_holds.to_string(),
+        "",
     );
 }

@@ -227,6 +227,17 @@ impl Relay {
         since: Instant,
         timeout: Duration,
     ) -> anyhow::Result<Instant> {
+        self.wait_for_all(&[needle], since, timeout).await
+    }
+
+    /// When a line containing every one of `needles` arrived after `since`.
+    pub async fn wait_for_all(
+        &self,
+        needles: &[&str],
+        since: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<Instant> {
+        let needle = needles.join(" … ");
         let deadline = Instant::now() + timeout;
         loop {
             if let Some((at, _)) = self
@@ -234,7 +245,7 @@ impl Relay {
                 .lock()
                 .unwrap()
                 .iter()
-                .find(|(at, l)| *at >= since && l.contains(needle))
+                .find(|(at, l)| *at >= since && needles.iter().all(|n| l.contains(n)))
             {
                 return Ok(*at);
             }

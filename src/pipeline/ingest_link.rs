@@ -44,11 +44,19 @@ impl IngestLink {
     /// Nanoseconds the ingest's threads have run or waited to run (on a
     /// run queue), in all: `/proc/PID/task/*/schedstat`. An ingest that
     /// waits for data uses almost none; one that decodes, or is starved of
-    /// the CPU it wants, adds up quickly.
+    /// the CPU it wants, adds up quickly. libsrt's own threads (`SRT:RcvQ`,
+    /// `SRT:TsbPd`, …) are left out: they keep polling and acknowledging
+    /// after a caller died, about 15 ms a second measured, more with the
+    /// run-queue waits of a busy machine, and would pass for an ingest at
+    /// work (a starved SRT ingest shows in its UDP receive queue instead).
     pub fn cpu_ns(&self) -> Option<u64> {
         let tasks = fs::read_dir(format!("/proc/{}/task", self.pid)).ok()?;
         let mut total = 0u64;
         for task in tasks.flatten() {
+            let comm = fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.starts_with("SRT:") {
+                continue;
+            }
             let Ok(text) = fs::read_to_string(task.path().join("schedstat")) else {
                 continue;
             };
