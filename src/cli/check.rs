@@ -22,7 +22,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::{Config, Source, EX_CONFIG};
+use crate::config::{Config, LiveSource, Source, EX_CONFIG};
 use crate::ffmpeg::preflight;
 use crate::nginx::stat_page::StatsClient;
 
@@ -61,6 +61,14 @@ pub async fn run(source: &Source) -> i32 {
         report("offline video", check_offline(&config)),
         report("stat page", check_stats(&config).await),
     ];
+    let srt = config.live.sources.contains(&LiveSource::Srt);
+    let srt_ok = !srt || report("srt", check_srt(&config, ffmpeg));
+    if srt && config.srt.passphrase.is_empty() {
+        println!(
+            "warn srt: SRT_PASSPHRASE is not set: the SRT feed is unencrypted and any caller who finds UDP port {} can go on air",
+            config.srt.port
+        );
+    }
     match publish_key_report(&config) {
         Ok(detail) => println!("ok   publish key: {detail}"),
         Err(warning) => println!("warn publish key: {warning}"),
@@ -68,7 +76,7 @@ pub async fn run(source: &Source) -> i32 {
     if let Some(warning) = argv_warning(&config) {
         println!("warn {warning}");
     }
-    if results.iter().all(|ok| *ok) {
+    if srt_ok && results.iter().all(|ok| *ok) {
         0
     } else {
         1
@@ -102,6 +110,27 @@ fn check_tls(config: &Config, ffmpeg: &Path) -> Result<String, String> {
     preflight::check_protocol(ffmpeg, "rtmps")
         .map(|()| "ffmpeg can write rtmps://".to_string())
         .map_err(|e| e.to_string())
+}
+
+/// With `srt` in LIVE_SOURCES: FFmpeg has libsrt, and where callers
+/// connect (the UDP port the firewall must let in).
+fn check_srt(config: &Config, ffmpeg: &Path) -> Result<String, String> {
+    preflight::check_protocol(ffmpeg, "srt").map_err(|e| e.to_string())?;
+    let host = if config.srt.host.is_empty() {
+        "every address"
+    } else {
+        config.srt.host.as_str()
+    };
+    Ok(format!(
+        "ffmpeg has libsrt; callers connect to UDP port {} on {host} (open it in the firewall), latency {} ms{}",
+        config.srt.port,
+        config.srt.latency.as_millis(),
+        if config.srt.passphrase.is_empty() {
+            ""
+        } else {
+            ", encrypted"
+        }
+    ))
 }
 
 fn check_offline(config: &Config) -> Result<String, String> {

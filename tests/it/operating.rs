@@ -372,6 +372,32 @@ async fn check_reports_every_part_and_fails_on_each_broken_one() -> anyhow::Resu
     ensure!(out.stdout.contains("FAIL offline video: "), "{out}");
     ensure!(out.stdout.contains("ok   stat page: "), "{out}");
 
+    // No SRT line without SRT; with it, where callers connect, and a
+    // warning while no passphrase encrypts the feed.
+    ensure!(!good.stdout.contains(" srt: "), "{good}");
+    let srt_dir = rig.dir.path().join("srt");
+    std::fs::create_dir(&srt_dir)?;
+    let srt = srt_dir.join("relay.env");
+    write_private(
+        &srt,
+        format!("{text}LIVE_SOURCES=srt,rtmp\nSRT_PORT=9123\n"),
+    )?;
+    let out = operator(
+        &["check", "--config", srt.to_str().context("path")?],
+        &run_dir,
+        rig.dir.path(),
+    )
+    .await?;
+    ensure!(out.code == 0, "{out}");
+    ensure!(
+        out.stdout.contains("ok   srt: ") && out.stdout.contains("UDP port 9123"),
+        "{out}"
+    );
+    ensure!(
+        out.stdout.contains("warn srt: SRT_PASSPHRASE is not set"),
+        "{out}"
+    );
+
     // A configuration that does not load: 78, and nothing else checked.
     let broken_dir = rig.dir.path().join("broken");
     std::fs::create_dir(&broken_dir)?;
