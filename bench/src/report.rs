@@ -376,45 +376,45 @@ pub fn print_srt(opts: &Options, runs: &[SrtRun], load_before: &str, load_after:
 /// failover ≤ 0.5 s; go-live ≤ the caller's keyframe interval +
 /// SRT_LATENCY_MS + 0.5 s, also for a caller back at once after a kill.
 fn srt_rows(t: &mut Table, runs: &[SrtRun], fps: u32) {
-    let secs = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2} s"));
-    let go_live_target =
-        PUBLISHER_GOP_SECONDS as f64 + crate::srt::LATENCY_MS as f64 / 1000.0 + 0.5;
+    let secs = |v: f64| format!("{v:.2} s");
+    let opt = |v: Option<f64>| v.map_or("–".into(), secs);
+    let latency = crate::srt::LATENCY_MS as f64 / 1000.0;
+    let go_live_target = PUBLISHER_GOP_SECONDS as f64 + latency + 0.5;
+    let kill_target = latency + 0.5;
     for r in runs {
         let at = format!("{}p{fps}", r.res);
+        let (rtmp, srt) = (&r.rtmp, &r.srt);
         t.row(
             &format!("go-live ({at}): RTMP publisher / SRT caller"),
-            secs(r.rtmp_go_live),
-            secs(r.srt_go_live),
+            secs(rtmp.go_live),
+            secs(srt.go_live),
             &format!("SRT ≤ {go_live_target:.1} s"),
-            r.srt_go_live.map(|v| v <= go_live_target),
+            Some(srt.go_live <= go_live_target),
         );
-        let srt_kill_target = crate::srt::LATENCY_MS as f64 / 1000.0 + 0.5;
         t.row(
             &format!(
                 "failover, kill → offline on air ({at}): RTMP / SRT (SRT's frames stop SRT_LATENCY_MS later)"
             ),
-            secs(r.rtmp_failover),
-            secs(r.srt_failover),
-            &format!("RTMP ≤ 0.5 s, SRT ≤ {srt_kill_target:.1} s"),
-            r.rtmp_failover
-                .zip(r.srt_failover)
-                .map(|(a, b)| a <= 0.5 && b <= srt_kill_target),
+            secs(rtmp.failover),
+            secs(srt.failover),
+            &format!("RTMP ≤ 0.5 s, SRT ≤ {kill_target:.1} s"),
+            Some(rtmp.failover <= 0.5 && srt.failover <= kill_target),
         );
         t.row(
             &format!(
                 "failover at the sink, last new live picture → offline video ({at}): RTMP / SRT"
             ),
-            secs(r.rtmp_freeze),
-            secs(r.srt_freeze),
+            opt(rtmp.freeze),
+            opt(srt.freeze),
             "≤ 0.5 s",
-            r.rtmp_freeze
-                .zip(r.srt_freeze)
+            rtmp.freeze
+                .zip(srt.freeze)
                 .map(|(a, b)| a <= 0.5 && b <= 0.5),
         );
         t.row(
             &format!("ingest CPU while on air ({at}, % of one core): RTMP / SRT"),
-            format!("{:.1} %", r.rtmp_ingest.ingest_percent),
-            format!("{:.1} %", r.srt_ingest.srt_ingest_percent),
+            format!("{:.1} %", rtmp.usage.ingest_percent),
+            format!("{:.1} %", srt.usage.srt_ingest_percent),
             "",
             None,
         );
@@ -425,7 +425,7 @@ fn srt_rows(t: &mut Table, runs: &[SrtRun], fps: u32) {
             secs(r.rearm),
             secs(r.back),
             &format!("on air ≤ {go_live_target:.1} s"),
-            r.back.map(|v| v <= go_live_target),
+            Some(r.back <= go_live_target),
         );
     }
 }

@@ -26,31 +26,29 @@ use crate::{Options, STEP_TIMEOUT};
 pub const LATENCY_MS: u64 = 1500;
 const PASSPHRASE: &str = "bench-srt-passphrase";
 
-/// The figures at one output size, seconds or % of one core.
+/// The figures at one output size.
 #[derive(Debug, Default, Clone)]
 pub struct SrtRun {
     pub res: u32,
-    pub rtmp_go_live: Option<f64>,
-    pub srt_go_live: Option<f64>,
-    pub rtmp_failover: Option<f64>,
-    pub srt_failover: Option<f64>,
-    /// At the sink: the last fresh live picture → the first offline frame.
-    pub rtmp_freeze: Option<f64>,
-    pub srt_freeze: Option<f64>,
-    /// Caller killed → a fresh listener waits (relay's log).
-    pub rearm: Option<f64>,
-    /// Caller killed, another started at once → it is on air.
-    pub back: Option<f64>,
-    pub rtmp_ingest: Usage,
-    pub srt_ingest: Usage,
+    pub rtmp: OnAir,
+    pub srt: OnAir,
+    /// Caller killed → a fresh listener waits (relay's log), seconds.
+    pub rearm: f64,
+    /// Caller killed, another started at once → it is on air, seconds.
+    pub back: f64,
 }
 
-/// What one publisher's time on air gave, seconds or % of one core.
-struct OnAir {
-    go_live: f64,
-    usage: Usage,
-    failover: f64,
-    freeze: Option<f64>,
+/// What one publisher's time on air gave, in seconds, and its ingest's
+/// CPU while on air.
+#[derive(Debug, Default, Clone)]
+pub struct OnAir {
+    /// Start → "on air: live".
+    pub go_live: f64,
+    pub usage: Usage,
+    /// Kill → "on air: offline".
+    pub failover: f64,
+    /// At the sink: the last new live picture → the first offline frame.
+    pub freeze: Option<f64>,
 }
 
 /// At `sink`, the offline video's first frame after `killed`, less the
@@ -122,32 +120,10 @@ pub async fn phase(nginx: &PrivateNginx, opts: &Options, res: u32) -> anyhow::Re
         res,
         ..SrtRun::default()
     };
-
-    let rtmp = on_air(
-        &relay,
-        &sink,
-        opts,
-        rig::start_publisher(&rtmp_url, res, fps),
-    )
-    .await?;
-    out.rtmp_go_live = Some(rtmp.go_live);
-    out.rtmp_ingest = rtmp.usage;
-    out.rtmp_failover = Some(rtmp.failover);
-    out.rtmp_freeze = rtmp.freeze;
-    sleep(Duration::from_secs(2)).await;
-
-    let srt = on_air(
-        &relay,
-        &sink,
-        opts,
-        rig::start_publisher(&srt_url, res, fps),
-    )
-    .await?;
-    out.srt_go_live = Some(srt.go_live);
-    out.srt_ingest = srt.usage;
-    out.srt_failover = Some(srt.failover);
-    out.srt_freeze = srt.freeze;
-    sleep(Duration::from_secs(2)).await;
+    for (url, figures) in [(&rtmp_url, &mut out.rtmp), (&srt_url, &mut out.srt)] {
+        *figures = on_air(&relay, &sink, opts, rig::start_publisher(url, res, fps)).await?;
+        sleep(Duration::from_secs(2)).await;
+    }
 
     // The re-arm: killed, and the next caller at once.
     let t = Instant::now();
@@ -166,8 +142,8 @@ pub async fn phase(nginx: &PrivateNginx, opts: &Options, res: u32) -> anyhow::Re
         )
         .await?;
     let back = relay.wait_for("on air: live", killed_at).await?;
-    out.rearm = Some((rearmed - killed_at).as_secs_f64());
-    out.back = Some((back - killed_at).as_secs_f64());
+    out.rearm = (rearmed - killed_at).as_secs_f64();
+    out.back = (back - killed_at).as_secs_f64();
     rig::finish(next).await;
     relay.stop().await;
     drop(sink);
