@@ -22,10 +22,7 @@ impl Policy {
         });
         let id = seen.as_ref().map(|s| s.publisher.id);
 
-        let keep = self
-            .settings
-            .low_bitrate
-            .map_or(Duration::ZERO, |rule| rule.window);
+        let keep = self.byte_window();
         let source = self.source_mut(kind);
         let bytes_of_new_publisher = id != source.bytes.publisher();
         source.live_bps = source.bytes.update(id, page.bytes_in, now, keep);
@@ -144,16 +141,20 @@ impl Policy {
         }
     }
 
+    /// How long byte-count readings are kept: LOW_BITRATE_SECS' window.
+    fn byte_window(&self) -> Duration {
+        self.settings
+            .low_bitrate
+            .map_or(Duration::ZERO, |rule| rule.window)
+    }
+
     /// The byte count of an ingest that no stat page counts for (SRT):
     /// its caller is its session.
     pub(super) fn on_ingest_bytes(&mut self, now: Instant, session: u64, bytes: u64) {
         let Some(i) = self.source_of(session) else {
             return;
         };
-        let keep = self
-            .settings
-            .low_bitrate
-            .map_or(Duration::ZERO, |rule| rule.window);
+        let keep = self.byte_window();
         let source = &mut self.sources[i];
         // Counted from the first frame: the listener's wait for a caller
         // is no low bitrate.
